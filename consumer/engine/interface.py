@@ -1,0 +1,73 @@
+"""What the worker needs from an engine, and nothing more (the seeds' ``IInferenceEngine``).
+
+A batch runs step by step so the worker can write each step's tokens to Redis while the next
+step computes; ``step`` is blocking and is always called from an executor thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from schemas.events import FinishReason
+from schemas.requests import ChatMessage, SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationInput:
+    """One sequence of a batch, already tokenized."""
+
+    request_id: str
+    prompt_ids: Sequence[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDelta:
+    """What one step produced for one sequence."""
+
+    request_id: str
+    text: str  # new printable text since the last delta; "" while bytes of a character or a stop-string prefix are held back
+    completion_tokens: int  # tokens generated so far for this sequence
+    finish_reason: FinishReason | None  # set on the sequence's last delta, None while it runs
+
+
+class BatchRun(Protocol):
+    """A static batch in flight. The first ``step`` runs the prefill."""
+
+    @property
+    def finished(self) -> bool:
+        """True once every sequence has its finish_reason."""
+        ...
+
+    def step(self) -> list[TokenDelta]:
+        """Advance every running sequence by one token; one delta per sequence still running."""
+        ...
+
+
+class InferenceEngine(Protocol):
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def max_context(self) -> int:
+        """Prompt plus generated tokens may not exceed this."""
+        ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        """The model's chat template applied to a conversation, ending where the assistant speaks."""
+        ...
+
+    def start(self, inputs: Sequence[GenerationInput]) -> BatchRun: ...
+
+    def warmup(self, *, batch_size: int) -> None:
+        """One prefill and a few decode steps at this batch size, before the worker joins its group."""
+        ...
+
+    def close(self) -> None:
+        """Release the ONNX Runtime session (and its device memory) explicitly."""
+        ...

@@ -1,0 +1,35 @@
+"""The wire contract shared by the ingress, the workers and any outside publisher or reader."""
+
+from schemas.costs import CostClass, classify, estimate_cost
+from schemas.events import (
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    Event,
+    FinishReason,
+    TokenEvent,
+    is_final,
+    parse_event,
+)
+from schemas.naming import Names
+from schemas.requests import ChatMessage, InferenceRequest, SamplingParams
+from schemas.settings import Settings
+
+__all__ = [
+    "ChatMessage",
+    "CostClass",
+    "DoneEvent",
+    "ErrorCode",
+    "ErrorEvent",
+    "Event",
+    "FinishReason",
+    "InferenceRequest",
+    "Names",
+    "SamplingParams",
+    "Settings",
+    "TokenEvent",
+    "classify",
+    "estimate_cost",
+    "is_final",
+    "parse_event",
+]

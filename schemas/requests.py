@@ -1,0 +1,86 @@
+"""The request contract: what anyone may publish to ``brigade.requests.<class>``.
+
+Only ``request_id``, ``session_id``, ``prompt`` (or ``messages``) and ``max_new_tokens`` are needed;
+everything else has a default, so a plain Kafka client (kcat, a Java producer) can publish work.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+# Hard ceilings of the wire format itself; deployments set tighter limits in settings.
+MAX_ID_LENGTH = 128
+MAX_STOP_STRINGS = 8
+
+Identifier = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[A-Za-z0-9._:\-]+$"),
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ChatMessage(BaseModel):
+    """One turn of a conversation, in OpenAI's shape."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class SamplingParams(BaseModel):
+    """How to pick each next token. ``temperature`` 0 means greedy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_STOP_STRINGS
+    )
+
+
+class InferenceRequest(SamplingParams):
+    """A unit of work on a request topic. Keyed by ``session_id`` so one session's turns stay ordered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: Identifier
+    session_id: Identifier
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    max_new_tokens: int = Field(default=64, ge=1, le=32768)
+    model: str | None = None
+    cost_class: str | None = None
+    priority: int = Field(default=0, ge=-100, le=100)
+    deadline: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> InferenceRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' (a string) or 'messages' (a list of chat turns)")
+        return self
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, seed=self.seed, stop=self.stop)
+
+    def expired(self, now: datetime) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> InferenceRequest:
+        return cls.model_validate_json(raw)
