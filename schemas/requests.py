@@ -47,6 +47,7 @@ class SamplingParams(BaseModel):
     stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=MAX_STOP_STRINGS
     )
+    ignore_eos: bool = False  # keep generating past end-of-sequence, as vLLM's flag: fixed-length benchmarks
 
 
 class InferenceRequest(SamplingParams):
@@ -73,7 +74,13 @@ class InferenceRequest(SamplingParams):
         return self
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, seed=self.seed, stop=self.stop)
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=self.stop,
+            ignore_eos=self.ignore_eos,
+        )
 
     def expired(self, now: datetime) -> bool:
         return self.deadline is not None and now >= self.deadline
