@@ -163,6 +163,16 @@ def bench(
     run_bench(config, out_dir=out, settings=settings)
 
 
+def _add_deploy_commands() -> None:
+    from brigade.deploycli import deploy_app, scale_app
+
+    app.add_typer(deploy_app, name="deploy")
+    app.add_typer(scale_app, name="scale")
+
+
+_add_deploy_commands()
+
+
 def main() -> None:
     # A closed pipe (brigade schema | head) is not an error worth a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
