@@ -163,6 +163,25 @@ def bench(
     run_bench(config, out_dir=out, settings=settings)
 
 
+@app.command()
+def gpus() -> None:
+    """List NVIDIA GPUs and MIG slices (UUID, profile, memory) and the device BRIGADE_DEVICE binds to."""
+    import os
+
+    from consumer.gpu.binding import DeviceSelectionError, bind_device
+    from consumer.gpu.report import gpus_table, inspect_gpus
+
+    settings = load_settings()
+    inventory = inspect_gpus()
+    try:
+        binding = bind_device(settings.device, inventory=inventory, env=os.environ)
+    except DeviceSelectionError as exc:
+        typer.echo(gpus_table(inventory), nl=False)
+        typer.secho(f"\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(gpus_table(inventory, binding=binding), nl=False)
+
+
 def _add_deploy_commands() -> None:
     from brigade.deploycli import deploy_app, scale_app
 
