@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from brigade.streams import xread
 from consumer.main import serve as serve_worker
 from producer.main import serve as serve_ingress
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent, is_final, parse_event
@@ -32,22 +34,33 @@ class Fleet:
         return f"http://127.0.0.1:{self.ingress_port}"
 
 
-async def _started(coro_factory: object, ports: list[int], tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
+ServeFactory = Callable[[Callable[[int], None]], Coroutine[Any, Any, None]]
+
+
+async def _started(factory: ServeFactory, ports: list[int], tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def on_ready(port: int) -> None:
         if not ready.done():
             ready.set_result(port)
 
-    task: asyncio.Task[None] = asyncio.create_task(coro_factory(on_ready))  # type: ignore[operator]
+    task: asyncio.Task[None] = asyncio.create_task(factory(on_ready))
     tasks.append(task)
-    done, _ = await asyncio.wait({task, ready}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    waiters: set[asyncio.Future[Any]] = {task, ready}
+    done, _ = await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()  # raises the start-up failure
         raise RuntimeError("service exited during start-up")
     if ready not in done:
         raise TimeoutError(f"service not ready after {timeout_s}s")
     ports.append(ready.result())
+
+
+def _worker_factory(settings: Settings, stop: asyncio.Event) -> ServeFactory:
+    def factory(on_ready: Callable[[int], None]) -> Coroutine[Any, Any, None]:
+        return serve_worker(settings, stop=stop, ready=on_ready)
+
+    return factory
 
 
 @contextlib.asynccontextmanager
@@ -65,7 +78,7 @@ async def fleet(
             result.ingress_port = ports[0]
         for cls in classes if classes is not None else settings.classes:
             s = settings.model_copy(update={"worker_class": cls})
-            await _started(lambda cb, s=s: serve_worker(s, stop=stop, ready=cb), result.worker_ports, tasks, timeout_s)
+            await _started(_worker_factory(s, stop), result.worker_ports, tasks, timeout_s)
         yield result
     finally:
         stop.set()
@@ -91,7 +104,7 @@ async def read_until_final(
         left = deadline - loop.time()
         if left <= 0:
             raise TimeoutError(f"{len(pending)} requests without a final event on {key}: {sorted(pending)[:5]}")
-        reply = await redis.xread({key: last}, block=int(min(left, 1.0) * 1000), count=1000)
+        reply = await xread(redis, {key: last}, block_ms=int(min(left, 1.0) * 1000))
         for _stream, entries in reply:
             for entry_id, fields in entries:
                 last = entry_id

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 
 from brigade.bench.engine_loop import LoopResult, bench_prompt
 from brigade.inprocess import fleet
+from brigade.streams import xread
 from producer.topics import ensure_topics
 from schemas.events import DoneEvent, is_final, parse_event
 from schemas.settings import Settings
@@ -67,7 +68,7 @@ async def await_finals(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} of {len(jobs)} requests unfinished after {timeout_s}s")
         live = {k: v for k, v in cursors.items() if v != "done"}
-        reply = await redis.xread(live, block=1000, count=1000)  # type: ignore[arg-type]
+        reply = await xread(redis, live, block_ms=1000)
         for key, entries in reply:
             for entry_id, fields in entries:
                 cursors[key] = entry_id

@@ -9,13 +9,14 @@ import asyncio
 import json
 import platform
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from brigade.bench.engine_loop import LoopResult, engine_loop
@@ -94,6 +95,13 @@ def _progress() -> Progress:
     )
 
 
+def _advance(progress: Progress, task: TaskID) -> Callable[..., None]:
+    def advance(n: int = 1) -> None:
+        progress.advance(task, n)
+
+    return advance
+
+
 def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> BenchReport:
     from consumer.engine.onnx_engine import load_engine
 
@@ -110,9 +118,7 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     with _progress() as progress:
         for b in config.batch_sizes:
             task = progress.add_task(f"engine loop, batch {b}", total=config.requests)
-            report.engine[b] = engine_loop(
-                engine, batch_size=b, on_batch=lambda n, t=task: progress.advance(t, n), **kw
-            )
+            report.engine[b] = engine_loop(engine, batch_size=b, on_batch=_advance(progress, task), **kw)
     engine.close()
 
     logs = Path(tempfile.mkdtemp(prefix="brigade-bench-"))
@@ -126,9 +132,7 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
             for b in config.batch_sizes:
                 task = progress.add_task(f"consumer via Kafka, batch {b}", total=config.requests)
                 report.consumer[b] = asyncio.run(
-                    run_through_fleet(
-                        settings, via_http=False, batch_size=b, on_final=lambda t=task: progress.advance(t), **kw
-                    )
+                    run_through_fleet(settings, via_http=False, batch_size=b, on_final=_advance(progress, task), **kw)
                 )
             hi = config.batch_sizes[-1]
             task = progress.add_task(f"HTTP → Kafka → worker → Redis, batch {hi}", total=config.requests)
