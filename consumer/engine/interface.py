@@ -29,7 +29,8 @@ class TokenDelta:
     """What one step produced for one sequence."""
 
     request_id: str
-    text: str  # new printable text since the last delta; "" while bytes of a character or a stop-string prefix are held back
+    # new printable text since the last delta; "" while bytes of a character or a stop-string prefix are held back
+    text: str
     completion_tokens: int  # tokens generated so far for this sequence
     finish_reason: FinishReason | None  # set on the sequence's last delta, None while it runs
 

@@ -1,0 +1,125 @@
+"""What the engine reads from a model directory besides the ONNX graph.
+
+Hugging Face exports spread the facts over config.json, generation_config.json and
+tokenizer_config.json, with fields that vary by architecture (``n_positions`` for GPT-2,
+``max_position_embeddings`` for Llama) and by age (``chat_template`` inline or in its own file).
+This module gathers them into one typed object so the engine never guesses field names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+from schemas.requests import ChatMessage
+
+DEFAULT_CONTEXT = 2048  # when a model states no limit at all
+_CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def _token_text(value: object) -> str | None:
+    """tokenizer_config writes special tokens either as strings or as AddedToken dicts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    return None
+
+
+def _ids(value: object) -> set[int]:
+    if isinstance(value, int):
+        return {value}
+    if isinstance(value, list):
+        return {v for v in value if isinstance(v, int)}
+    return set()
+
+
+def _chat_template(model_dir: Path, tokenizer_config: dict[str, Any]) -> str | None:
+    if (model_dir / "chat_template.jinja").is_file():
+        return (model_dir / "chat_template.jinja").read_text()
+    template = tokenizer_config.get("chat_template") or _read_json(model_dir / "chat_template.json").get(
+        "chat_template"
+    )
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFiles:
+    max_context: int
+    eos_ids: frozenset[int]
+    bos_id: int | None  # fed as the prompt when a request's prompt encodes to nothing
+    bos_token: str
+    eos_token: str
+    chat_template: str | None
+    config: dict[str, Any]  # config.json as written, for architecture facts the graph leaves symbolic
+    suppress_ids: tuple[int, ...]  # generation_config's suppress_tokens: never sampled
+
+
+def read_model_files(model_dir: Path, tokenizer: Tokenizer) -> ModelFiles:
+    config = _read_json(model_dir / "config.json")
+    generation = _read_json(model_dir / "generation_config.json")
+    tok_config = _read_json(model_dir / "tokenizer_config.json")
+    context = next((int(config[k]) for k in _CONTEXT_KEYS if isinstance(config.get(k), int)), None)
+    tok_limit = tok_config.get("model_max_length")
+    if context is None and isinstance(tok_limit, int) and tok_limit < 1_000_000:  # HF's "no limit" is 1e30
+        context = tok_limit
+    eos_token = _token_text(tok_config.get("eos_token")) or ""
+    bos_token = _token_text(tok_config.get("bos_token")) or ""
+    eos_ids = _ids(config.get("eos_token_id")) | _ids(generation.get("eos_token_id"))
+    named_eos = tokenizer.token_to_id(eos_token) if eos_token else None
+    if named_eos is not None:
+        eos_ids.add(named_eos)
+    bos_id = next(iter(_ids(config.get("bos_token_id"))), None)
+    if bos_id is None and bos_token:
+        bos_id = tokenizer.token_to_id(bos_token)
+    return ModelFiles(
+        max_context=context or DEFAULT_CONTEXT,
+        eos_ids=frozenset(eos_ids),
+        bos_id=bos_id if bos_id is not None else min(eos_ids, default=None),
+        bos_token=bos_token,
+        eos_token=eos_token,
+        chat_template=_chat_template(model_dir, tok_config),
+        config=config,
+        suppress_ids=tuple(sorted(_ids(generation.get("suppress_tokens")))),
+    )
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(message)
+
+
+class ChatRenderer:
+    """The model's own template when it has one (sandboxed, as transformers renders it), else plain lines."""
+
+    def __init__(self, files: ModelFiles) -> None:
+        self._files = files
+        self._template = None
+        if files.chat_template is not None:
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = _raise
+            self._template = env.from_string(files.chat_template)
+
+    def __call__(self, messages: Sequence[ChatMessage]) -> str:
+        turns = [{"role": m.role, "content": m.content} for m in messages]
+        if self._template is None:
+            return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant:"
+        return self._template.render(
+            messages=turns, add_generation_prompt=True, bos_token=self._files.bos_token, eos_token=self._files.eos_token
+        )

@@ -1,0 +1,74 @@
+"""One sequence's bookkeeping between model steps: text, stop strings, limits, finish reason.
+
+Kept apart from ONNX Runtime so the rules (what ends a sequence, what text goes out) are tested with
+token ids alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import numpy as np
+
+from consumer.engine.detokenizer import Decoder, IncrementalDetokenizer
+from consumer.engine.interface import GenerationInput, TokenDelta
+from consumer.engine.sampling import make_generator
+from consumer.engine.stops import StopMatcher
+from schemas.events import FinishReason
+
+
+class SequenceState:
+    def __init__(
+        self,
+        item: GenerationInput,
+        *,
+        prompt_ids: list[int],
+        decoder: Decoder,
+        eos_ids: Collection[int],
+        max_context: int,
+    ) -> None:
+        self.request_id = item.request_id
+        self.prompt_ids = prompt_ids
+        self.sampling = item.sampling
+        self.rng: np.random.Generator | None = make_generator(item.sampling)
+        # Prompt plus generated tokens never exceed the context; both limits end with LENGTH.
+        self.budget = max(0, min(item.max_new_tokens, max_context - len(prompt_ids)))
+        self._eos = frozenset(() if item.sampling.ignore_eos else eos_ids)
+        self._detok = IncrementalDetokenizer(decoder, prompt_ids=prompt_ids)
+        self._stops = StopMatcher(item.sampling.stop)
+        self.token_ids: list[int] = []  # generated ids, for tests and debugging; text is what goes out
+        self.finish_reason: FinishReason | None = None if self.budget > 0 else FinishReason.LENGTH
+
+    @property
+    def generated(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def delta(self, text: str = "") -> TokenDelta:
+        return TokenDelta(self.request_id, text, self.generated, self.finish_reason)
+
+    def advance(self, token_id: int) -> TokenDelta:
+        """Take the sampled token; say what text goes out and whether the sequence has ended."""
+        self.token_ids.append(token_id)
+        if token_id in self._eos:
+            self.finish_reason = FinishReason.STOP
+            return self.delta(self._drain())
+        text, stopped = self._stops.push(self._detok.push(token_id))
+        if stopped:
+            self.finish_reason = FinishReason.STOP
+            return self.delta(text)
+        if self.generated >= self.budget:
+            self.finish_reason = FinishReason.LENGTH
+            return self.delta(text + self._drain())
+        return self.delta(text)
+
+    def _drain(self) -> str:
+        """Ending without a stop string: held bytes and held stop-string prefixes are real text after all."""
+        text, stopped = self._stops.push(self._detok.flush())
+        if stopped:
+            self.finish_reason = FinishReason.STOP
+            return text
+        return text + self._stops.flush()
