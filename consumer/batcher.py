@@ -1,0 +1,143 @@
+"""The pure scheduler: which queued requests go into the next batch, and when.
+
+No Kafka, Redis or ONNX in here, and no clock either: the caller passes ``now`` (monotonic seconds)
+and the set of sessions whose requests are still running, and gets a plan back. That keeps every
+scheduling rule testable with factories and a fake clock (STYLE practice 1-3).
+
+Rules:
+- a batch goes out when ``max_batch_size`` requests are eligible, or when the oldest eligible one has
+  waited ``max_batch_wait_s``;
+- never two requests of one session in a batch, and never a request of a session that is still
+  running: a session's turns are ordered on its partition and each turn may depend on the previous
+  answer, so a later turn waits for the next batch and queue order is preserved;
+- the queue is bounded; ``full`` tells the fetcher to pause its partitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Hashable, Iterable
+from dataclasses import dataclass, field
+
+from schemas.requests import InferenceRequest
+
+Partition = tuple[str, int]  # (topic, partition); aiokafka's TopicPartition is one of these
+
+
+class QueueFull(RuntimeError):
+    """``add`` was called while the queue was at its bound: the fetcher should have paused."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingItem:
+    """One fetched request waiting to be scheduled."""
+
+    request: InferenceRequest  # the validated request from the topic
+    tp: Partition  # where it came from, so its offset can be marked complete
+    offset: int  # its offset in ``tp``; committed once it and everything below it are complete
+    enqueued_at: float  # monotonic seconds when it entered the local queue (queue time, batch wait)
+
+    @property
+    def session_id(self) -> str:
+        return self.request.session_id
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Requests to start together on the engine, in queue order."""
+
+    items: tuple[PendingItem, ...]  # at most max_batch_size, at most one per session
+    planned_at: float  # the ``now`` the plan was made with; queue time ends here
+    reason: str  # "full" (max_batch_size reached) or "waited" (oldest hit max_batch_wait); for logs and tests
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """What the loop should do now: run ``batch`` if there is one, else sleep until ``wake_at``."""
+
+    batch: Batch | None  # the batch to start now, already removed from the queue
+    wake_at: float | None  # when waiting items become due; None: nothing is due until something arrives or finishes
+    waiting: int = 0  # requests left in the queue after this plan (the requests-waiting gauge)
+
+    @classmethod
+    def make_empty(cls, *, waiting: int = 0) -> StepPlan:
+        return cls(batch=None, wake_at=None, waiting=waiting)
+
+
+@dataclass(slots=True)
+class Batcher:
+    """A bounded FIFO of pending requests and the rules that turn it into batches."""
+
+    max_batch_size: int
+    max_batch_wait_s: float
+    capacity: int
+    _queue: list[PendingItem] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.capacity < 1 or self.max_batch_wait_s < 0:
+            raise ValueError("max_batch_size and capacity must be >= 1 and max_batch_wait_s >= 0")
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def full(self) -> bool:
+        """True when no more items fit: the fetcher pauses its partitions."""
+        return len(self._queue) >= self.capacity
+
+    @property
+    def free(self) -> int:
+        """How many more items fit; the fetcher asks Kafka for no more records than this."""
+        return max(0, self.capacity - len(self._queue))
+
+    def add(self, item: PendingItem) -> None:
+        if self.full:
+            raise QueueFull(f"queue holds {len(self._queue)} of {self.capacity}")
+        self._queue.append(item)
+
+    def plan(self, now: float, *, running_sessions: Collection[str] = frozenset()) -> StepPlan:
+        """Pick the next batch, or say when to look again. A returned batch leaves the queue."""
+        eligible = self._eligible(running_sessions)
+        if not eligible:
+            return StepPlan.make_empty(waiting=len(self._queue))
+        oldest = min(item.enqueued_at for item in eligible)
+        due_at = oldest + self.max_batch_wait_s
+        if len(eligible) < self.max_batch_size and now < due_at:
+            return StepPlan(batch=None, wake_at=due_at, waiting=len(self._queue))
+        reason = "full" if len(eligible) >= self.max_batch_size else "waited"
+        chosen = {id(item) for item in eligible}
+        self._queue = [item for item in self._queue if id(item) not in chosen]
+        batch = Batch(items=tuple(eligible), planned_at=now, reason=reason)
+        return StepPlan(batch=batch, wake_at=None, waiting=len(self._queue))
+
+    def drop_partitions(self, tps: Iterable[Hashable]) -> list[PendingItem]:
+        """Remove queued items of revoked partitions; Kafka redelivers them to the new owner."""
+        gone = set(tps)
+        dropped = [item for item in self._queue if item.tp in gone]
+        self._queue = [item for item in self._queue if item.tp not in gone]
+        return dropped
+
+    def drain(self) -> list[PendingItem]:
+        """Take every queued item out (shutdown): they stay uncommitted and are redelivered."""
+        dropped, self._queue = self._queue, []
+        return dropped
+
+    def _eligible(self, running_sessions: Collection[str]) -> list[PendingItem]:
+        """Queue-ordered items of sessions that are neither running nor already picked, up to the batch size.
+
+        A session blocked once stays blocked for the rest of the scan, so its later turns never
+        overtake an earlier one.
+        """
+        blocked = set(running_sessions)
+        picked: list[PendingItem] = []
+        for item in self._queue:
+            if item.session_id in blocked:
+                continue
+            blocked.add(item.session_id)
+            picked.append(item)
+            if len(picked) == self.max_batch_size:
+                break
+        return picked

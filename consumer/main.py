@@ -1,0 +1,64 @@
+"""The worker's process entry point: ``serve`` for embedding, ``main`` for ``brigade worker``.
+
+``main`` is the only place that installs signal handlers (STYLE practice 6). The handler only sets
+the stop event, which starts the drain; it never touches the queue or the engine itself. A second
+SIGTERM/SIGINT means "now": the process exits at once, and Kafka redelivers whatever it had not
+committed (effectively-once still holds: finished requests are skipped, cut-off ones regenerated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from consumer.worker import EngineFactory, Worker, default_engine_factory
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_FORCED = 130
+
+
+async def serve(
+    settings: Settings,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[int], None] | None = None,
+    engine_factory: EngineFactory = default_engine_factory,
+    idle_s: float | None = None,
+) -> None:
+    """Run one worker until ``stop`` is set, then drain. ``ready(port)`` gets the health/metrics port
+    once the model is loaded and warmed (just before the worker joins its consumer group)."""
+    await Worker(settings, engine_factory=engine_factory, ready=ready, idle_s=idle_s).run(stop=stop)
+
+
+def main(settings: Settings) -> None:
+    """Run a worker in the foreground: first SIGTERM/SIGINT drains, a second exits immediately."""
+    asyncio.run(_main(settings))
+
+
+async def _main(settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("[shutdown] second signal: exiting now", extra={"signal": signal.Signals(signum).name})
+            os._exit(EXIT_FORCED)
+        log.info("[shutdown] signal received: draining", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await serve(
+            settings,
+            stop=stop,
+            ready=lambda port: log.info("worker ready", extra={"metrics_port": port, "class": settings.worker_class}),
+        )
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

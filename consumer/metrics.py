@@ -1,0 +1,101 @@
+"""Prometheus metrics with vLLM's names under ``brigade_``, so existing dashboards carry over.
+
+Each worker owns its ``CollectorRegistry`` (not the process-global one): several in-process
+workers (tests, ``brigade.inprocess``) then never collide on registration. Every series carries
+the cost ``class`` label, so one Prometheus can scrape all classes' pods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Seconds. TTFT spans queue wait + prefill; E2E spans the whole generation (up to minutes on a busy pod).
+TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+E2E_BUCKETS = (0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 300.0)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class WorkerMetrics:
+    """The worker's instruments, bound to its class label."""
+
+    def __init__(self, *, cost_class: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r, c = self.registry, ["class"]
+        self.ttft = Histogram(
+            "brigade_time_to_first_token_seconds",
+            "Seconds from arrival at the worker to the first generated token.",
+            c, registry=r, buckets=TTFT_BUCKETS,
+        )  # fmt: skip
+        self.tpot = Histogram(
+            "brigade_time_per_output_token_seconds",
+            "Seconds between consecutive output tokens of a request (inter-token latency).",
+            c, registry=r, buckets=TPOT_BUCKETS,
+        )  # fmt: skip
+        self.e2e = Histogram(
+            "brigade_e2e_request_latency_seconds",
+            "Seconds from arrival at the worker to the final event.",
+            c, registry=r, buckets=E2E_BUCKETS,
+        )  # fmt: skip
+        self.queue_time = Histogram(
+            "brigade_request_queue_time_seconds",
+            "Seconds a request waited in the local queue before its batch started.",
+            c, registry=r, buckets=QUEUE_BUCKETS,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "brigade_batch_size", "Requests per engine batch.", c, registry=r, buckets=BATCH_BUCKETS
+        )
+        self.running = Gauge("brigade_num_requests_running", "Requests in the running batch.", c, registry=r)
+        self.waiting = Gauge("brigade_num_requests_waiting", "Requests in the local queue.", c, registry=r)
+        self.generation_tokens = Counter(
+            "brigade_generation_tokens", "Tokens generated.", c, registry=r
+        )  # exported as brigade_generation_tokens_total
+        self.dlq = Counter(
+            "brigade_dlq_messages", "Messages sent to the dead-letter topic.", c, registry=r
+        )  # exported as brigade_dlq_messages_total
+        self.lag = Gauge(
+            "brigade_consumer_lag",
+            "Fetch high watermark minus committed offset, per assigned partition.",
+            ["class", "partition"],
+            registry=r,
+        )
+        self._class = cost_class
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.labels(self._class).observe(size)
+
+    def set_running(self, n: int) -> None:
+        self.running.labels(self._class).set(n)
+
+    def set_waiting(self, n: int) -> None:
+        self.waiting.labels(self._class).set(n)
+
+    def observe_queue(self, seconds: float) -> None:
+        self.queue_time.labels(self._class).observe(seconds)
+
+    def observe_first_token(self, seconds: float) -> None:
+        self.ttft.labels(self._class).observe(seconds)
+
+    def observe_token_gap(self, seconds: float) -> None:
+        self.tpot.labels(self._class).observe(seconds)
+
+    def observe_e2e(self, seconds: float) -> None:
+        self.e2e.labels(self._class).observe(seconds)
+
+    def add_tokens(self, n: int) -> None:
+        if n:
+            self.generation_tokens.labels(self._class).inc(n)
+
+    def add_dlq(self) -> None:
+        self.dlq.labels(self._class).inc()
+
+    def set_lag(self, partition: int, lag: int) -> None:
+        self.lag.labels(self._class, str(partition)).set(max(0, lag))
+
+    def forget_partition(self, partition: int) -> None:
+        """A revoked partition's lag belongs to its new owner now."""
+        with contextlib.suppress(KeyError):
+            self.lag.remove(self._class, str(partition))

@@ -1,0 +1,111 @@
+"""The scheduler's rules, with request factories and a fake clock; no Kafka, Redis or model."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from consumer.batcher import Batcher, PendingItem, QueueFull
+from schemas.requests import InferenceRequest
+
+_ids = itertools.count()
+
+
+def item(session: str, *, at: float = 0.0, partition: int = 0) -> PendingItem:
+    n = next(_ids)
+    request = InferenceRequest(request_id=f"r{n}", session_id=session, prompt="hi")
+    return PendingItem(request=request, tp=("t", partition), offset=n, enqueued_at=at)
+
+
+def batcher(*, size: int = 4, wait_s: float = 0.01, capacity: int = 16) -> Batcher:
+    return Batcher(max_batch_size=size, max_batch_wait_s=wait_s, capacity=capacity)
+
+
+def sessions(items: tuple[PendingItem, ...]) -> list[str]:
+    return [i.session_id for i in items]
+
+
+def test_empty_queue_plans_nothing_and_sets_no_wake() -> None:
+    plan = batcher().plan(0.0)
+    assert plan.batch is None and plan.wake_at is None and plan.waiting == 0
+
+
+def test_partial_batch_waits_until_the_oldest_is_due() -> None:
+    b = batcher(size=4, wait_s=0.01)
+    b.add(item("a", at=1.0))
+    b.add(item("b", at=1.004))
+    plan = b.plan(1.005)
+    assert plan.batch is None and plan.wake_at == pytest.approx(1.01) and plan.waiting == 2
+    plan = b.plan(1.01)
+    assert plan.batch is not None and plan.batch.reason == "waited"
+    assert sessions(plan.batch.items) == ["a", "b"] and len(b) == 0
+
+
+def test_full_batch_goes_at_once_and_leaves_the_rest_queued_in_order() -> None:
+    b = batcher(size=2, wait_s=10)
+    for s in "abc":
+        b.add(item(s, at=0.0))
+    plan = b.plan(0.0)
+    assert plan.batch is not None and plan.batch.reason == "full"
+    assert sessions(plan.batch.items) == ["a", "b"] and plan.waiting == 1
+    assert plan.batch.planned_at == 0.0 and plan.batch.size == 2
+
+
+def test_one_request_per_session_per_batch_later_turns_keep_their_order() -> None:
+    b = batcher(size=8, wait_s=0)
+    first, second, other, third = item("s"), item("s"), item("o"), item("s")
+    for i in (first, second, other, third):
+        b.add(i)
+    plan = b.plan(0.0)
+    assert plan.batch is not None and plan.batch.items == (first, other)
+    plan = b.plan(0.0)
+    assert plan.batch is not None and plan.batch.items == (second,)
+    plan = b.plan(0.0)
+    assert plan.batch is not None and plan.batch.items == (third,)
+
+
+def test_running_sessions_are_not_scheduled_until_they_finish() -> None:
+    b = batcher(size=8, wait_s=0)
+    busy, free = item("busy"), item("free")
+    b.add(busy)
+    b.add(free)
+    plan = b.plan(0.0, running_sessions={"busy"})
+    assert plan.batch is not None and plan.batch.items == (free,)
+    assert b.plan(0.0, running_sessions={"busy"}).batch is None  # nothing due: no wake either
+    assert b.plan(0.0, running_sessions={"busy"}).wake_at is None
+    plan = b.plan(0.0, running_sessions=set())
+    assert plan.batch is not None and plan.batch.items == (busy,)
+
+
+def test_a_blocked_session_does_not_hold_up_the_wait_of_others() -> None:
+    b = batcher(size=8, wait_s=0.5)
+    b.add(item("busy", at=0.0))
+    b.add(item("free", at=0.3))
+    plan = b.plan(0.4, running_sessions={"busy"})
+    assert plan.batch is None and plan.wake_at == pytest.approx(0.8)  # the eligible item's wait counts
+
+
+def test_full_counts_against_capacity_and_add_refuses_beyond_it() -> None:
+    b = batcher(size=8, capacity=2)
+    b.add(item("a"))
+    assert not b.full and b.free == 1
+    b.add(item("b"))
+    assert b.full and b.free == 0
+    with pytest.raises(QueueFull):
+        b.add(item("c"))
+
+
+def test_revoked_partitions_lose_their_queued_items() -> None:
+    b = batcher()
+    keep, gone = item("a", partition=0), item("b", partition=1)
+    b.add(keep)
+    b.add(gone)
+    assert b.drop_partitions([("t", 1)]) == [gone]
+    assert len(b) == 1 and b.drain() == [keep] and len(b) == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"size": 0}, {"capacity": 0}, {"wait_s": -1.0}])
+def test_nonsense_bounds_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        batcher(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,174 @@
+"""A small deterministic engine that implements the engine Protocol, for driving the worker loop.
+
+Words in, words out: ``encode`` splits on spaces, and each step emits the next word of a fixed
+script, so tests know exactly what every stream must hold. It counts ``start`` calls, which is how
+tests prove that expired, invalid or redelivered requests cost no compute.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine, TokenDelta
+from schemas.events import FinishReason
+from schemas.requests import ChatMessage, SamplingParams
+
+WORDS = ("mise", "en", "place", "oui", "chef", "service", "pass", "fire")
+
+
+def expected_text(n: int) -> str:
+    return "".join(f"{WORDS[i % len(WORDS)]} " for i in range(n))
+
+
+@dataclass
+class _Run:
+    inputs: Sequence[GenerationInput]
+    done: dict[str, int] = field(default_factory=dict)
+    produced: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.done) == len(self.inputs)
+
+    def step(self) -> list[TokenDelta]:
+        out = []
+        for g in self.inputs:
+            if g.request_id in self.done:
+                continue
+            n = self.produced.get(g.request_id, 0)
+            self.produced[g.request_id] = n + 1
+            last = n + 1 >= g.max_new_tokens
+            if last:
+                self.done[g.request_id] = n + 1
+            out.append(
+                TokenDelta(
+                    request_id=g.request_id,
+                    text=f"{WORDS[n % len(WORDS)]} ",
+                    completion_tokens=n + 1,
+                    finish_reason=FinishReason.LENGTH if last else None,
+                )
+            )
+        return out
+
+
+class WordEngine:
+    """Implements ``InferenceEngine``; thread-safe enough for one executor thread plus test reads."""
+
+    def __init__(self, *, model_name: str = "test:words", max_context: int = 64) -> None:
+        self._name = model_name
+        self._max_context = max_context
+        self._lock = threading.Lock()
+        self.started: list[list[str]] = []  # request_ids of every batch started
+        self.warmed_with: int | None = None
+        self.closed = False
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    def encode(self, text: str) -> list[int]:
+        return [len(w) for w in text.split()]
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        return " ".join(f"<{m.role}> {m.content}" for m in messages) + " <assistant>"
+
+    def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
+        with self._lock:
+            self.started.append([g.request_id for g in inputs])
+        return _Run(inputs=list(inputs))
+
+    def warmup(self, *, batch_size: int) -> None:
+        run = _Run([GenerationInput(f"w{i}", [1], 2, SamplingParams()) for i in range(batch_size)])
+        while not run.finished:
+            run.step()
+        self.warmed_with = batch_size
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def started_ids(self) -> set[str]:
+        with self._lock:
+            return {rid for batch in self.started for rid in batch}
+
+
+def test_word_engine_is_deterministic_and_satisfies_the_protocol() -> None:
+    engine: InferenceEngine = WordEngine()
+    run = engine.start([GenerationInput("a", [1], 3, SamplingParams()), GenerationInput("b", [1], 1, SamplingParams())])
+    steps = []
+    while not run.finished:
+        steps.append(run.step())
+    assert [len(s) for s in steps] == [2, 1, 1]
+    assert "".join(d.text for s in steps for d in s if d.request_id == "a") == expected_text(3)
+    assert steps[-1][-1].finish_reason is FinishReason.LENGTH
+
+
+class CountingEngine:
+    """Wraps a real engine and records which requests were started: proof of "no compute"."""
+
+    def __init__(self, inner: InferenceEngine) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+        self.started: list[list[str]] = []
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def max_context(self) -> int:
+        return self.inner.max_context
+
+    def encode(self, text: str) -> list[int]:
+        return self.inner.encode(text)
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        return self.inner.render_chat(messages)
+
+    def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
+        with self._lock:
+            self.started.append([g.request_id for g in inputs])
+        return self.inner.start(inputs)
+
+    def warmup(self, *, batch_size: int) -> None:
+        self.inner.warmup(batch_size=batch_size)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def started_ids(self) -> set[str]:
+        with self._lock:
+            return {rid for batch in self.started for rid in batch}
+
+
+class _SlowRun:
+    def __init__(self, inner: BatchRun, step_s: float) -> None:
+        self._inner = inner
+        self._step_s = step_s
+
+    @property
+    def finished(self) -> bool:
+        return self._inner.finished
+
+    def step(self) -> list[TokenDelta]:
+        time.sleep(self._step_s)  # executor thread: stands in for device time, keeps a batch in flight
+        return self._inner.step()
+
+
+class SlowEngine(CountingEngine):
+    """A real engine whose steps take at least ``step_s``: long enough batches to rebalance under."""
+
+    def __init__(self, inner: InferenceEngine, *, step_s: float) -> None:
+        super().__init__(inner)
+        self._step_s = step_s
+
+    def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
+        return _SlowRun(super().start(inputs), self._step_s)
