@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -36,10 +37,8 @@ async def ensure_topics(settings: Settings, *, replication_factor: int = 1) -> l
             if name not in existing
         ]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another replica won the race
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another ingress replica won the race
             log.info("created topics", extra={"topics": [t.name for t in missing]})
         return [t.name for t in missing]
     finally:
