@@ -1,0 +1,77 @@
+"""The ingress ASGI app: wiring only. The work lives in ``Ingress`` and the routers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from brigade import __version__
+from brigade.models.registry import load_tokenizer
+from producer.errors import install_error_handlers
+from producer.ingress import Ingress
+from producer.lag import LagMonitor
+from producer.metrics import IngressMetrics
+from producer.openai_api import router as openai_router
+from producer.publisher import Publisher
+from producer.routes import router as native_router
+from schemas.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = IngressMetrics()
+        tokenizer = await asyncio.to_thread(load_tokenizer, settings.model, cache_dir=settings.model_cache_dir)
+        publisher = Publisher(settings)
+        await publisher.start()
+        redis = aioredis.from_url(settings.redis_url, decode_responses=True, socket_timeout=settings.request_timeout_s)
+        lag = LagMonitor(settings, publisher, metrics)
+        lag_task = asyncio.create_task(lag.run(), name="lag-monitor")
+        app.state.ingress = Ingress(
+            settings=settings, publisher=publisher, redis=redis, tokenizer=tokenizer, lag=lag, metrics=metrics
+        )
+        try:
+            yield
+        finally:
+            lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag_task
+            await publisher.stop()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="brigade ingress",
+        version=__version__,
+        summary="Publish inference requests to Kafka by cost class; read tokens from Redis streams.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(native_router)
+    app.include_router(openai_router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        ingress: Ingress = request.app.state.ingress
+        checks = {"kafka": ingress.publisher.ready, "redis": False}
+        with contextlib.suppress(RedisError, OSError):
+            checks["redis"] = bool(await ingress.redis.ping())
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        ingress: Ingress = request.app.state.ingress
+        return Response(generate_latest(ingress.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

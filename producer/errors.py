@@ -1,0 +1,89 @@
+"""One error shape everywhere, OpenAI's, so SDKs surface our messages: ``{"error": {message, type, param, code}}``.
+
+Every message names the field, the limit and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+class ApiError(Exception):
+    """An answer other than success, with what the caller needs to fix it."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+
+def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": param, "code": code}}
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_message(errors: list[Any]) -> tuple[str, str | None]:
+    """Pydantic errors → one sentence per field, e.g. "max_new_tokens: Input should be greater than or equal to 1"."""
+    parts = []
+    first: str | None = None
+    for err in errors:
+        field = _field(tuple(err.get("loc", ())))
+        first = first or field
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', msg)}); send a JSON object")
+        else:
+            parts.append(f"{field}: {msg}")
+    return "; ".join(parts), first
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        body = error_body(exc.status, exc.message, param=exc.param, code=exc.code)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, field = validation_message(list(exc.errors()))
+        return JSONResponse(error_body(422, message, param=field, code="invalid_value"), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; see /docs for the methods it takes"
+        elif exc.status_code == 404:
+            message = f"no route {request.url.path}; see /docs for the API"
+        headers = dict(exc.headers) if exc.headers else None
+        return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code, headers=headers)

@@ -1,0 +1,128 @@
+"""The ingress's one job: turn a valid request into an acknowledged Kafka message on the right class topic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from tokenizers import Tokenizer
+
+from producer.errors import ApiError
+from producer.lag import LagMonitor
+from producer.metrics import IngressMetrics
+from producer.publisher import BrokerUnavailable, Publisher
+from schemas.costs import classify, estimate_cost
+from schemas.requests import InferenceRequest
+from schemas.settings import Settings
+
+_THREAD_TOKENIZE_CHARS = 4096  # longer texts are tokenized off the event loop
+_MESSAGE_OVERHEAD_TOKENS = 4  # role markers a chat template adds per turn, roughly
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    request_id: str
+    session_id: str
+    cost_class: str
+    topic: str
+    partition: int
+    offset: int
+    stream: str
+    prompt_tokens: int
+
+
+@dataclass
+class Ingress:
+    settings: Settings
+    publisher: Publisher
+    redis: aioredis.Redis
+    tokenizer: Tokenizer
+    lag: LagMonitor
+    metrics: IngressMetrics
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        return (self.settings.model,)
+
+    async def count_tokens(self, request: InferenceRequest) -> int:
+        texts = [request.prompt] if request.prompt is not None else [m.content for m in request.messages or ()]
+        overhead = 0 if request.prompt is not None else _MESSAGE_OVERHEAD_TOKENS * len(texts)
+        if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
+            encodings = await asyncio.to_thread(self.tokenizer.encode_batch, texts)
+        else:
+            encodings = self.tokenizer.encode_batch(texts)
+        return sum(len(e.ids) for e in encodings) + overhead
+
+    def check_limits(self, request: InferenceRequest, prompt_tokens: int) -> None:
+        s = self.settings
+        if request.model is not None and request.model not in self.served_models:
+            raise ApiError(
+                404,
+                f"model {request.model!r} is not served here; served: {', '.join(self.served_models)} (GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
+        if request.max_new_tokens > s.max_new_tokens_limit:
+            raise ApiError(
+                422,
+                f"max_new_tokens={request.max_new_tokens} is over the limit {s.max_new_tokens_limit} "
+                f"(BRIGADE_MAX_NEW_TOKENS_LIMIT); ask for at most {s.max_new_tokens_limit} tokens",
+                param="max_new_tokens",
+                code="max_new_tokens_over_limit",
+            )
+        if prompt_tokens > s.max_prompt_tokens:
+            raise ApiError(
+                413,
+                f"the prompt is {prompt_tokens} tokens, over the limit {s.max_prompt_tokens} "
+                "(BRIGADE_MAX_PROMPT_TOKENS); shorten it or split the work",
+                param="messages" if request.prompt is None else "prompt",
+                code="prompt_too_long",
+            )
+
+    async def submit(self, request: InferenceRequest, *, traceparent: str | None = None) -> Accepted:
+        prompt_tokens = await self.count_tokens(request)
+        self.check_limits(request, prompt_tokens)
+        try:
+            cls = classify(
+                estimate_cost(prompt_tokens=prompt_tokens, max_new_tokens=request.max_new_tokens),
+                self.settings.cost_classes,
+                explicit=request.cost_class,
+            )
+        except ValueError as exc:
+            raise ApiError(422, str(exc), param="cost_class", code="unknown_cost_class") from None
+        decision = self.lag.decision(cls.name)
+        if not decision.admit:
+            self.metrics.requests.labels(cls.name, "throttled").inc()
+            raise ApiError(
+                429,
+                f"class {cls.name!r} has a backlog of {decision.lag} requests, over its limit {decision.limit} "
+                f"(BRIGADE_CLASS_MAX_LAG); retry after {decision.retry_after_s} s",
+                code="class_backlog_full",
+                headers={"Retry-After": str(decision.retry_after_s)},
+            )
+        if request.cost_class != cls.name:
+            request = request.model_copy(update={"cost_class": cls.name})
+        topic = self.settings.names.request_topic(cls.name)
+        headers = [("traceparent", traceparent.encode())] if traceparent else []
+        t0 = time.perf_counter()
+        try:
+            meta = await self.publisher.publish(
+                topic, key=request.session_id.encode(), value=request.to_bytes(), headers=headers
+            )
+        except BrokerUnavailable as exc:
+            self.metrics.requests.labels(cls.name, "unavailable").inc()
+            raise ApiError(503, str(exc), code="broker_unavailable", headers={"Retry-After": "1"}) from None
+        self.metrics.publish_seconds.labels(cls.name).observe(time.perf_counter() - t0)
+        self.metrics.requests.labels(cls.name, "accepted").inc()
+        return Accepted(
+            request_id=request.request_id,
+            session_id=request.session_id,
+            cost_class=cls.name,
+            topic=topic,
+            partition=meta.partition,
+            offset=meta.offset,
+            stream=self.settings.names.stream_key(request.session_id),
+            prompt_tokens=prompt_tokens,
+        )

@@ -1,0 +1,29 @@
+"""Ingress metrics, one registry per app so several apps (tests) never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class IngressMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "brigade_ingress_requests",
+            "Requests seen by the ingress, by class and outcome (accepted, rejected, throttled, unavailable).",
+            ["class", "outcome"],
+            registry=self.registry,
+        )
+        self.publish_seconds = Histogram(
+            "brigade_ingress_publish_seconds",
+            "Time from a valid request to the broker's acknowledgement.",
+            ["class"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self.lag = Gauge(
+            "brigade_class_lag",
+            "Backlog of a class as the ingress sees it: Σ over partitions of log end − committed offset.",
+            ["class"],
+            registry=self.registry,
+        )

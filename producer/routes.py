@@ -1,0 +1,84 @@
+"""The native API: submit a request, read a session's events as Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from producer.ingress import Ingress
+from producer.stream_reader import follow
+from schemas.events import is_final
+from schemas.requests import Identifier, InferenceRequest
+
+router = APIRouter()
+
+
+class SubmitBody(InferenceRequest):
+    """``InferenceRequest`` with ``request_id`` and ``session_id`` optional: the ingress generates them."""
+
+    request_id: Identifier | None = Field(default=None)  # type: ignore[assignment]
+    session_id: Identifier | None = Field(default=None)  # type: ignore[assignment]
+
+    def to_request(self) -> InferenceRequest:
+        data = self.model_dump(exclude_none=True)
+        data.setdefault("request_id", uuid.uuid4().hex)
+        data.setdefault("session_id", uuid.uuid4().hex)
+        return InferenceRequest.model_validate(data)
+
+
+def ingress_of(request: Request) -> Ingress:
+    ingress: Ingress = request.app.state.ingress
+    return ingress
+
+
+@router.post("/v1/requests", status_code=202)
+async def submit(
+    body: SubmitBody, request: Request, traceparent: Annotated[str | None, Header()] = None
+) -> JSONResponse:
+    """Publish a request to its cost class's topic; 202 once the broker has acknowledged it."""
+    accepted = await ingress_of(request).submit(body.to_request(), traceparent=traceparent)
+    return JSONResponse(
+        {
+            "request_id": accepted.request_id,
+            "session_id": accepted.session_id,
+            "cost_class": accepted.cost_class,
+            "topic": accepted.topic,
+            "partition": accepted.partition,
+            "offset": accepted.offset,
+            "stream": accepted.stream,
+            "prompt_tokens": accepted.prompt_tokens,
+            "events_url": f"/v1/sessions/{accepted.session_id}/events?request_id={accepted.request_id}",
+        },
+        status_code=202,
+    )
+
+
+@router.get("/v1/sessions/{session_id}/events")
+async def session_events(
+    session_id: str,
+    request: Request,
+    request_id: Annotated[str | None, Query(description="End after this request's final event.")] = None,
+    last_event_id: Annotated[str | None, Query(description="Resume after this stream entry id.")] = None,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    """Server-Sent Events from ``brigade:stream:<session_id>``: ``id`` is the Redis entry id, so resuming works."""
+    ingress = ingress_of(request)
+    key = ingress.settings.names.stream_key(session_id)
+    start = last_event_id_header or last_event_id or "0-0"
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        async for entry_id, event in follow(ingress.redis, key, last_id=start):
+            if request_id is not None and event.request_id != request_id:
+                continue
+            yield ServerSentEvent(id=entry_id, event=event.type, data=json.dumps(event.model_dump(mode="json")))
+            if request_id is not None and is_final(event):
+                return
+
+    return EventSourceResponse(events(), ping=15)

@@ -1,0 +1,113 @@
+"""Reading response streams: follow a session's Redis stream, and drop partial attempts.
+
+A request cut off mid-generation is generated again with ``attempt`` + 1. ``AttemptFilter`` is the
+pure part: given events in stream order it says which belong to the answer the user should see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+import redis.asyncio as aioredis
+
+from brigade.streams import xread
+from schemas.events import DoneEvent, ErrorEvent, TokenEvent, is_final, parse_event
+
+AnyEvent = TokenEvent | DoneEvent | ErrorEvent
+
+
+class Verdict(Enum):
+    KEEP = "keep"  # part of the current attempt
+    RESTART = "restart"  # first event of a newer attempt: forget what was collected, then keep this one
+    DROP = "drop"  # a stale attempt's event, or one after the final
+
+
+@dataclass
+class AttemptFilter:
+    """Per request: the newest attempt wins; nothing after the final event counts."""
+
+    _attempt: dict[str, int] = field(default_factory=dict)
+    _finished: set[str] = field(default_factory=set)
+
+    def judge(self, event: AnyEvent) -> Verdict:
+        rid = event.request_id
+        if rid in self._finished:
+            return Verdict.DROP
+        current = self._attempt.get(rid)
+        if current is not None and event.attempt < current:
+            return Verdict.DROP
+        self._attempt[rid] = event.attempt
+        if is_final(event):
+            self._finished.add(rid)
+        return Verdict.RESTART if current is not None and event.attempt > current else Verdict.KEEP
+
+
+async def follow(
+    redis: aioredis.Redis, key: str, *, last_id: str = "0-0", block_ms: int = 5000
+) -> AsyncIterator[tuple[str, AnyEvent]]:
+    """Every event on ``key`` after ``last_id``, forever (``block_ms`` bounds each XREAD, not the whole read)."""
+    while True:
+        for _key, entries in await xread(redis, {key: last_id}, block_ms=block_ms):
+            for entry_id, fields in entries:
+                last_id = entry_id
+                yield entry_id, parse_event(fields)
+
+
+@dataclass
+class Answer:
+    """The clean answer to one request, after partial attempts are dropped."""
+
+    text: list[str] = field(default_factory=list)
+    final: DoneEvent | ErrorEvent | None = None
+
+    def add(self, event: AnyEvent, verdict: Verdict) -> None:
+        if verdict is Verdict.DROP:
+            return
+        if verdict is Verdict.RESTART:
+            self.text.clear()
+        if isinstance(event, TokenEvent):
+            self.text.append(event.text)
+        elif isinstance(event, DoneEvent | ErrorEvent):
+            self.final = event
+
+
+async def request_events(
+    redis: aioredis.Redis, key: str, request_id: str, *, last_id: str = "0-0"
+) -> AsyncIterator[tuple[AnyEvent, Verdict]]:
+    """One request's events with their verdicts, ending after its final event."""
+    attempts = AttemptFilter()
+    async for _entry_id, event in follow(redis, key, last_id=last_id):
+        if event.request_id != request_id:
+            continue
+        verdict = attempts.judge(event)
+        yield event, verdict
+        if verdict is not Verdict.DROP and is_final(event):
+            return
+
+
+@dataclass
+class LiveText:
+    """Streams text to a client that cannot take text back.
+
+    After a restart the new attempt's text is held back until it passes what the client already has;
+    when sampling is reproducible (greedy, or a seed) the regenerated text is identical and the seam is
+    invisible.
+    """
+
+    sent: int = 0  # characters the client has
+    position: int = 0  # characters of the current attempt seen so far
+
+    def feed(self, text: str, verdict: Verdict) -> str:
+        if verdict is Verdict.DROP:
+            return ""
+        if verdict is Verdict.RESTART:
+            self.position = 0
+        start = self.position
+        self.position += len(text)
+        if self.position <= self.sent:
+            return ""
+        fresh = text[max(0, self.sent - start) :]
+        self.sent = self.position
+        return fresh

@@ -1,0 +1,115 @@
+"""The core path end to end: HTTP or raw Kafka in, real workers with the ONNX engine, Redis streams out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+
+from brigade.inprocess import finals, fleet, read_until_final
+from schemas.events import DoneEvent
+from schemas.settings import Settings
+
+PROMPTS = {
+    "small": "The pass is where plates go out.",
+    "medium": "A brigade kitchen has stations for sauces, fish, roasts and pastry, each with its chef.",
+    "large": "Tickets arrive on the rail; the expediter calls them; chefs fire dishes; the pass checks them.",
+}
+
+
+async def test_hundred_requests_across_three_classes_each_end_with_one_done(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    async with fleet(settings) as f, httpx.AsyncClient(base_url=f.url, timeout=30) as http:
+        submitted: dict[str, set[str]] = {}
+        classes = list(settings.classes)
+
+        async def submit(i: int) -> None:
+            cls = classes[i % 3]
+            session = f"sess-{i % 40}"
+            body = {
+                "session_id": session,
+                "prompt": PROMPTS[cls],
+                "max_new_tokens": 4 + i % 7,
+                "cost_class": cls,
+                "temperature": 0,
+            }
+            resp = await http.post("/v1/requests", json=body)
+            assert resp.status_code == 202, resp.text
+            ack = resp.json()
+            assert ack["cost_class"] == cls and ack["session_id"] == session
+            assert ack["stream"] == settings.names.stream_key(session)
+            submitted.setdefault(session, set()).add(ack["request_id"])
+
+        await asyncio.gather(*(submit(i) for i in range(100)))
+        assert sum(len(v) for v in submitted.values()) == 100
+
+        results = await asyncio.gather(
+            *(read_until_final(redis_client, settings.names.stream_key(s), rids) for s, rids in submitted.items())
+        )
+    for events_by_request in results:
+        for rid, events in events_by_request.items():
+            assert len(finals(events)) == 1, (rid, events)
+            done = finals(events)[0]
+            assert isinstance(done, DoneEvent), done
+            tokens = [e for e in events if e.type == "token"]
+            assert done.completion_tokens >= 1
+            assert [e.seq for e in events] == list(range(len(events)))
+            assert all(e.text for e in tokens)
+
+
+async def test_raw_json_published_with_a_plain_kafka_client_completes(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        async with fleet(settings, classes=["small"], ingress=False):
+            raw = {"request_id": "raw-1", "session_id": "raw-session", "prompt": "hello", "max_new_tokens": 5}
+            await producer.send_and_wait(
+                settings.names.request_topic("small"), json.dumps(raw).encode(), key=b"raw-session"
+            )
+            events = await read_until_final(redis_client, settings.names.stream_key("raw-session"), {"raw-1"})
+    finally:
+        await producer.stop()
+    (done,) = finals(events["raw-1"])
+    assert isinstance(done, DoneEvent)
+    assert done.completion_tokens == 5 or done.finish_reason == "stop"
+
+
+async def test_poison_messages_go_to_the_dlq_and_the_next_request_completes(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    topic = settings.names.request_topic("small")
+    try:
+        async with fleet(settings, classes=["small"], ingress=False):
+            await producer.send_and_wait(topic, b"{not json", key=b"p")
+            await producer.send_and_wait(topic, b'{"request_id": "x", "prompt": "no session"}', key=b"p")
+            good = {"request_id": "good-1", "session_id": "p", "prompt": "still alive?", "max_new_tokens": 3}
+            await producer.send_and_wait(topic, json.dumps(good).encode(), key=b"p")
+            events = await read_until_final(redis_client, settings.names.stream_key("p"), {"good-1"})
+    finally:
+        await producer.stop()
+    assert len(finals(events["good-1"])) == 1
+
+    dlq = AIOKafkaConsumer(
+        settings.names.dlq_topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await dlq.start()
+    try:
+        got: list[ConsumerRecord[bytes, bytes]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len(got) < 2 and loop.time() < deadline:
+            batch = await dlq.getmany(timeout_ms=500)
+            got.extend(m for msgs in batch.values() for m in msgs)
+    finally:
+        await dlq.stop()
+    assert [m.value for m in got] == [b"{not json", b'{"request_id": "x", "prompt": "no session"}']
+    reasons = [dict(m.headers).get("error", b"").decode() for m in got]  # pydantic text names the field
+    assert "session_id" in reasons[1], reasons
