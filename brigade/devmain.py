@@ -77,7 +77,7 @@ def run_dev(
                 code = 0 if ok else 1
                 console.print("[dim]The stack keeps running; Ctrl-C stops it.[/]")
             stop.wait()
-            console.print("[shutdown] stopping ingress, draining workers, stopping broker and redis")
+            console.print("[shutdown] stopping ingress, draining workers, stopping broker and redis", markup=False)
             return code
         finally:
             ctx.__exit__(None, None, None)
