@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from producer.client import BrigadeClient
@@ -33,8 +34,19 @@ class DemoResult:
     tokens: int = 0
 
 
-async def _one(client: BrigadeClient, cost_class: str, colour: str, max_new_tokens: int) -> DemoResult:
-    result = DemoResult(cost_class=cost_class)
+def _live_view(live: dict[str, DemoResult]) -> Table:
+    table = Table(title="tokens as they stream back", expand=True)
+    table.add_column("class", width=8)
+    table.add_column("text")
+    for name, r in live.items():
+        table.add_row(name, "".join(r.text) + ("" if r.outcome != "pending" else "▌"))
+    return table
+
+
+async def _one(
+    client: BrigadeClient, cost_class: str, colour: str, max_new_tokens: int, live: dict[str, DemoResult]
+) -> DemoResult:
+    result = live[cost_class] = DemoResult(cost_class=cost_class)
     t0 = time.monotonic()
     prompt = PROMPTS.get(cost_class, PROMPTS["small"])
     sub = await client.submit(prompt, cost_class=cost_class, max_new_tokens=max_new_tokens, temperature=0.8, seed=7)
@@ -44,7 +56,8 @@ async def _one(client: BrigadeClient, cost_class: str, colour: str, max_new_toke
             if result.first_token_s is None:
                 result.first_token_s = time.monotonic() - t0
             result.text.append(event.text)
-            console.print(f"[{colour}]{cost_class:>6}[/] │ {event.text!r}", highlight=False)
+            if not console.is_terminal:  # a terminal watches the live table instead
+                console.print(f"[{colour}]{cost_class:>6}[/] │ {event.text!r}", highlight=False)
         elif event.type == "done":
             result.outcome = f"done ({event.finish_reason})"
             result.tokens = event.completion_tokens
@@ -57,10 +70,18 @@ async def _one(client: BrigadeClient, cost_class: str, colour: str, max_new_toke
 async def run_demo(url: str, *, classes: Sequence[str], max_new_tokens: int) -> bool:
     """True when every class answered with a ``done``."""
     console.print(f"[bold]demo[/]: one prompt per class {', '.join(classes)} → {url}")
+    live: dict[str, DemoResult] = {}
     async with BrigadeClient(url) as client:
-        results = await asyncio.gather(
-            *(_one(client, c, COLOURS[i % len(COLOURS)], max_new_tokens) for i, c in enumerate(classes))
-        )
+        jobs = [
+            asyncio.create_task(_one(client, c, COLOURS[i % len(COLOURS)], max_new_tokens, live))
+            for i, c in enumerate(classes)
+        ]
+        if console.is_terminal:
+            with Live(_live_view(live), console=console, refresh_per_second=12) as view:
+                while not all(j.done() for j in jobs):
+                    await asyncio.wait(jobs, timeout=0.08)
+                    view.update(_live_view(live))
+        results = await asyncio.gather(*jobs)
     table = Table(title="demo results")
     for col in ("class", "outcome", "tokens", "first token", "total", "text"):
         table.add_column(col)

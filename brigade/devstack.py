@@ -69,8 +69,8 @@ def _brigade(*args: str) -> list[str]:
     return [sys.executable, "-m", "brigade", *args]
 
 
-def _wait_ready(urls: list[str], *, timeout_s: float, services: list[Service]) -> None:
-    """Poll each /readyz until 200: readiness is only observable over HTTP."""
+def _wait_ready(urls: list[str], *, timeout_s: float, services: list[Service], owning: set[str] | None = None) -> None:
+    """Poll each /readyz until 200 (and, for ``owning`` URLs, until it owns partitions): only HTTP shows it."""
     deadline = time.monotonic() + timeout_s
     pending = list(urls)
     with httpx.Client(timeout=1.0) as client:
@@ -80,10 +80,12 @@ def _wait_ready(urls: list[str], *, timeout_s: float, services: list[Service]) -
                     raise ServiceFailed(f"{svc.name} exited during start:\n{svc.log_tail()}")
             url = pending[0]
             try:
-                if client.get(url).status_code == 200:
+                resp = client.get(url)
+                joined = url not in (owning or set()) or resp.json().get("partitions", 0) > 0
+                if resp.status_code == 200 and joined:
                     pending.pop(0)
                     continue
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 raise ServiceFailed(f"{url} not ready after {timeout_s}s")
@@ -149,7 +151,9 @@ def running(stack: DevStack, *, ready_timeout_s: float = 180.0) -> Iterator[DevS
         for svc in [ingress, *workers]:
             svc.wait_port(timeout_s=ready_timeout_s)
         urls = [f"http://127.0.0.1:{s.port}/readyz" for s in [ingress, *workers]]
-        _wait_ready(urls, timeout_s=ready_timeout_s, services=stack.services)
+        # With one worker per class every worker gets partitions; with more, some may rightly own none.
+        owning = set(urls[1:]) if stack.workers_per_class == 1 else set()
+        _wait_ready(urls, timeout_s=ready_timeout_s, services=stack.services, owning=owning)
         yield stack
     finally:
         stop_all(stack)

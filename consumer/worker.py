@@ -150,6 +150,7 @@ class Worker:
             admit=self._admit,
             space=self._space,
         )
+        self.health.partitions = lambda: len(fetcher.assignment())
         fetch_stop = asyncio.Event()
         try:
             await fetcher.start()
