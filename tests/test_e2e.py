@@ -7,11 +7,12 @@ import json
 
 import httpx
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 
 from brigade.inprocess import finals, fleet, read_until_final
 from schemas.events import DoneEvent
 from schemas.settings import Settings
+from tests.kafka_reader import read_records
 
 PROMPTS = {
     "small": "The pass is where plates go out.",
@@ -97,19 +98,7 @@ async def test_poison_messages_go_to_the_dlq_and_the_next_request_completes(
         await producer.stop()
     assert len(finals(events["good-1"])) == 1
 
-    dlq = AIOKafkaConsumer(
-        settings.names.dlq_topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
-    )
-    await dlq.start()
-    try:
-        got: list[ConsumerRecord[bytes, bytes]] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while len(got) < 2 and loop.time() < deadline:
-            batch = await dlq.getmany(timeout_ms=500)
-            got.extend(m for msgs in batch.values() for m in msgs)
-    finally:
-        await dlq.stop()
+    got = await read_records(settings.kafka_bootstrap, settings.names.dlq_topic, count=2)
     assert [m.value for m in got] == [b"{not json", b'{"request_id": "x", "prompt": "no session"}']
     reasons = [dict(m.headers).get("error", b"").decode() for m in got]  # pydantic text names the field
     assert "session_id" in reasons[1], reasons

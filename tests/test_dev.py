@@ -1,0 +1,82 @@
+"""``brigade dev`` as a user runs it: separate OS processes, a request served, SIGTERM stops everything."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from brigade.devtools.process import port_open
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline or text in environ:
+            pids.append(int(entry.name))
+    return pids
+
+
+async def test_dev_stack_starts_serves_and_stops_cleanly(tmp_path: Path, model_cache_dir: Path) -> None:
+    log_dir = tmp_path / "logs"
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "BRIGADE_MODEL_CACHE_DIR": str(model_cache_dir),
+        "BRIGADE_DEV_TEST_MARK": str(tmp_path),  # inherited by every child: lets us find orphans
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "brigade", "dev",
+        "--port", "0", "--kafka-port", "0", "--redis-port", "0", "--workers-per-class", "1",
+        "--log-dir", str(log_dir),
+        env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    url = None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(240):
+            while url is None:
+                line = (await proc.stderr.readline()).decode()
+                if not line:
+                    raise AssertionError("brigade dev exited early:\n" + "".join(seen))
+                seen.append(line)
+                match = re.search(r"ingress\s+(http://127\.0\.0\.1:\d+)", line)
+                url = match.group(1) if match else None
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            resp = await http.post(
+                "/v1/requests", json={"session_id": "dev-1", "prompt": "hello", "max_new_tokens": 4, "temperature": 0}
+            )
+            assert resp.status_code == 202, resp.text
+            rid = resp.json()["request_id"]
+            types = []
+            async with http.stream("GET", "/v1/sessions/dev-1/events", params={"request_id": rid}) as sse:
+                async for line in sse.aiter_lines():
+                    if line.startswith("event:"):
+                        types.append(line.split(":", 1)[1].strip())
+            assert types[-1] == "done" and types.count("done") == 1, types
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(90):
+            rest = await proc.stderr.read()
+            code = await proc.wait()
+    assert code == 0, "".join(seen) + rest.decode()
+    assert "[shutdown]" in rest.decode()
+    port = int(url.rsplit(":", 1)[1])
+    assert not port_open("127.0.0.1", port)
+    assert _processes_mentioning(str(tmp_path)) == []

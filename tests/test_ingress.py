@@ -1,0 +1,219 @@
+"""The ingress against a real broker and Redis. No worker runs here: where a test needs answers, it plays
+the worker itself — it consumes the request from the real topic and XADDs events to the real stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+
+from brigade.inprocess import fleet
+from producer.client import BrigadeClient, BrigadeError
+from schemas.events import DoneEvent, TokenEvent
+from schemas.requests import InferenceRequest
+from schemas.settings import Settings
+from tests.kafka_reader import read_records
+
+
+@pytest.fixture
+async def ingress(settings: Settings, topics: list[str]) -> AsyncIterator[str]:
+    async with fleet(settings, classes=[]) as f:
+        yield f.url
+
+
+async def play_worker(
+    settings: Settings, redis: aioredis.Redis, *, count: int, words: tuple[str, ...] = ("Hello", " world")
+) -> list[InferenceRequest]:
+    """Consume ``count`` requests from any class topic and answer each with tokens and a done."""
+    topics = [settings.names.request_topic(c) for c in settings.classes]
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    seen: list[InferenceRequest] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(seen) < count:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        req = InferenceRequest.from_bytes(record.value)
+                        seen.append(req)
+                        key = settings.names.stream_key(req.session_id)
+                        for i, word in enumerate(words):
+                            await redis.xadd(key, TokenEvent(request_id=req.request_id, seq=i, text=word).to_fields())  # type: ignore[arg-type]
+                        final = DoneEvent(
+                            request_id=req.request_id,
+                            seq=len(words),
+                            finish_reason="stop",
+                            prompt_tokens=3,
+                            completion_tokens=len(words),
+                        )
+                        await redis.xadd(key, final.to_fields())  # type: ignore[arg-type]
+    finally:
+        await consumer.stop()
+    return seen
+
+
+async def test_accepted_request_lands_on_its_class_topic_keyed_by_session(
+    settings: Settings, ingress: str, redis_client: aioredis.Redis
+) -> None:
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        resp = await http.post("/v1/requests", json={"session_id": "s-1", "prompt": "hi", "max_new_tokens": 8})
+        explicit = await http.post("/v1/requests", json={"prompt": "hi", "max_new_tokens": 8, "cost_class": "large"})
+        big = await http.post("/v1/requests", json={"prompt": "hi", "max_new_tokens": 600})
+    assert resp.status_code == 202, resp.text
+    ack = resp.json()
+    assert ack["cost_class"] == "small" and ack["session_id"] == "s-1"
+    assert ack["topic"] == settings.names.request_topic("small")
+    assert ack["stream"] == settings.names.stream_key("s-1")
+    assert explicit.json()["cost_class"] == "large"
+    assert big.json()["cost_class"] == "medium"  # 600 new tokens is over small's 512
+
+    records = await read_records(settings.kafka_bootstrap, settings.names.request_topic("small"), count=1)
+    (record,) = records
+    assert record.key == b"s-1" and record.partition == ack["partition"] and record.offset == ack["offset"]
+    assert InferenceRequest.from_bytes(record.value).request_id == ack["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"prompt": "x", "max_new_tokens": 0}, 422, "max_new_tokens"),
+        ({"prompt": "x", "max_new_tokens": 5000}, 422, "BRIGADE_MAX_NEW_TOKENS_LIMIT"),
+        ({"prompt": "x", "temperature": 7}, 422, "temperature"),
+        ({"prompt": "x", "surprise": 1}, 422, "surprise"),
+        ({"max_new_tokens": 3}, 422, "exactly one of 'prompt'"),
+        ({"prompt": "x", "cost_class": "huge"}, 422, "cost_class"),
+        ({"prompt": "x", "model": "gpt-9"}, 404, "gpt-9"),
+        ({"prompt": "word " * 3000}, 413, "BRIGADE_MAX_PROMPT_TOKENS"),
+    ],
+)
+async def test_bad_input_gets_a_clear_error(ingress: str, body: dict[str, object], status: int, needle: str) -> None:
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        resp = await http.post("/v1/requests", json=body)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert needle in error["message"], error
+    assert {"message", "type", "param", "code"} <= set(error)
+
+
+async def test_invalid_json_and_wrong_method(ingress: str) -> None:
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        bad = await http.post("/v1/requests", content=b"{nope", headers={"content-type": "application/json"})
+        wrong = await http.get("/v1/requests")
+    assert bad.status_code == 422 and "not valid JSON" in bad.json()["error"]["message"]
+    assert wrong.status_code == 405 and "GET is not allowed" in wrong.json()["error"]["message"]
+
+
+async def test_class_over_its_backlog_gets_429_while_cheaper_classes_flow(
+    settings: Settings, topics: list[str]
+) -> None:
+    tight = settings.model_copy(update={"class_max_lag": (100, 100, 2)})
+    async with fleet(tight, classes=[]) as f, httpx.AsyncClient(base_url=f.url) as http:
+        for _ in range(3):
+            assert (await http.post("/v1/requests", json={"prompt": "x", "cost_class": "large"})).status_code == 202
+        async with asyncio.timeout(20):
+            large = {"prompt": "x", "cost_class": "large"}
+            while (resp := await http.post("/v1/requests", json=large)).status_code == 202:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)  # the lag sample is only observable through the answers
+        assert resp.status_code == 429
+        assert "BRIGADE_CLASS_MAX_LAG" in resp.json()["error"]["message"]
+        assert 1 <= int(resp.headers["retry-after"]) <= 60
+        assert (await http.post("/v1/requests", json={"prompt": "x", "cost_class": "small"})).status_code == 202
+
+
+async def test_broker_unreachable_answers_503_quickly(settings: Settings) -> None:
+    down = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1", "request_timeout_s": 1.0})
+    async with fleet(down, classes=[]) as f, httpx.AsyncClient(base_url=f.url, timeout=10) as http:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        resp = await http.post("/v1/requests", json={"prompt": "x"})
+        assert resp.status_code == 503, resp.text
+        assert loop.time() - t0 < 3
+        assert "BRIGADE_KAFKA_BOOTSTRAP" in resp.json()["error"]["message"]
+        assert (await http.get("/readyz")).status_code == 503
+
+
+async def test_sse_events_resume_after_last_event_id(
+    settings: Settings, ingress: str, redis_client: aioredis.Redis
+) -> None:
+    async with BrigadeClient(ingress) as client:
+        sub = await client.submit("hi", session_id="sse-1")
+        await play_worker(settings, redis_client, count=1, words=("a", "b", "c"))
+        async with httpx.AsyncClient(base_url=ingress) as http:
+            ids, types = [], []
+            params = {"request_id": sub.request_id}
+            async with http.stream("GET", "/v1/sessions/sse-1/events", params=params) as resp:
+                async for line in resp.aiter_lines():
+                    if line.startswith("id:"):
+                        ids.append(line[3:].strip())
+                    if line.startswith("event:"):
+                        types.append(line[6:].strip())
+            assert types == ["token", "token", "token", "done"]
+            headers = {"Last-Event-ID": ids[1]}
+            async with http.stream("GET", "/v1/sessions/sse-1/events", params=params, headers=headers) as resp:
+                resumed = [json.loads(line[5:]) async for line in resp.aiter_lines() if line.startswith("data:")]
+        assert [e["text"] for e in resumed] == ["c", ""] and resumed[-1]["type"] == "done"
+        events = [e async for e in client.stream("sse-1", request_id=sub.request_id)]
+        assert [e.type for e in events] == ["token", "token", "token", "done"]
+
+
+async def test_client_generate_and_errors(settings: Settings, ingress: str, redis_client: aioredis.Redis) -> None:
+    async with BrigadeClient(ingress) as client:
+        worker = asyncio.create_task(play_worker(settings, redis_client, count=1))
+        completion = await client.generate("hi", max_new_tokens=4)
+        await worker
+        assert completion.text == "Hello world" and completion.finish_reason == "stop"
+        with pytest.raises(BrigadeError) as err:
+            await client.submit("x", max_new_tokens=100_000)
+        assert err.value.status == 422 and "max_new_tokens" in err.value.message
+
+
+async def test_openai_sdk_completions_and_chat(settings: Settings, ingress: str, redis_client: aioredis.Redis) -> None:
+    oai = openai.AsyncOpenAI(base_url=f"{ingress}/v1", api_key="unused")
+    model = (await oai.models.list()).data[0].id
+    assert model == settings.model
+
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=4))
+    text = await oai.completions.create(model=model, prompt="Say hi", max_tokens=5)
+    assert text.choices[0].text == "Hello world" and text.choices[0].finish_reason == "stop"
+    assert text.usage is not None and text.usage.completion_tokens == 2
+
+    chat = await oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert chat.choices[0].message.content == "Hello world" and chat.choices[0].message.role == "assistant"
+
+    chunks = [
+        c
+        async for c in await oai.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    ]
+    deltas = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert deltas == "Hello world"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 5
+
+    streamed = [c async for c in await oai.completions.create(model=model, prompt="x", stream=True)]
+    assert "".join(c.choices[0].text for c in streamed) == "Hello world"
+    assert streamed[-1].choices[0].finish_reason == "stop"
+    await worker
+
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        await oai.completions.create(model="gpt-9", prompt="x")
+    await oai.close()
+
+
+async def test_traceparent_travels_in_kafka_headers(settings: Settings, ingress: str) -> None:
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        resp = await http.post("/v1/requests", json={"prompt": "x"}, headers={"traceparent": trace})
+    assert resp.status_code == 202
+    records = await read_records(settings.kafka_bootstrap, settings.names.request_topic("small"), count=1)
+    assert dict(records[0].headers)["traceparent"] == trace.encode()
