@@ -45,9 +45,13 @@ class AttemptFilter:
 
 
 async def follow(
-    redis: aioredis.Redis, key: str, *, last_id: str = "0-0", block_ms: int = 5000
+    redis: aioredis.Redis, key: str, *, last_id: str = "0-0", block_ms: int = 1000
 ) -> AsyncIterator[tuple[str, AnyEvent]]:
-    """Every event on ``key`` after ``last_id``, forever (``block_ms`` bounds each XREAD, not the whole read)."""
+    """Every event on ``key`` after ``last_id``, forever.
+
+    ``block_ms`` bounds each XREAD and must stay under the client's socket timeout (redis-py's default is
+    5 s, and a blocked XREAD longer than that fails as a timeout).
+    """
     while True:
         for _key, entries in await xread(redis, {key: last_id}, block_ms=block_ms):
             for entry_id, fields in entries:
