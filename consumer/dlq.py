@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from consumer.kafka_config import kafka_client_options
+from brigade.kafka_config import kafka_client_options
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
 

@@ -21,8 +21,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from brigade.kafka_config import kafka_client_options
 from consumer.batcher import Batcher
-from consumer.kafka_config import kafka_client_options
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
 from schemas.settings import Settings

@@ -19,7 +19,7 @@ import httpx
 
 from producer.stream_reader import Answer, AttemptFilter
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent, is_final, parse_event
-from schemas.requests import ChatMessage
+from schemas.requests import ChatMessage, RequestAccepted
 
 AnyEvent = TokenEvent | DoneEvent | ErrorEvent
 
@@ -35,16 +35,7 @@ class BrigadeError(Exception):
         self.retry_after = retry_after
 
 
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    request_id: str
-    session_id: str
-    cost_class: str
-    topic: str
-    partition: int
-    offset: int
-    stream: str  # the Redis stream key, for readers that go straight to Redis
-    prompt_tokens: int
+Submitted = RequestAccepted  # the ingress's 202 body, parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +92,7 @@ class BrigadeClient:
         deadline: datetime | None = None,
         priority: int = 0,
         ignore_eos: bool = False,
-    ) -> Submitted:
+    ) -> RequestAccepted:
         """Publish one request; returns once the broker has acknowledged it."""
         body: dict[str, Any] = {
             "prompt": prompt,
@@ -122,8 +113,7 @@ class BrigadeClient:
         }
         resp = await self._http.post("/v1/requests", json={k: v for k, v in body.items() if v is not None})
         _raise_for(resp)
-        data = resp.json()
-        return Submitted(**{f: data[f] for f in Submitted.__dataclass_fields__})
+        return RequestAccepted.model_validate(resp.json())
 
     async def stream(
         self, session_id: str, *, request_id: str | None = None, last_event_id: str | None = None

@@ -14,23 +14,11 @@ from producer.lag import LagMonitor
 from producer.metrics import IngressMetrics
 from producer.publisher import BrokerUnavailable, Publisher
 from schemas.costs import classify, estimate_cost
-from schemas.requests import InferenceRequest
+from schemas.requests import InferenceRequest, RequestAccepted
 from schemas.settings import Settings
 
 _THREAD_TOKENIZE_CHARS = 4096  # longer texts are tokenized off the event loop
 _MESSAGE_OVERHEAD_TOKENS = 4  # role markers a chat template adds per turn, roughly
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    request_id: str
-    session_id: str
-    cost_class: str
-    topic: str
-    partition: int
-    offset: int
-    stream: str
-    prompt_tokens: int
 
 
 @dataclass
@@ -81,7 +69,7 @@ class Ingress:
                 code="prompt_too_long",
             )
 
-    async def submit(self, request: InferenceRequest, *, traceparent: str | None = None) -> Accepted:
+    async def submit(self, request: InferenceRequest, *, traceparent: str | None = None) -> RequestAccepted:
         prompt_tokens = await self.count_tokens(request)
         self.check_limits(request, prompt_tokens)
         try:
@@ -116,7 +104,7 @@ class Ingress:
             raise ApiError(503, str(exc), code="broker_unavailable", headers={"Retry-After": "1"}) from None
         self.metrics.publish_seconds.labels(cls.name).observe(time.perf_counter() - t0)
         self.metrics.requests.labels(cls.name, "accepted").inc()
-        return Accepted(
+        return RequestAccepted(
             request_id=request.request_id,
             session_id=request.session_id,
             cost_class=cls.name,
@@ -125,4 +113,5 @@ class Ingress:
             offset=meta.offset,
             stream=self.settings.names.stream_key(request.session_id),
             prompt_tokens=prompt_tokens,
+            events_url=f"/v1/sessions/{request.session_id}/events?request_id={request.request_id}",
         )

@@ -12,8 +12,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
+from brigade.kafka_config import kafka_client_options
 from producer.admission import Decision, decide, drain_rate, partition_lag
-from producer.kafka_config import kafka_client_options
 from producer.metrics import IngressMetrics
 from producer.publisher import Publisher
 from schemas.settings import Settings

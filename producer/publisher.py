@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
-from producer.kafka_config import kafka_client_options
+from brigade.kafka_config import kafka_client_options
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)

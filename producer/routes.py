@@ -44,20 +44,7 @@ async def submit(
 ) -> JSONResponse:
     """Publish a request to its cost class's topic; 202 once the broker has acknowledged it."""
     accepted = await ingress_of(request).submit(body.to_request(), traceparent=traceparent)
-    return JSONResponse(
-        {
-            "request_id": accepted.request_id,
-            "session_id": accepted.session_id,
-            "cost_class": accepted.cost_class,
-            "topic": accepted.topic,
-            "partition": accepted.partition,
-            "offset": accepted.offset,
-            "stream": accepted.stream,
-            "prompt_tokens": accepted.prompt_tokens,
-            "events_url": f"/v1/sessions/{accepted.session_id}/events?request_id={accepted.request_id}",
-        },
-        status_code=202,
-    )
+    return JSONResponse(accepted.model_dump(), status_code=202)
 
 
 @router.get("/v1/sessions/{session_id}/events")

@@ -8,7 +8,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from producer.kafka_config import kafka_client_options
+from brigade.kafka_config import kafka_client_options
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)

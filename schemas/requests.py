@@ -91,3 +91,19 @@ class InferenceRequest(SamplingParams):
     @classmethod
     def from_bytes(cls, raw: bytes) -> InferenceRequest:
         return cls.model_validate_json(raw)
+
+
+class RequestAccepted(BaseModel):
+    """The ingress's 202 answer: where the request went and where its answer will appear."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    session_id: str
+    cost_class: str
+    topic: str
+    partition: int
+    offset: int
+    stream: str  # the Redis stream key, for readers that go straight to Redis
+    prompt_tokens: int
+    events_url: str  # the SSE endpoint for this request

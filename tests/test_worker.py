@@ -19,9 +19,9 @@ import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from brigade.devtools.process import free_port
+from brigade.kafka_config import kafka_client_options
 from brigade.streams import xread
 from consumer.engine.interface import InferenceEngine
-from consumer.kafka_config import kafka_client_options
 from consumer.worker import Worker, default_engine_factory
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent, is_final, parse_event
 from schemas.requests import InferenceRequest

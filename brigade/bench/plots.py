@@ -24,7 +24,7 @@ def plot_report(report: BenchReport, path: Path) -> Path:
     if report.pipeline is not None:
         labels.append(f"HTTP→Kafka→worker→Redis\nbatch {report.pipeline.batch_size}")
         values.append(report.pipeline.tokens_per_s)
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = plt.subplots(figsize=(12.5, 4.8))
     bars = ax.bar(
         labels, values, color=["#4c72b0"] * len(report.engine) + ["#dd8452"] * (len(values) - len(report.engine))
     )

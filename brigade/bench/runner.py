@@ -111,9 +111,13 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
         f"[bold]brigade bench[/] model={config.model} requests={config.requests} "
         f"prompt≈{config.prompt_words} words new_tokens={config.new_tokens}"
     )
-    with console.status("loading model (built-in models are generated on first use)…"):
+    with console.status("loading model (built-in models are generated on first use) and warming up…"):
         engine = load_engine(settings)
         engine.warmup(batch_size=max(config.batch_sizes))
+        # One untimed batch per size with the benchmark's own shapes: the workers below get the same
+        # treatment (warm-up plus a warm-up request), so neither side pays ONNX Runtime's first-shape cost.
+        for b in config.batch_sizes:
+            engine_loop(engine, batch_size=b, requests=b, prompt_words=config.prompt_words, new_tokens=2)
     kw = {"requests": config.requests, "prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
     with _progress() as progress:
         for b in config.batch_sizes:

@@ -1,8 +1,4 @@
-"""aiokafka connection options from settings (bootstrap, TLS, SASL).
-
-A copy of ``producer/kafka_config.py``'s function: the consumer must not import the producer
-package (DESIGN: parts and their rooms), and the function is too small to earn a shared module.
-"""
+"""aiokafka connection options from settings (bootstrap, TLS, SASL): one definition for the ingress and the workers."""
 
 from __future__ import annotations
 
