@@ -14,6 +14,7 @@ Requests that must not cost compute are answered first with a single final event
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine
 from consumer.metrics import WorkerMetrics
 from consumer.sink import Outgoing, RedisSink
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent
-from schemas.requests import InferenceRequest
+from schemas.requests import InferenceRequest, SamplingParams
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class BatchExecutor:
                 request_id=request.request_id,
                 prompt_ids=ids,
                 max_new_tokens=request.max_new_tokens,
-                sampling=request.sampling(),
+                sampling=replayable_sampling(request),
             )
             out.runnable.append((run, gen))
         return out
@@ -272,6 +273,19 @@ class BatchExecutor:
 
     def _finish_metrics(self, item: PendingItem) -> None:
         self._metrics.observe_e2e(self._clock() - item.enqueued_at)
+
+
+def replayable_sampling(request: InferenceRequest) -> SamplingParams:
+    """Sampling with a seed derived from the request id when the caller gave none.
+
+    A request regenerated after a crash then samples the same tokens as its cut-off attempt, so a
+    streaming reader that already showed part of the answer sees no seam where the new attempt resumes.
+    """
+    sampling = request.sampling()
+    if sampling.seed is not None or sampling.temperature == 0:
+        return sampling
+    seed = int.from_bytes(hashlib.blake2b(request.request_id.encode(), digest_size=8).digest(), "big") >> 1
+    return sampling.model_copy(update={"seed": seed})
 
 
 def _error(request: InferenceRequest, attempt: int, code: ErrorCode, message: str) -> ErrorEvent:

@@ -172,3 +172,15 @@ class SlowEngine(CountingEngine):
 
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
         return _SlowRun(super().start(inputs), self._step_s)
+
+
+def test_unseeded_sampling_replays_identically_for_the_same_request() -> None:
+    from consumer.execute import replayable_sampling
+    from schemas.requests import InferenceRequest
+
+    a = InferenceRequest(request_id="r-1", session_id="s", prompt="x", temperature=0.8)
+    again = replayable_sampling(a)
+    assert again.seed is not None and again.seed == replayable_sampling(a).seed
+    assert replayable_sampling(a.model_copy(update={"request_id": "r-2"})).seed != again.seed
+    assert replayable_sampling(a.model_copy(update={"seed": 7})).seed == 7
+    assert replayable_sampling(a.model_copy(update={"temperature": 0.0})).seed is None
