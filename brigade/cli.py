@@ -7,6 +7,7 @@ environment variables; flags here are conveniences for the dev stack and the too
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -142,24 +143,53 @@ def bench(
     quick: Annotated[bool, typer.Option(help="A short run (under a minute) instead of the full one.")] = False,
     requests: Annotated[int | None, typer.Option(min=1, help="Requests per run (overrides the preset).")] = None,
     new_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens generated per request.")] = None,
-    out: Annotated[Path, typer.Option(help="Directory for bench.json and bench.png.")] = Path("bench-out"),
+    out: Annotated[Path, typer.Option(help="Directory for bench.json and the PNGs.")] = Path("bench-out"),
+    figure: Annotated[
+        list[str] | None,
+        typer.Option(help="Figures (repeatable or comma list): batching, pipeline, latency, ingress; default all."),
+    ] = None,
 ) -> None:
-    """Measure batching gain and pipeline efficiency (tokens/s), side by side in one run.
+    """Measure batching gain, pipeline efficiency, queue hop latency and ingress throughput, side by side in one run.
 
     Starts its own broker and redis-server (the 'dev' extra). Prints ratios with the absolute figures.
+    The latency figure runs on builtin:tiny so that the hop, not the model, dominates.
     """
     from dataclasses import replace
 
-    from brigade.bench.runner import BenchConfig, run_bench
+    from brigade.bench.runner import BenchConfig, parse_figures, run_bench
 
     settings = load_settings()
     configure_logging(level="WARNING", fmt="text", component="bench")
+    try:
+        figures = parse_figures(figure)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--figure") from None
     config = BenchConfig.quick(model) if quick else BenchConfig(model=model)
+    config = replace(config, figures=figures)
     if requests is not None:
         config = replace(config, requests=requests)
     if new_tokens is not None:
         config = replace(config, new_tokens=new_tokens)
     run_bench(config, out_dir=out, settings=settings)
+
+
+@app.command()
+def top(
+    ingress: Annotated[
+        list[str] | None, typer.Option(help="Ingress base or /metrics URL (class lag); repeatable.")
+    ] = None,
+    worker: Annotated[list[str] | None, typer.Option(help="Worker base or /metrics URL; repeatable.")] = None,
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between scrapes (the rate window).")] = 2.0,
+    once: Annotated[bool, typer.Option(help="Print one frame (two scrapes an interval apart) and exit.")] = False,
+) -> None:
+    """A live view of the classes: lag, batch size, tokens/s, running/waiting, TTFT p50, from /metrics."""
+    from brigade.top import run_top
+
+    urls = [*(ingress or []), *(worker or [])]
+    if not urls:
+        raise typer.BadParameter("give at least one --ingress or --worker URL", param_hint="--ingress/--worker")
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the live view
+        asyncio.run(run_top(urls, interval_s=interval, once=once))
 
 
 @app.command()

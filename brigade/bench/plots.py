@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from brigade.bench.latency import LatencyResult
 from brigade.bench.runner import BenchReport
 
 
@@ -33,6 +34,36 @@ def plot_report(report: BenchReport, path: Path) -> Path:
     ratios = report.ratios()
     subtitle = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in ratios.items())
     ax.set_title(f"brigade bench — {report.config.model} ({subtitle})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_latency(result: LatencyResult, path: Path) -> Path:
+    """CDF of the per-request hop latency (TTFT through the whole path minus the engine's prefill)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = sorted(result.hop_samples_ms)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    if samples:
+        ys = [(i + 1) / len(samples) for i in range(len(samples))]
+        ax.step(samples, ys, where="post", color="#4c72b0")
+        for q, style in (("p50", "--"), ("p99", ":")):
+            v = result.hop_ms[q]
+            ax.axvline(v, color="#dd8452", linestyle=style, label=f"{q} {v:.1f} ms")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("hop latency, ms (TTFT through HTTP → Kafka → worker → Redis − engine prefill)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(
+        f"queue hop latency — {result.model}, {result.offered_rps:.1f} req/s "
+        f"({result.offered_rps / result.capacity_rps:.0%} of {result.capacity_rps:.1f} req/s), n={len(samples)}"
+    )
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -20,12 +20,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from brigade.bench.engine_loop import LoopResult, engine_loop
+from brigade.bench.ingress import IngressConfig, IngressResult, run_ingress_figure
+from brigade.bench.latency import LatencyConfig, LatencyResult, latency_prompts, measure_prefill, run_latency
 from brigade.bench.pipeline import run_through_fleet
 from brigade.devtools.process import free_port
 from brigade.devtools.servers import kafka_service, redis_service
 from schemas.settings import Settings
 
 console = Console()
+
+FIGURES = ("batching", "pipeline", "latency", "ingress")
+
+
+def parse_figures(values: list[str] | None) -> tuple[str, ...]:
+    """``--figure`` values (repeatable, each may be a comma list) → the figures in their run order; none: all."""
+    names = [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; pick from {', '.join(FIGURES)}")
+    return tuple(f for f in FIGURES if f in names) if names else FIGURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +48,20 @@ class BenchConfig:
     requests: int = 64
     prompt_words: int = 24
     new_tokens: int = 32
+    figures: tuple[str, ...] = FIGURES
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    ingress: IngressConfig = field(default_factory=IngressConfig)
 
     @classmethod
     def quick(cls, model: str) -> BenchConfig:
-        return cls(model=model, requests=32, prompt_words=16, new_tokens=8)
+        return cls(
+            model=model,
+            requests=32,
+            prompt_words=16,
+            new_tokens=8,
+            latency=LatencyConfig.quick(),
+            ingress=IngressConfig.quick(),
+        )
 
 
 @dataclass
@@ -48,6 +71,8 @@ class BenchReport:
     engine: dict[int, LoopResult] = field(default_factory=dict)
     consumer: dict[int, LoopResult] = field(default_factory=dict)
     pipeline: LoopResult | None = None
+    latency: LatencyResult | None = None
+    ingress: IngressResult | None = None
 
     def ratios(self) -> dict[str, float]:
         lo, hi = self.config.batch_sizes
@@ -56,6 +81,8 @@ class BenchReport:
             out["batching_gain"] = self.consumer[hi].tokens_per_s / self.consumer[lo].tokens_per_s
         if self.pipeline is not None and hi in self.engine:
             out["pipeline_efficiency"] = self.pipeline.tokens_per_s / self.engine[hi].tokens_per_s
+        if self.ingress is not None:
+            out["ingress_vs_bare_producer"] = self.ingress.ratio
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -70,8 +97,24 @@ class BenchReport:
             "pipeline_via_http": None
             if self.pipeline is None
             else {**asdict(self.pipeline), "tokens_per_s": self.pipeline.tokens_per_s},
+            "queue_hop_latency": None if self.latency is None else asdict(self.latency),
+            "ingress_throughput": None if self.ingress is None else _ingress_json(self.ingress),
             "ratios": self.ratios(),
         }
+
+
+def _ingress_json(r: IngressResult) -> dict[str, Any]:
+    def side(t: Any) -> dict[str, Any]:
+        return {**asdict(t), "accepted_per_s": t.accepted_per_s}
+
+    return {
+        "concurrency": r.concurrency,
+        "linger_ms": r.linger_ms,
+        "cpu_affinity": r.cpu_affinity,
+        "ingress_http": side(r.ingress),
+        "bare_aiokafka_producer": side(r.bare),
+        "ratio": r.ratio,
+    }
 
 
 def machine_facts() -> dict[str, Any]:
@@ -103,14 +146,51 @@ def _advance(progress: Progress, task: TaskID) -> Callable[..., None]:
 
 
 def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> BenchReport:
-    from consumer.engine.onnx_engine import load_engine
-
     report = BenchReport(config=config, machine=machine_facts())
     settings = settings.model_copy(update={"model": config.model, "kafka_idempotence": False, "metrics_port": 0})
+    figures = config.figures
     console.print(
-        f"[bold]brigade bench[/] model={config.model} requests={config.requests} "
+        f"[bold]brigade bench[/] figures={','.join(figures)} model={config.model} requests={config.requests} "
         f"prompt≈{config.prompt_words} words new_tokens={config.new_tokens}"
     )
+    if "batching" in figures or "pipeline" in figures:
+        _engine_loops(config, report, settings)
+    prefill: dict[str, float] = {}
+    if "latency" in figures:
+        prefill = _prefill(config.latency, settings)
+
+    logs = Path(tempfile.mkdtemp(prefix="brigade-bench-"))
+    kafka = kafka_service(port=free_port(), log_dir=logs).start()
+    redis = redis_service(port=free_port(), log_dir=logs).start()
+    try:
+        settings = settings.model_copy(
+            update={"kafka_bootstrap": f"127.0.0.1:{kafka.port}", "redis_url": f"redis://127.0.0.1:{redis.port}/0"}
+        )
+        _fleet_figures(config, report, settings, prefill)
+    finally:
+        kafka.stop()
+        redis.stop()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    print_report(report)
+    written = [str(out_dir / "bench.json")]
+    try:
+        from brigade.bench.plots import plot_latency, plot_report
+
+        if report.engine or report.consumer or report.pipeline is not None:
+            written.append(str(plot_report(report, out_dir / "bench.png")))
+        if report.latency is not None:
+            written.append(str(plot_latency(report.latency, out_dir / "bench-latency.png")))
+    except ImportError:
+        written.append("(install matplotlib for the PNGs)")
+    console.print(f"wrote {', '.join(written)}")
+    return report
+
+
+def _engine_loops(config: BenchConfig, report: BenchReport, settings: Settings) -> None:
+    from consumer.engine.onnx_engine import load_engine
+
     with console.status("loading model (built-in models are generated on first use) and warming up…"):
         engine = load_engine(settings)
         engine.warmup(batch_size=max(config.batch_sizes))
@@ -125,39 +205,64 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
             report.engine[b] = engine_loop(engine, batch_size=b, on_batch=_advance(progress, task), **kw)
     engine.close()
 
-    logs = Path(tempfile.mkdtemp(prefix="brigade-bench-"))
-    kafka = kafka_service(port=free_port(), log_dir=logs).start()
-    redis = redis_service(port=free_port(), log_dir=logs).start()
-    try:
-        settings = settings.model_copy(
-            update={"kafka_bootstrap": f"127.0.0.1:{kafka.port}", "redis_url": f"redis://127.0.0.1:{redis.port}/0"}
-        )
-        with _progress() as progress:
+
+def _prefill(lat: LatencyConfig, settings: Settings) -> dict[str, float]:
+    from consumer.engine.onnx_engine import load_engine
+
+    with console.status(f"latency: the engine's own prefill on {lat.model}, batch of one, per prompt…"):
+        engine = load_engine(settings.model_copy(update={"model": lat.model}))
+        engine.warmup(batch_size=1)
+        try:
+            return measure_prefill(engine, latency_prompts(lat))
+        finally:
+            engine.close()
+
+
+def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings, prefill: dict[str, float]) -> None:
+    kw = {"requests": config.requests, "prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
+    figures = config.figures
+    with _progress() as progress:
+        if "batching" in figures:
             for b in config.batch_sizes:
                 task = progress.add_task(f"consumer via Kafka, batch {b}", total=config.requests)
                 report.consumer[b] = asyncio.run(
                     run_through_fleet(settings, via_http=False, batch_size=b, on_final=_advance(progress, task), **kw)
                 )
+        if "pipeline" in figures:
             hi = config.batch_sizes[-1]
             task = progress.add_task(f"HTTP → Kafka → worker → Redis, batch {hi}", total=config.requests)
             report.pipeline = asyncio.run(
-                run_through_fleet(settings, via_http=True, batch_size=hi, on_final=lambda: progress.advance(task), **kw)
+                run_through_fleet(settings, via_http=True, batch_size=hi, on_final=_advance(progress, task), **kw)
             )
-    finally:
-        kafka.stop()
-        redis.stop()
+        if "latency" in figures:
+            lat = config.latency
+            task = progress.add_task(f"latency on {lat.model}: capacity burst, then open loop", total=None)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    print_report(report)
-    try:
-        from brigade.bench.plots import plot_report
+            def on_capacity(capacity: float, arrivals: int) -> None:
+                progress.update(
+                    task,
+                    total=arrivals,
+                    completed=0,
+                    description=f"latency: {arrivals} arrivals at {capacity * lat.load:.1f}/s "
+                    f"({lat.load:.0%} of {capacity:.1f} req/s)",
+                )
 
-        png = plot_report(report, out_dir / "bench.png")
-        console.print(f"wrote {out_dir / 'bench.json'} and {png}")
-    except ImportError:
-        console.print(f"wrote {out_dir / 'bench.json'} (install matplotlib for the PNG)")
-    return report
+            report.latency = asyncio.run(
+                run_latency(
+                    settings.model_copy(update={"model": lat.model}),
+                    lat,
+                    prefill_s=prefill,
+                    on_capacity=on_capacity,
+                    on_done=_advance(progress, task),
+                )
+            )
+        if "ingress" in figures:
+            ing = config.ingress
+            t_http = progress.add_task(f"ingress: POST → 202, {ing.concurrency} in flight", total=ing.requests)
+            t_bare = progress.add_task(f"bare aiokafka producer, {ing.concurrency} in flight", total=ing.requests)
+            report.ingress = run_ingress_figure(
+                settings, ing, on_sent_ingress=_advance(progress, t_http), on_sent_bare=_advance(progress, t_bare)
+            )
 
 
 def print_report(report: BenchReport) -> None:
@@ -172,7 +277,8 @@ def print_report(report: BenchReport) -> None:
         table.add_row(
             name, str(r.batch_size), str(r.requests), str(r.tokens), f"{r.seconds:.2f}", f"{r.tokens_per_s:.1f}"
         )
-    console.print(table)
+    if rows:
+        console.print(table)
     lo, hi = report.config.batch_sizes
     ratios = report.ratios()
     if "batching_gain" in ratios:
@@ -185,3 +291,40 @@ def print_report(report: BenchReport) -> None:
             f"pipeline efficiency (batch {hi}): [bold]{ratios['pipeline_efficiency']:.2f}[/] of the engine loop "
             f"({report.pipeline.tokens_per_s:.1f} vs {report.engine[hi].tokens_per_s:.1f} tokens/s; target ≥ 0.9)"
         )
+    if report.latency is not None:
+        _print_latency(report.latency)
+    if report.ingress is not None:
+        _print_ingress(report.ingress)
+
+
+def _print_latency(r: LatencyResult) -> None:
+    table = Table(title=f"queue hop latency on {r.model} (so the hop, not the model, dominates), ms")
+    for col in ("", "n", "p50", "p90", "p99", "max"):
+        table.add_column(col, justify="left" if not col else "right")
+    rows = (
+        ("TTFT, HTTP submit → first event in Redis", r.ttft_ms),
+        ("engine prefill, batch of one", r.prefill_ms),
+        ("hop = TTFT − prefill", r.hop_ms),
+    )
+    for name, d in rows:
+        if d.get("n"):
+            table.add_row(name, f"{d['n']:.0f}", *(f"{d[k]:.1f}" for k in ("p50", "p90", "p99", "max")))
+    console.print(table)
+    if r.hop_ms.get("n"):
+        console.print(
+            f"queue hop latency on {r.model}: [bold]p50 {r.hop_ms['p50']:.1f} ms, p99 {r.hop_ms['p99']:.1f} ms[/] "
+            f"(TTFT p50 {r.ttft_ms['p50']:.1f} ms − prefill p50 {r.prefill_ms['p50']:.2f} ms) at {r.offered_rps:.1f} "
+            f"req/s offered = {r.offered_rps / r.capacity_rps:.0%} of the {r.capacity_rps:.1f} req/s measured; "
+            f"{r.completed}/{r.arrivals} completed; includes the {r.max_batch_wait_ms:g} ms batch window "
+            "(BRIGADE_MAX_BATCH_WAIT_MS); target p50 ≤ 5 ms, p99 ≤ 25 ms"
+        )
+
+
+def _print_ingress(r: IngressResult) -> None:
+    pinned = f"pinned to CPU {r.cpu_affinity[0]}" if r.cpu_affinity else "not pinned"
+    console.print(
+        f"ingress throughput: [bold]{r.ratio:.2f}[/] of a bare aiokafka producer "
+        f"({r.ingress.accepted_per_s:.0f} vs {r.bare.accepted_per_s:.0f} accepted requests/s; "
+        f"{r.ingress.accepted}/{r.ingress.sent} got 202; {r.concurrency} in flight, acks=all, linger {r.linger_ms} ms, "
+        f"{pinned}; target ≥ 0.5)"
+    )

@@ -1,0 +1,265 @@
+"""Queue hop latency: time to first token through the whole path minus the engine's own prefill.
+
+The whole path is HTTP submit → ingress → Kafka ack → worker fetch → batch window → prefill → first
+token event written to Redis → the client's blocking XREAD returns it. The client starts its XREAD
+before the POST, so the clock stops when the event becomes readable, not when the client gets round
+to asking. The engine's prefill for the same prompt (first ``step()`` of a batch of one) is measured
+in-process beforehand and subtracted per request, which leaves the hop: everything brigade adds.
+
+Load: a burst first measures the run's capacity (requests/s through the whole path); then an open-loop
+Poisson arrival process at half that rate, bounded in count and in time, gives the latency sample.
+The default model is ``builtin:tiny`` so that the hop, not the model, dominates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import redis.asyncio as aioredis
+
+from brigade.bench.engine_loop import bench_prompt
+from brigade.bench.pipeline import Job, await_finals, make_jobs
+from brigade.inprocess import fleet
+from brigade.streams import xread
+from consumer.engine.interface import GenerationInput, InferenceEngine
+from producer.topics import ensure_topics
+from schemas.events import is_final, parse_event
+from schemas.requests import SamplingParams
+from schemas.settings import Settings
+
+LATENCY_MODEL = "builtin:tiny"
+
+
+# --- pure helpers -------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0–100) with linear interpolation between order statistics (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of an empty sample")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be within [0, 100], got {q}")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """n, mean, min, p50, p90, p99 and max of a sample (empty sample: just n=0)."""
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values),
+        "min": min(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": max(values),
+    }
+
+
+def arrival_schedule(rate_per_s: float, *, max_count: int, max_seconds: float, seed: int = 0) -> list[float]:
+    """Offsets (seconds from the start) of an open-loop Poisson arrival process, bounded in count and time."""
+    if rate_per_s <= 0:
+        raise ValueError(f"rate must be positive, got {rate_per_s}")
+    if max_count < 0 or max_seconds < 0:
+        raise ValueError("max_count and max_seconds must be >= 0")
+    rng = random.Random(seed)
+    out: list[float] = []
+    t = 0.0
+    while len(out) < max_count:
+        t += rng.expovariate(rate_per_s)
+        if t > max_seconds:
+            break
+        out.append(t)
+    return out
+
+
+def hop_latencies(ttft_s: Mapping[str, float], prefill_s: Mapping[str, float]) -> list[float]:
+    """Per request: end-to-end time to first token minus the engine's prefill for the same request.
+
+    Requests without a prefill figure are left out (a KeyError would hide the rest of the sample).
+    """
+    return [t - prefill_s[rid] for rid, t in ttft_s.items() if rid in prefill_s]
+
+
+# --- measurement ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyConfig:
+    model: str = LATENCY_MODEL
+    capacity_requests: int = 64  # burst that measures capacity
+    max_arrivals: int = 300  # bounds of the open-loop phase
+    max_seconds: float = 30.0
+    load: float = 0.5  # fraction of the measured capacity
+    prompt_words: int = 24
+    new_tokens: int = 4
+    batch_size: int = 32
+
+    @classmethod
+    def quick(cls) -> LatencyConfig:
+        return cls(capacity_requests=32, max_arrivals=80, max_seconds=8.0, prompt_words=16)
+
+
+@dataclass
+class LatencyResult:
+    model: str
+    capacity_rps: float
+    offered_rps: float
+    arrivals: int
+    completed: int
+    seconds: float
+    max_batch_wait_ms: float
+    ttft_ms: dict[str, float] = field(default_factory=dict)
+    prefill_ms: dict[str, float] = field(default_factory=dict)
+    hop_ms: dict[str, float] = field(default_factory=dict)
+    hop_samples_ms: list[float] = field(default_factory=list)
+
+
+def measure_prefill(engine: InferenceEngine, prompts: Sequence[str], *, repeats: int = 3) -> dict[str, float]:
+    """Seconds of the first ``step()`` (prefill and first token) of a batch of one, median of ``repeats``."""
+    sampling = SamplingParams(temperature=0.0, ignore_eos=True)
+    out: dict[str, float] = {}
+    for prompt in dict.fromkeys(prompts):
+        ids = engine.encode(prompt)
+        runs: list[float] = []
+        for _ in range(repeats + 1):  # the first, untimed, pays for the shape
+            run = engine.start([GenerationInput(request_id="p", prompt_ids=ids, max_new_tokens=1, sampling=sampling)])
+            t0 = time.perf_counter()
+            run.step()
+            runs.append(time.perf_counter() - t0)
+        out[prompt] = statistics.median(runs[1:])
+    return out
+
+
+async def _first_event_and_final(redis: aioredis.Redis, key: str, request_id: str) -> float:
+    """Block on the stream until this request's first event; return when it arrived; then read to its end."""
+    cursor = "0-0"
+    first: float | None = None
+    deadline = time.monotonic() + 60
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no final event on {key} after 60 s")
+        reply = await xread(redis, {key: cursor}, block_ms=1000)
+        now = time.perf_counter()
+        for _key, entries in reply:
+            for entry_id, fields in entries:
+                cursor = entry_id
+                event = parse_event(fields)
+                if event.request_id != request_id:
+                    continue
+                if first is None:
+                    first = now
+                if is_final(event):
+                    return first
+
+
+async def _one(http: httpx.AsyncClient, redis: aioredis.Redis, settings: Settings, job: Job) -> float:
+    """Seconds from just before the POST to the first event of the request being readable in Redis."""
+    key = settings.names.stream_key(job.session_id)
+    t0 = time.perf_counter()
+    reader = asyncio.create_task(_first_event_and_final(redis, key, job.request_id))
+    resp = await http.post("/v1/requests", json=job.body)
+    resp.raise_for_status()
+    first = await reader
+    return first - t0
+
+
+async def run_latency(
+    base: Settings,
+    config: LatencyConfig,
+    *,
+    prefill_s: Mapping[str, float],
+    on_capacity: Callable[[float, int], None] | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> LatencyResult:
+    """Capacity burst, then open-loop arrivals at ``config.load`` of it; hop = TTFT − prefill per request."""
+    tag = uuid.uuid4().hex[:8]
+    settings = base.model_copy(
+        update={
+            "namespace": f"lat{tag}",
+            "worker_class": "small",
+            "max_batch_size": config.batch_size,
+            "queue_size": max(base.queue_size, config.capacity_requests + config.max_arrivals + 1),
+            "class_max_lag": (10**9,) * len(base.classes),
+        }
+    )
+    await ensure_topics(settings)
+    redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+    kw = {"prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
+    try:
+        async with (
+            fleet(settings, classes=["small"]) as f,
+            httpx.AsyncClient(base_url=f.url, timeout=60) as http,
+        ):
+            for warm in make_jobs(3, tag=f"{tag}w", **kw):  # group join, connections, first shapes
+                await _one(http, redis, settings, warm)
+
+            burst = make_jobs(config.capacity_requests, tag=f"{tag}c", **kw)
+            t0 = time.perf_counter()
+            await asyncio.gather(*(http.post("/v1/requests", json=j.body) for j in burst))
+            await await_finals(redis, settings, burst, timeout_s=600)
+            capacity = len(burst) / (time.perf_counter() - t0)
+
+            rate = capacity * config.load
+            schedule = arrival_schedule(rate, max_count=config.max_arrivals, max_seconds=config.max_seconds, seed=6)
+            if on_capacity is not None:
+                on_capacity(capacity, len(schedule))
+            jobs = make_jobs(len(schedule), tag=f"{tag}o", **kw)
+            ttft: dict[str, float] = {}
+
+            async def timed(job: Job) -> None:
+                ttft[job.request_id] = await _one(http, redis, settings, job)
+                if on_done is not None:
+                    on_done()
+
+            tasks: list[asyncio.Task[None]] = []
+            start = time.perf_counter()
+            for offset, job in zip(schedule, jobs, strict=True):
+                delay = start + offset - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # the open-loop arrival schedule itself
+                tasks.append(asyncio.create_task(timed(job)))
+            await asyncio.gather(*tasks)
+            elapsed = time.perf_counter() - start
+    finally:
+        await redis.aclose()
+
+    prompts = {j.request_id: str(j.body["prompt"]) for j in jobs}
+    per_request_prefill = {rid: prefill_s[p] for rid, p in prompts.items() if p in prefill_s}
+    hops = hop_latencies(ttft, per_request_prefill)
+
+    def ms(values: Sequence[float]) -> dict[str, float]:
+        return {k: (v * 1000 if k != "n" else v) for k, v in summarize(values).items()}
+
+    return LatencyResult(
+        model=settings.model,
+        capacity_rps=capacity,
+        offered_rps=rate,
+        arrivals=len(schedule),
+        completed=len(ttft),
+        seconds=elapsed,
+        max_batch_wait_ms=settings.max_batch_wait_ms,
+        ttft_ms=ms(list(ttft.values())),
+        prefill_ms=ms(list(per_request_prefill.values())),
+        hop_ms=ms(hops),
+        hop_samples_ms=[h * 1000 for h in hops],
+    )
+
+
+def latency_prompts(config: LatencyConfig) -> list[str]:
+    """Every prompt the run may send (``make_jobs`` cycles through these), for ``measure_prefill``."""
+    n = max(config.capacity_requests, config.max_arrivals, 3)
+    return list(dict.fromkeys(bench_prompt(i, words=config.prompt_words) for i in range(n)))
