@@ -20,6 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from brigade.kafka_config import kafka_client_options
 from consumer.batcher import Batcher
@@ -28,6 +29,7 @@ from consumer.offsets import OffsetTracker
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
+
 
 Admit = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
@@ -61,6 +63,7 @@ class Fetcher:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_interval_ms=600_000,  # a long batch must not make us leave the group while paused
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
         self._highwater: dict[TopicPartition, int] = {}
         # What we own between an assignment and the next revocation. aiokafka's assignment() still
@@ -87,7 +90,26 @@ class Fetcher:
     async def close(self) -> None:
         """Final commit of the completed prefix, then leave the group (stop() sends LeaveGroup)."""
         await self.commit()
+        await self._leave_generation_zero()
         await self._consumer.stop()
+
+    async def _leave_generation_zero(self) -> None:
+        """Send LeaveGroup ourselves where the broker numbers the first generation 0.
+
+        aiokafka only leaves for generation > 0, which real Kafka always gives; Tansu (the dev broker)
+        starts at 0, and a silent exit there makes the group wait out the session timeout before it
+        rebalances. Best effort through aiokafka's coordinator: nothing else exposes the request.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None or coordinator.generation != 0 or not coordinator.member_id:
+            return
+        try:
+            await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id))
+        except (KafkaError, AttributeError) as exc:
+            log.info("leaving a generation-0 group failed", extra={"error": repr(exc)})
+        else:
+            coordinator.reset_generation()
+            log.info("left the group (generation 0)")
 
     def pause_all(self) -> None:
         """Stop fetching for every assigned partition (drain, or a full queue)."""

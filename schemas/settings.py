@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     worker_class: str = "small"
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     max_batch_wait_ms: float = Field(default=10.0, ge=0.0)
+    # longest a fetch waits on the broker with no records ready: real Kafka answers as soon as records arrive,
+    # but the dev broker (Tansu) holds a fetch for the whole wait, which adds straight to time to first token
+    fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
     queue_size: int = Field(default=256, ge=1)  # local queue bound; partitions pause when it is full
     drain_timeout_s: float = Field(default=30.0, ge=0.0)
     metrics_port: int = Field(default=9100, ge=0, le=65535)
