@@ -9,6 +9,11 @@ Requests that must not cost compute are answered first with a single final event
 - past their deadline: ``expired``;
 - asking for another model, or for more new tokens than this deployment allows: ``invalid_request``;
 - prompt plus ``max_new_tokens`` beyond the model's context: ``context_length_exceeded``.
+
+A chat request (``messages``) is a turn of its session's conversation: its stored history is loaded
+with the batch's admission, merged with the request's messages and trimmed oldest-first to fit
+(``consumer/session.py``), and its ``done`` carries the session append to the sink, which writes both
+in one script. A ``prompt`` request is a stateless completion and never touches the session.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from datetime import UTC, datetime
 from consumer.batcher import Batch, PendingItem
 from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine, TokenDelta
 from consumer.metrics import WorkerMetrics
-from consumer.sink import Outgoing, RedisSink
+from consumer.session import SessionDoc, TurnPlan, plan_turn
+from consumer.sink import Outgoing, RedisSink, SessionWrite
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent
-from schemas.requests import InferenceRequest, SamplingParams
+from schemas.requests import ChatMessage, InferenceRequest, SamplingParams
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,7 @@ class _Running:
     completion_tokens: int = 0
     last_token_at: float | None = None  # monotonic time of the previous delta (TPOT)
     finished: bool = False
+    turn: TurnPlan | None = None  # a chat turn: its session append, and the reply collected so far
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -114,19 +121,24 @@ class BatchExecutor:
                 out.rejected.append((item, _error(item.request, attempt, *problem)))
             else:
                 to_encode.append((item, attempt))
-        encoded = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._encode_all, [item.request for item, _ in to_encode]
+        stored = await self._sink.load_sessions(
+            [item.session_id for item, _ in to_encode if item.request.messages is not None],
+            ttl_s=self._settings.session_ttl_s,
         )
-        for (item, attempt), ids in zip(to_encode, encoded, strict=True):
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._encode_all, [(item.request, stored.get(item.session_id)) for item, _ in to_encode]
+        )
+        for (item, attempt), result in zip(to_encode, encoded, strict=True):
             request = item.request
-            if isinstance(ids, str):
-                out.rejected.append((item, _error(request, attempt, ErrorCode.INTERNAL, ids)))
+            if isinstance(result, str):
+                out.rejected.append((item, _error(request, attempt, ErrorCode.INTERNAL, result)))
                 continue
+            ids, turn = result
             problem = self._length_check(request, len(ids))
             if problem is not None:
                 out.rejected.append((item, _error(request, attempt, *problem)))
                 continue
-            run = _Running(item=item, attempt=attempt, prompt_tokens=len(ids))
+            run = _Running(item=item, attempt=attempt, prompt_tokens=len(ids), turn=turn)
             gen = GenerationInput(
                 request_id=request.request_id,
                 prompt_ids=ids,
@@ -159,17 +171,44 @@ class BatchExecutor:
             )
         return None
 
-    def _encode_all(self, requests: Sequence[InferenceRequest]) -> list[list[int] | str]:
+    def _encode_all(
+        self, requests: Sequence[tuple[InferenceRequest, str | None]]
+    ) -> list[tuple[list[int], TurnPlan | None] | str]:
         """Render chats and tokenize (executor thread). A string result is the error for that request."""
-        out: list[list[int] | str] = []
-        for request in requests:
+        out: list[tuple[list[int], TurnPlan | None] | str] = []
+        for request, stored in requests:
             try:
-                text = request.prompt if request.messages is None else self._engine.render_chat(request.messages)
-                out.append(self._engine.encode(text or ""))
-            except Exception as exc:  # one bad prompt must not fail its batch
+                if request.messages is None:
+                    out.append((self._engine.encode(request.prompt or ""), None))
+                else:
+                    out.append(self._encode_turn(request, request.messages, stored))
+            except Exception as exc:  # one bad prompt (or stored session) must not fail its batch
                 log.exception("could not render or encode a prompt", extra={"request_id": request.request_id})
                 out.append(f"could not tokenize the prompt: {exc!r}")
         return out
+
+    def _encode_turn(
+        self, request: InferenceRequest, messages: Sequence[ChatMessage], stored: str | None
+    ) -> tuple[list[int], TurnPlan]:
+        """Stored conversation + this turn, trimmed to leave room for ``max_new_tokens``, tokenized."""
+        ids_by_length: dict[int, list[int]] = {}  # each candidate drops a different number of messages
+
+        def count(conversation: list[ChatMessage]) -> int:
+            ids = self._engine.encode(self._engine.render_chat(conversation))
+            ids_by_length[len(conversation)] = ids
+            return len(ids)
+
+        budget = min(self._engine.max_context - request.max_new_tokens, self._settings.max_prompt_tokens)
+        turn, _fit = plan_turn(
+            SessionDoc.from_json(stored),
+            messages,
+            budget=budget,
+            count=count,
+            session_id=request.session_id,
+            model=self._engine.model_name,
+            ttl_s=self._settings.session_ttl_s,
+        )
+        return ids_by_length[len(turn.messages)], turn
 
     async def _generate(self, runnable: list[tuple[_Running, GenerationInput]], *, done: Done) -> None:
         """Step the engine to the end, writing step N while step N+1 computes.
@@ -220,6 +259,8 @@ class BatchExecutor:
             if delta.text:
                 token = TokenEvent(request_id=request.request_id, seq=r.next_seq(), attempt=r.attempt, text=delta.text)
                 events.append(Outgoing(request.session_id, token))
+                if r.turn is not None:
+                    r.turn.reply.append(delta.text)
             if delta.finish_reason is not None:
                 r.finished = True
                 final = DoneEvent(
@@ -230,7 +271,7 @@ class BatchExecutor:
                     prompt_tokens=r.prompt_tokens,
                     completion_tokens=delta.completion_tokens,
                 )
-                events.append(Outgoing(request.session_id, final))
+                events.append(Outgoing(request.session_id, final, session=self._session_write(r, final)))
                 finished.append(r)
         lost = await self._sink.write(events)
         for rid in lost:
@@ -238,6 +279,18 @@ class BatchExecutor:
         for r in finished:
             self._finish_metrics(r.item)
             done(r.item)
+
+    def _session_write(self, r: _Running, final: DoneEvent) -> SessionWrite | None:
+        """A chat turn's session append: its new turns and the reply (stripped, as templates render it)."""
+        if r.turn is None:
+            return None
+        patch = r.turn.append.patch_json(
+            reply="".join(r.turn.reply).strip(),
+            completion_tokens=final.completion_tokens,
+            request_id=final.request_id,
+            now=self._wall_clock(),
+        )
+        return SessionWrite(ttl_s=self._settings.session_ttl_s, patch=patch)
 
     async def _fail_unfinished(self, running: dict[str, _Running], message: str, done: Done) -> None:
         left = [r for r in running.values() if not r.finished]

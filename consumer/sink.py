@@ -9,18 +9,23 @@ Two rules make delivery effectively-once for readers:
   neither, and two workers racing on one request (a rebalance mid-generation) produce one final
   between them: the newest attempt's, whose tokens are the ones readers kept.
 
+A chat turn's ``done`` also appends the new turns and the reply to ``brigade:session:<session_id>``
+in the same script (see ``consumer/session.py``), so no crash point leaves the reply in the stream but
+not in the session or the other way round, and a redelivered finished request appends nothing.
+
 Token events of one decode step go in one non-transactional pipeline (one round trip per step,
-whatever the batch size). The Lua scripts touch two keys (stream + request); on Redis Cluster both
-would need one hash slot, which the key naming does not give today.
+whatever the batch size). The Lua scripts touch two or three keys (request, stream, session); on Redis
+Cluster they would need one hash slot, which the key naming does not give today.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from consumer.session import load_sessions
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent
 from schemas.naming import Names
 
@@ -35,16 +40,55 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return attempt
 """
 
-# KEYS[1] request key, KEYS[2] stream key. ARGV[1] ttl, ARGV[2] final type, ARGV[3] attempt,
-# ARGV[4..] field/value pairs. Returns 1 if this call wrote the final, 0 if it lost: the request is
-# already finished, or a newer attempt started (readers follow the newest attempt, so its final must win).
+# KEYS[1] request key, KEYS[2] stream key, KEYS[3] session key (chat turns only). ARGV[1] ttl,
+# ARGV[2] final type, ARGV[3] attempt, ARGV[4] session ttl, ARGV[5] session patch JSON or '', ARGV[6..]
+# field/value pairs. Returns 1 if this call wrote the final, 0 if it lost: the request is already
+# finished, or a newer attempt started (readers follow the newest attempt, so its final must win).
+# Everything that can fail (decoding) runs before the first write: Redis does not roll a script back.
 _FINAL = """
 if redis.call('HGET', KEYS[1], 'status') == 'finished' then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') ~= tonumber(ARGV[3]) then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+local session = nil
+if KEYS[3] ~= nil and ARGV[5] ~= '' then
+  local patch = cjson.decode(ARGV[5])
+  local doc = nil
+  local raw = redis.call('GET', KEYS[3])
+  if raw then
+    local ok, decoded = pcall(cjson.decode, raw)
+    if ok and type(decoded) == 'table' and type(decoded.messages) == 'table' then doc = decoded end
+  end
+  if doc == nil then
+    doc = {session_id = patch.session_id, messages = {}, turns = 0, prompt_tokens = 0, completion_tokens = 0,
+           trimmed = 0}
+  end
+  if doc.last_request_id ~= patch.request_id then
+    local old, msgs, first, system = doc.messages, {}, 1, nil
+    if type(old[1]) == 'table' and old[1].role == 'system' then system = old[1]; first = 2 end
+    if patch.system ~= nil then system = {role = 'system', content = patch.system} end
+    if system ~= nil then msgs[#msgs + 1] = system end
+    for i = first + patch.drop, #old do msgs[#msgs + 1] = old[i] end
+    for _, m in ipairs(patch.append) do msgs[#msgs + 1] = m end
+    doc.messages = msgs
+    doc.model = patch.model
+    doc.turns = (tonumber(doc.turns) or 0) + 1
+    doc.prompt_tokens = (tonumber(doc.prompt_tokens) or 0) + patch.prompt_tokens
+    doc.completion_tokens = (tonumber(doc.completion_tokens) or 0) + patch.completion_tokens
+    doc.context_tokens = patch.prompt_tokens + patch.completion_tokens
+    doc.trimmed = (tonumber(doc.trimmed) or 0) + patch.trimmed
+    doc.last_request_id = patch.request_id
+    doc.updated_at = patch.updated_at
+    session = cjson.encode(doc)
+  end
+end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
 redis.call('HSET', KEYS[1], 'status', 'finished', 'final', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
+if session ~= nil then
+  redis.call('SET', KEYS[3], session, 'EX', ARGV[4])
+elseif KEYS[3] ~= nil then
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
 return 1
 """
 
@@ -57,6 +101,15 @@ class Outgoing:
 
     session_id: str
     event: TokenEvent | DoneEvent | ErrorEvent
+    session: SessionWrite | None = None  # on a chat turn's ``done``: the session append
+
+
+@dataclass(frozen=True, slots=True)
+class SessionWrite:
+    """A session change that lands with a final event or not at all."""
+
+    ttl_s: int
+    patch: str  # JSON, from ``SessionAppend.patch_json``; applied by the ``_FINAL`` script
 
 
 class RedisSink:
@@ -68,6 +121,10 @@ class RedisSink:
         self._ttl = ttl_s
         self._begin = redis.register_script(_BEGIN)
         self._final = redis.register_script(_FINAL)
+
+    async def load_sessions(self, session_ids: Sequence[str], *, ttl_s: int) -> Mapping[str, str | None]:
+        """Stored session documents (raw JSON, None where there is none), refreshing their TTL."""
+        return await load_sessions(self._redis, self._names, session_ids, ttl_s=ttl_s)
 
     async def begin(self, request_ids: Sequence[str]) -> list[int]:
         """Per request: 0 if it already finished (skip it), else this run's attempt number."""
@@ -96,7 +153,7 @@ class RedisSink:
                     pipe.xadd(key, out.event.to_fields())  # type: ignore[arg-type]
                     streams.add(key)
                 else:
-                    await self._final_call(out.session_id, out.event, pipe)
+                    await self._final_call(out.session_id, out.event, out.session, pipe)
                     finals.append(out.event.request_id)
             for key in streams:
                 pipe.expire(key, self._ttl)
@@ -104,9 +161,14 @@ class RedisSink:
         final_replies = [r for o, r in zip(tokens, replies, strict=False) if not isinstance(o.event, TokenEvent)]
         return [rid for rid, r in zip(finals, final_replies, strict=True) if int(r) == 0]
 
-    async def _final_call(self, session_id: str, event: AnyFinal, pipe: aioredis.client.Pipeline) -> None:
+    async def _final_call(
+        self, session_id: str, event: AnyFinal, session: SessionWrite | None, pipe: aioredis.client.Pipeline
+    ) -> None:
         args: list[str | int] = [self._ttl, event.type, event.attempt]
+        args += [session.ttl_s, session.patch] if session is not None else [0, ""]
         for k, v in event.to_fields().items():
             args += [k, v]
         keys = [self._names.request_key(event.request_id), self._names.stream_key(session_id)]
+        if session is not None:
+            keys.append(self._names.session_key(session_id))
         await self._final(keys=keys, args=args, client=pipe)

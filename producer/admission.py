@@ -7,6 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 
+def log_end(listed: Mapping[int, int], produced: Mapping[int, int]) -> dict[int, int]:
+    """Per partition, the larger of the broker's ListOffsets(latest) answer and this process's own evidence
+    (highest acknowledged offset + 1). Tansu answers ListOffsets with the last batch's base offset + 1,
+    short by the rest of that batch; a real Kafka's answer is never below what was acknowledged."""
+    return {p: max(listed.get(p, 0), produced.get(p, 0)) for p in listed.keys() | produced.keys()}
+
+
 def partition_lag(log_end: Mapping[int, int], committed: Mapping[int, int]) -> dict[int, int]:
     """Lag per partition. A partition with no committed offset counts from 0: nothing of it is consumed."""
     return {p: max(0, end - committed.get(p, 0)) for p, end in log_end.items()}

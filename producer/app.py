@@ -21,6 +21,8 @@ from producer.metrics import IngressMetrics
 from producer.openai_api import router as openai_router
 from producer.publisher import Publisher
 from producer.routes import router as native_router
+from producer.sessions import router as sessions_router
+from producer.stream_reader import BLOCK_MS
 from schemas.settings import Settings
 
 
@@ -31,7 +33,13 @@ def create_app(settings: Settings) -> FastAPI:
         tokenizer = await asyncio.to_thread(load_tokenizer, settings.model, cache_dir=settings.model_cache_dir)
         publisher = Publisher(settings)
         await publisher.start()
-        redis = aioredis.from_url(settings.redis_url, decode_responses=True, socket_timeout=settings.request_timeout_s)
+        # A down Redis must fail a request within its timeout, but a blocked XREAD legitimately waits BLOCK_MS.
+        redis = aioredis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=settings.request_timeout_s,
+            socket_timeout=settings.request_timeout_s + BLOCK_MS / 1000,
+        )
         lag = LagMonitor(settings, publisher, metrics)
         lag_task = asyncio.create_task(lag.run(), name="lag-monitor")
         app.state.ingress = Ingress(
@@ -52,9 +60,13 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Publish inference requests to Kafka by cost class; read tokens from Redis streams.",
         lifespan=lifespan,
     )
+    # Set by ``serve`` when shutdown starts: /readyz turns 503 so traffic moves away, and session-long
+    # event streams end (their clients resume elsewhere with Last-Event-ID).
+    app.state.draining = asyncio.Event()
     install_error_handlers(app)
     app.include_router(native_router)
     app.include_router(openai_router)
+    app.include_router(sessions_router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -66,8 +78,10 @@ def create_app(settings: Settings) -> FastAPI:
         checks = {"kafka": ingress.publisher.ready, "redis": False}
         with contextlib.suppress(RedisError, OSError):
             checks["redis"] = bool(await ingress.redis.ping())
-        ok = all(checks.values())
-        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+        draining: bool = request.app.state.draining.is_set()
+        ok = all(checks.values()) and not draining
+        body = {"ready": ok, **checks, **({"draining": True} if draining else {})}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

@@ -8,8 +8,9 @@ async with BrigadeClient("http://localhost:8080") as client:
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -17,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from producer.stream_reader import Answer, AttemptFilter
+from producer.stream_reader import ERROR_STATUS, Answer, AttemptFilter, Verdict
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent, is_final, parse_event
 from schemas.requests import ChatMessage, RequestAccepted
 
@@ -25,41 +26,120 @@ AnyEvent = TokenEvent | DoneEvent | ErrorEvent
 
 
 class BrigadeError(Exception):
-    """The ingress refused or failed a call; ``message`` says which field, which limit and the fix."""
+    """The ingress refused or failed a call; ``message`` says which field, which limit and the fix.
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, retry_after: float | None = None):
+    Subclasses let callers branch on what to do (fix the request, back off, retry elsewhere) without
+    reading status codes; ``status``, ``code`` and ``param`` carry the server's details.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
         self.code = code
+        self.param = param
         self.retry_after = retry_after
 
 
-Submitted = RequestAccepted  # the ingress's 202 body, parsed
+class InvalidRequest(BrigadeError):
+    """400/422: a field is wrong; the message names it. Retrying the same request will not help."""
+
+
+class NotFound(BrigadeError):
+    """404: an unknown model or route."""
+
+
+class PromptTooLong(BrigadeError):
+    """413: the prompt is over BRIGADE_MAX_PROMPT_TOKENS."""
+
+
+class Overloaded(BrigadeError):
+    """429: the request's cost class is over its backlog limit; wait ``retry_after`` seconds."""
+
+
+class Unavailable(BrigadeError):
+    """503: Kafka or Redis is unreachable from the ingress; retry shortly."""
+
+
+class ServerError(BrigadeError):
+    """Any other 5xx."""
+
+
+class GenerationFailed(BrigadeError):
+    """The request was accepted but its stream ended with an ``error`` event (``code``: expired, internal…)."""
+
+
+_ERRORS: dict[int, type[BrigadeError]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    413: PromptTooLong,
+    422: InvalidRequest,
+    429: Overloaded,
+    503: Unavailable,
+}
+
+
+def error_for(
+    status: int, message: str, *, code: str | None = None, param: str | None = None, retry_after: float | None = None
+) -> BrigadeError:
+    """The ``BrigadeError`` subclass for an HTTP status."""
+    cls = _ERRORS.get(status, ServerError if status >= 500 else BrigadeError)
+    return cls(status, message, code=code, param=param, retry_after=retry_after)
+
+
+Submitted = RequestAccepted  # the ingress's 202 body, parsed: request_id, session_id, cost_class, stream…
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
+    """The clean answer to one request: partial attempts dropped, text joined."""
+
     request_id: str
+    session_id: str
     text: str
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    attempts: int  # 1 unless a worker crashed mid-generation and the request was regenerated
 
 
 def _raise_for(resp: httpx.Response) -> None:
     if resp.status_code < 400:
         return
+    code: str | None = None
+    param: str | None = None
     try:
         err = resp.json()["error"]
-        message, code = str(err["message"]), err.get("code")
+        message, code, param = str(err["message"]), err.get("code"), err.get("param")
     except (ValueError, KeyError, TypeError):
-        message, code = resp.text or resp.reason_phrase, None
+        message = resp.text or resp.reason_phrase
     retry = resp.headers.get("retry-after")
-    raise BrigadeError(resp.status_code, message, code=code, retry_after=float(retry) if retry else None)
+    try:
+        retry_after = float(retry) if retry else None
+    except ValueError:  # an HTTP date; we never send one, a proxy might
+        retry_after = None
+    raise error_for(resp.status_code, message, code=code, param=param, retry_after=retry_after)
+
+
+def _parse_sse(lines: list[str]) -> AnyEvent:
+    payload = json.loads("\n".join(lines))
+    return parse_event({k: str(v) for k, v in payload.items() if v is not None})
+
+
+_READ_TIMEOUT_S = 60.0  # the SSE endpoint pings every 15 s, so a silent minute means the server is gone
 
 
 class BrigadeClient:
+    """One ingress, over one pooled ``httpx.AsyncClient``. Use as ``async with BrigadeClient(url) as client``."""
+
     def __init__(self, base_url: str, *, timeout: float = 30.0, http: httpx.AsyncClient | None = None) -> None:
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self._owns_http = http is None
@@ -80,20 +160,22 @@ class BrigadeClient:
         self,
         prompt: str | None = None,
         *,
-        messages: Sequence[ChatMessage | dict[str, str]] | None = None,
+        messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
         session_id: str | None = None,
         request_id: str | None = None,
         max_new_tokens: int = 64,
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
-        stop: Sequence[str] = (),
+        stop: str | Sequence[str] | None = None,
         cost_class: str | None = None,
+        model: str | None = None,
         deadline: datetime | None = None,
         priority: int = 0,
         ignore_eos: bool = False,
-    ) -> RequestAccepted:
-        """Publish one request; returns once the broker has acknowledged it."""
+    ) -> Submitted:
+        """Publish one request; returns once the broker has acknowledged it. Raises a ``BrigadeError`` subclass."""
+        stops = [stop] if isinstance(stop, str) else list(stop or ())
         body: dict[str, Any] = {
             "prompt": prompt,
             "messages": [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
@@ -105,23 +187,29 @@ class BrigadeClient:
             "temperature": temperature,
             "top_p": top_p,
             "seed": seed,
-            "stop": list(stop),
+            "stop": stops,
             "cost_class": cost_class,
+            "model": model,
             "deadline": deadline.isoformat() if deadline else None,
             "priority": priority,
             "ignore_eos": ignore_eos,
         }
         resp = await self._http.post("/v1/requests", json={k: v for k, v in body.items() if v is not None})
         _raise_for(resp)
-        return RequestAccepted.model_validate(resp.json())
+        return Submitted.model_validate(resp.json())
 
     async def stream(
         self, session_id: str, *, request_id: str | None = None, last_event_id: str | None = None
     ) -> AsyncIterator[AnyEvent]:
-        """Events of a session as they happen (all attempts, as written); ends after ``request_id``'s final."""
+        """A session's events as written, every attempt included; ends after ``request_id``'s final event.
+
+        A regenerated request shows up as events with a higher ``attempt``: a reader that builds text should
+        start over when it sees one (``generate`` does; ``AttemptFilter`` is the helper).
+        Without ``request_id`` it follows the session until the caller stops iterating.
+        """
         params = {"request_id": request_id} if request_id else {}
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+        timeout = httpx.Timeout(self._http.timeout.connect, read=_READ_TIMEOUT_S)
         async with self._http.stream(
             "GET", f"/v1/sessions/{session_id}/events", params=params, headers=headers, timeout=timeout
         ) as resp:
@@ -133,26 +221,70 @@ class BrigadeClient:
                 if line.startswith("data:"):
                     data.append(line[5:].removeprefix(" "))
                 elif not line and data:
-                    event = parse_event({k: str(v) for k, v in json.loads("\n".join(data)).items() if v is not None})
+                    event = _parse_sse(data)
                     data = []
                     yield event
                     if request_id is not None and event.request_id == request_id and is_final(event):
                         return
 
-    async def generate(self, prompt: str | None = None, **kwargs: Any) -> Completion:
-        """Submit and wait for the clean answer: partial attempts of a crashed worker are dropped."""
-        sub = await self.submit(prompt, **kwargs)
-        attempts, answer = AttemptFilter(), Answer()
-        async for event in self.stream(sub.session_id, request_id=sub.request_id):
-            answer.add(event, attempts.judge(event))
+    async def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
+        session_id: str | None = None,
+        request_id: str | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        cost_class: str | None = None,
+        model: str | None = None,
+        deadline: datetime | None = None,
+        priority: int = 0,
+        ignore_eos: bool = False,
+        timeout_s: float | None = None,
+    ) -> Completion:
+        """Submit and wait for the clean answer: a partial attempt of a crashed worker is dropped.
+
+        ``timeout_s`` bounds the wait for the answer (TimeoutError); the request itself stays queued.
+        Raises ``GenerationFailed`` when the stream ends with an error event.
+        """
+        sub = await self.submit(
+            prompt,
+            messages=messages,
+            session_id=session_id,
+            request_id=request_id,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            cost_class=cost_class,
+            model=model,
+            deadline=deadline,
+            priority=priority,
+            ignore_eos=ignore_eos,
+        )
+        attempts, answer, attempt = AttemptFilter(), Answer(), 1
+        async with asyncio.timeout(timeout_s):
+            async for event in self.stream(sub.session_id, request_id=sub.request_id):
+                verdict = attempts.judge(event)
+                if verdict is not Verdict.DROP:
+                    attempt = event.attempt
+                answer.add(event, verdict)
         final = answer.final
         if isinstance(final, ErrorEvent):
-            raise BrigadeError(500, final.message, code=final.code.value)
-        assert isinstance(final, DoneEvent), "the stream ended without a final event"
+            raise GenerationFailed(ERROR_STATUS.get(final.code, 500), final.message, code=final.code.value)
+        if not isinstance(final, DoneEvent):
+            raise ServerError(502, f"the event stream of {sub.request_id} ended without a final event")
         return Completion(
             request_id=sub.request_id,
+            session_id=sub.session_id,
             text="".join(answer.text),
             finish_reason=final.finish_reason.value,
             prompt_tokens=final.prompt_tokens,
             completion_tokens=final.completion_tokens,
+            attempts=attempt,
         )

@@ -5,12 +5,17 @@ Every message names the field, the limit and the fix.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 _TYPES = {
     400: "invalid_request_error",
@@ -19,6 +24,7 @@ _TYPES = {
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    500: "server_error",
     503: "service_unavailable",
 }
 
@@ -77,6 +83,26 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         message, field = validation_message(list(exc.errors()))
         return JSONResponse(error_body(422, message, param=field, code="invalid_value"), status_code=422)
+
+    @app.exception_handler(ValidationError)
+    async def _invalid_model(_request: Request, exc: ValidationError) -> JSONResponse:
+        # A body that passed its own model but not the wire contract (e.g. an OpenAI field mapped onto
+        # InferenceRequest): still the caller's mistake, so 422 and not a 500.
+        message, field = validation_message(list(exc.errors()))
+        return JSONResponse(error_body(422, message, param=field, code="invalid_value"), status_code=422)
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(_request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("redis unavailable", extra={"error": str(exc)})
+        message = f"Redis is not reachable ({type(exc).__name__}); retry shortly (BRIGADE_REDIS_URL)"
+        body = error_body(503, message, code="redis_unavailable")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, exc: Exception) -> JSONResponse:
+        # Unexpected failures still answer in the one error shape, so SDKs show a message, not a parse error.
+        message = f"internal error ({type(exc).__name__}); the ingress logs have the details"
+        return JSONResponse(error_body(500, message, code="internal"), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

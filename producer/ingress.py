@@ -30,6 +30,10 @@ class Ingress:
     lag: LagMonitor
     metrics: IngressMetrics
 
+    async def require_redis(self) -> None:
+        """Fail fast (RedisError → 503) before work whose answer would have to be read from Redis."""
+        await self.redis.ping()
+
     @property
     def served_models(self) -> tuple[str, ...]:
         return (self.settings.model,)
@@ -43,7 +47,8 @@ class Ingress:
             encodings = self.tokenizer.encode_batch(texts)
         return sum(len(e.ids) for e in encodings) + overhead
 
-    def check_limits(self, request: InferenceRequest, prompt_tokens: int) -> None:
+    def check_limits(self, request: InferenceRequest, prompt_tokens: int, *, max_tokens_field: str) -> None:
+        """Refuse what the deployment will not serve; ``max_tokens_field`` is the name the caller used."""
         s = self.settings
         if request.model is not None and request.model not in self.served_models:
             raise ApiError(
@@ -55,9 +60,9 @@ class Ingress:
         if request.max_new_tokens > s.max_new_tokens_limit:
             raise ApiError(
                 422,
-                f"max_new_tokens={request.max_new_tokens} is over the limit {s.max_new_tokens_limit} "
+                f"{max_tokens_field}={request.max_new_tokens} is over the limit {s.max_new_tokens_limit} "
                 f"(BRIGADE_MAX_NEW_TOKENS_LIMIT); ask for at most {s.max_new_tokens_limit} tokens",
-                param="max_new_tokens",
+                param=max_tokens_field,
                 code="max_new_tokens_over_limit",
             )
         if prompt_tokens > s.max_prompt_tokens:
@@ -69,9 +74,11 @@ class Ingress:
                 code="prompt_too_long",
             )
 
-    async def submit(self, request: InferenceRequest, *, traceparent: str | None = None) -> RequestAccepted:
+    async def submit(
+        self, request: InferenceRequest, *, traceparent: str | None = None, max_tokens_field: str = "max_new_tokens"
+    ) -> RequestAccepted:
+        """Check, classify, admit and publish; the answer says where the request and its events are."""
         prompt_tokens = await self.count_tokens(request)
-        self.check_limits(request, prompt_tokens)
         try:
             cls = classify(
                 estimate_cost(prompt_tokens=prompt_tokens, max_new_tokens=request.max_new_tokens),
@@ -79,7 +86,13 @@ class Ingress:
                 explicit=request.cost_class,
             )
         except ValueError as exc:
+            self.metrics.requests.labels("none", "rejected").inc()
             raise ApiError(422, str(exc), param="cost_class", code="unknown_cost_class") from None
+        try:
+            self.check_limits(request, prompt_tokens, max_tokens_field=max_tokens_field)
+        except ApiError:
+            self.metrics.requests.labels(cls.name, "rejected").inc()
+            raise
         decision = self.lag.decision(cls.name)
         if not decision.admit:
             self.metrics.requests.labels(cls.name, "throttled").inc()

@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from brigade.kafka_config import kafka_client_options
-from producer.admission import Decision, decide, drain_rate, partition_lag
+from producer.admission import Decision, decide, drain_rate, log_end, partition_lag
 from producer.metrics import IngressMetrics
 from producer.publisher import Publisher
 from schemas.settings import Settings
@@ -51,6 +51,9 @@ class LagMonitor:
                     await asyncio.sleep(self._interval_s)  # the sampling period itself
             except KafkaError as exc:
                 log.warning("lag sampling failed; retrying", extra={"error": str(exc)})
+            except Exception:
+                # Admission must not go stale silently: log loudly and keep sampling.
+                log.exception("lag sampling raised unexpectedly; retrying")
             finally:
                 with contextlib.suppress(Exception):
                     await reader.stop()
@@ -67,13 +70,12 @@ class LagMonitor:
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             if not tps:
                 continue
-            ends = await reader.end_offsets(tps)
-            log_end = {
-                tp.partition: max(ends.get(tp, 0), self._publisher.log_end.get((topic, tp.partition), 0)) for tp in tps
-            }
+            listed = {tp.partition: end for tp, end in (await reader.end_offsets(tps)).items()}
+            produced = {p: end for (t, p), end in self._publisher.log_end.items() if t == topic}
+            ends = log_end(listed, produced)
             offsets = await admin.list_consumer_group_offsets(names.consumer_group(cls.name), partitions=tps)
             committed = {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
-            lag = sum(partition_lag(log_end, committed).values())
+            lag = sum(partition_lag(ends, committed).values())
             now, total_committed = time.monotonic(), sum(committed.values())
             prev = self._last.get(cls.name)
             rate = drain_rate(prev[1], total_committed, now - prev[0]) if prev else None

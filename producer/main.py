@@ -17,7 +17,8 @@ log = logging.getLogger("brigade.ingress")
 
 async def serve(settings: Settings, *, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
     """Serve until ``stop`` is set; ``ready(port)`` once the socket listens (port 0 picks a free one)."""
-    server = AsgiServer(create_app(settings), host=settings.host, port=settings.port)
+    app = create_app(settings)
+    server = AsgiServer(app, host=settings.host, port=settings.port)
     port = await server.start()
     log.info("ingress listening", extra={"port": port})
     if ready is not None:
@@ -25,7 +26,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event, ready: Callable[[int
     try:
         await stop.wait()
     finally:
+        # Drain before closing: readiness goes false and session-long streams end, then uvicorn stops
+        # accepting and waits (bounded) for the answers still being streamed.
+        log.info("[shutdown] draining: no longer ready, closing session streams")
+        app.state.draining.set()
         await server.stop()
+        log.info("[shutdown] stopped")
 
 
 def main(settings: Settings) -> None:

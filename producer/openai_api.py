@@ -5,40 +5,56 @@ Each call is its own session (the OpenAI API is stateless: the full ``messages``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
 from producer.errors import ApiError, error_body
 from producer.ingress import Ingress
 from producer.openai_format import Kind, chunk, full_response, usage_chunk
-from producer.stream_reader import Answer, LiveText, request_events
-from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent
+from producer.stream_reader import ERROR_STATUS, Answer, AnyEvent, LiveText, Verdict, request_events
+from schemas.events import DoneEvent, ErrorEvent, TokenEvent
 from schemas.requests import ChatMessage, InferenceRequest
 
 router = APIRouter(prefix="/v1")
-
-_ERROR_STATUS = {
-    ErrorCode.EXPIRED: 408,
-    ErrorCode.INVALID_REQUEST: 400,
-    ErrorCode.CONTEXT_LENGTH_EXCEEDED: 400,
-    ErrorCode.INTERNAL: 500,
-}
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class TextPart(BaseModel):
+    """One part of a message's content in the list form newer SDKs send; only text is served here."""
+
+    type: Literal["text"]
+    text: str
+
+
+class OpenAIMessage(BaseModel):
+    """A chat turn as OpenAI clients send it: ``developer`` is their newer name for ``system``, and
+    content may be a list of text parts. Mapped onto the wire contract's ``ChatMessage``."""
+
+    model_config = ConfigDict(extra="ignore")  # name, tool_calls=None… are accepted and unused
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def to_chat(self) -> ChatMessage:
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return ChatMessage(role="system" if self.role == "developer" else self.role, content=content)
+
+
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # SDKs send fields we do not use (user, n=1, logprobs=None…)
+    model_config = ConfigDict(extra="ignore")  # SDKs send fields we do not use (user, logprobs=None…)
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -47,10 +63,17 @@ class _Common(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=1)  # one choice per call; ask again for more
     stream: bool = False
     stream_options: StreamOptions | None = None
 
+    @property
+    def max_tokens_field(self) -> str:
+        """The name the caller used, so a limit error names what they sent."""
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
     def to_request(self, **inputs: Any) -> InferenceRequest:
+        """The wire request; a value the contract refuses raises ValidationError (answered as 422)."""
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         max_new = self.max_completion_tokens or self.max_tokens
         return InferenceRequest(
@@ -78,55 +101,92 @@ class CompletionBody(_Common):
 
 
 class ChatBody(_Common):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[OpenAIMessage] = Field(min_length=1)
+
+
+def _model_entry(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "brigade"}
+
+
+def _check_model(ingress: Ingress, model: str) -> None:
+    if model not in ingress.served_models:
+        raise ApiError(
+            404,
+            f"model {model!r} is not served here; served: {', '.join(ingress.served_models)} (GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
 
 
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
     ingress: Ingress = request.app.state.ingress
-    return {
-        "object": "list",
-        "data": [{"id": m, "object": "model", "created": 0, "owned_by": "brigade"} for m in ingress.served_models],
-    }
+    return {"object": "list", "data": [_model_entry(m) for m in ingress.served_models]}
+
+
+@router.get("/models/{model_id:path}")
+async def model(model_id: str, request: Request) -> dict[str, Any]:
+    _check_model(request.app.state.ingress, model_id)
+    return _model_entry(model_id)
 
 
 @router.post("/completions", response_model=None)
 async def completions(
     body: CompletionBody, request: Request, traceparent: Annotated[str | None, Header()] = None
-) -> JSONResponse | EventSourceResponse:
-    return await _answer("text", body, body.to_request(prompt=body.prompt_text()), request, traceparent)
+) -> Response | EventSourceResponse:
+    return await _answer("text", body, {"prompt": body.prompt_text()}, request, traceparent)
 
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatBody, request: Request, traceparent: Annotated[str | None, Header()] = None
-) -> JSONResponse | EventSourceResponse:
-    return await _answer("chat", body, body.to_request(messages=body.messages), request, traceparent)
+) -> Response | EventSourceResponse:
+    messages = [m.to_chat() for m in body.messages]
+    return await _answer("chat", body, {"messages": messages}, request, traceparent)
 
 
 def _error_from_event(event: ErrorEvent) -> ApiError:
-    return ApiError(_ERROR_STATUS.get(event.code, 500), event.message, code=event.code.value)
+    return ApiError(ERROR_STATUS.get(event.code, 500), event.message, code=event.code.value)
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Return when the client goes away (the body is already read, so the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _collect(events: AsyncIterator[tuple[AnyEvent, Verdict]]) -> Answer:
+    answer = Answer()
+    async for event, verdict in events:
+        answer.add(event, verdict)
+    return answer
 
 
 async def _answer(
-    kind: Kind, body: _Common, req: InferenceRequest, request: Request, traceparent: str | None
-) -> JSONResponse | EventSourceResponse:
+    kind: Kind, body: _Common, inputs: dict[str, Any], request: Request, traceparent: str | None
+) -> Response | EventSourceResponse:
     ingress: Ingress = request.app.state.ingress
-    if body.model not in ingress.served_models:
-        raise ApiError(
-            404,
-            f"model {body.model!r} is not served here; served: {', '.join(ingress.served_models)} (GET /v1/models)",
-            param="model",
-            code="model_not_found",
-        )
-    accepted = await ingress.submit(req, traceparent=traceparent)
+    _check_model(ingress, body.model)
+    await ingress.require_redis()  # publish nothing whose answer could not be read
+    accepted = await ingress.submit(
+        body.to_request(**inputs), traceparent=traceparent, max_tokens_field=body.max_tokens_field
+    )
     created = int(time.time())
     events = request_events(ingress.redis, accepted.stream, accepted.request_id)
     rid, model = accepted.request_id, body.model
     if not body.stream:
-        answer = Answer()
-        async for event, verdict in events:
-            answer.add(event, verdict)
+        # Starlette does not cancel a handler whose client left; without this an abandoned call would
+        # keep reading Redis until the answer came, however long that took.
+        collecting = asyncio.create_task(_collect(events))
+        gone = asyncio.create_task(_until_disconnected(request))
+        done, _ = await asyncio.wait({collecting, gone}, return_when=asyncio.FIRST_COMPLETED)
+        loser = gone if collecting in done else collecting
+        loser.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loser
+        if collecting is loser:
+            return Response(status_code=499)  # client closed the request; nobody reads this
+        answer = collecting.result()  # a RedisError here is answered as 503
         if isinstance(answer.final, ErrorEvent):
             raise _error_from_event(answer.final)
         assert isinstance(answer.final, DoneEvent)
@@ -141,12 +201,12 @@ async def _answer(
         live = LiveText()
         first = True
         async for event, verdict in events:
-            if isinstance(event, TokenEvent):
+            if isinstance(event, TokenEvent | DoneEvent):
                 text = live.feed(event.text, verdict)
                 if text:
                     yield json.dumps(chunk(kind, request_id=rid, model=model, created=created, text=text, first=first))
                     first = False
-            elif isinstance(event, DoneEvent):
+            if isinstance(event, DoneEvent) and verdict is not Verdict.DROP:
                 last = chunk(
                     kind,
                     request_id=rid,
@@ -159,7 +219,7 @@ async def _answer(
                 yield json.dumps(last)
                 if include_usage:
                     yield json.dumps(usage_chunk(kind, request_id=rid, model=model, created=created, done=event))
-            elif isinstance(event, ErrorEvent):
+            elif isinstance(event, ErrorEvent) and verdict is not Verdict.DROP:
                 err = _error_from_event(event)
                 yield json.dumps(error_body(err.status, err.message, code=err.code))
         yield "[DONE]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -57,11 +58,16 @@ async def session_events(
 ) -> EventSourceResponse:
     """Server-Sent Events from ``brigade:stream:<session_id>``: ``id`` is the Redis entry id, so resuming works."""
     ingress = ingress_of(request)
+    await ingress.require_redis()  # a 503 now, rather than a stream that breaks after its headers
     key = ingress.settings.names.stream_key(session_id)
     start = last_event_id_header or last_event_id or "0-0"
 
+    # A stream that follows a whole session never ends by itself: it ends when the ingress drains, and the
+    # client resumes elsewhere with Last-Event-ID. One request's stream is left to finish its answer.
+    until: asyncio.Event | None = request.app.state.draining if request_id is None else None
+
     async def events() -> AsyncIterator[ServerSentEvent]:
-        async for entry_id, event in follow(ingress.redis, key, last_id=start):
+        async for entry_id, event in follow(ingress.redis, key, last_id=start, until=until):
             if request_id is not None and event.request_id != request_id:
                 continue
             yield ServerSentEvent(id=entry_id, event=event.type, data=json.dumps(event.model_dump(mode="json")))

@@ -6,6 +6,7 @@ pure part: given events in stream order it says which belong to the answer the u
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -13,9 +14,20 @@ from enum import Enum
 import redis.asyncio as aioredis
 
 from brigade.streams import xread
-from schemas.events import DoneEvent, ErrorEvent, TokenEvent, is_final, parse_event
+from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent, is_final, parse_event
 
 AnyEvent = TokenEvent | DoneEvent | ErrorEvent
+
+BLOCK_MS = 1000  # one XREAD's wait: how soon a reader notices a stop, and a floor for the socket timeout
+
+# What an error event means to a caller in HTTP terms: the OpenAI endpoints answer with these statuses and
+# the Python client raises with them, so both sides of an error read the same.
+ERROR_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.EXPIRED: 408,
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.CONTEXT_LENGTH_EXCEEDED: 400,
+    ErrorCode.INTERNAL: 500,
+}
 
 
 class Verdict(Enum):
@@ -45,14 +57,19 @@ class AttemptFilter:
 
 
 async def follow(
-    redis: aioredis.Redis, key: str, *, last_id: str = "0-0", block_ms: int = 1000
+    redis: aioredis.Redis,
+    key: str,
+    *,
+    last_id: str = "0-0",
+    block_ms: int = BLOCK_MS,
+    until: asyncio.Event | None = None,
 ) -> AsyncIterator[tuple[str, AnyEvent]]:
-    """Every event on ``key`` after ``last_id``, forever.
+    """Every event on ``key`` after ``last_id``, until ``until`` is set (forever without it).
 
-    ``block_ms`` bounds each XREAD and must stay under the client's socket timeout (redis-py's default is
-    5 s, and a blocked XREAD longer than that fails as a timeout).
+    ``block_ms`` bounds each XREAD, so ``until`` is noticed within that time; it must stay under the
+    client's socket timeout (redis-py's default is 5 s, and a longer blocked XREAD fails as a timeout).
     """
-    while True:
+    while until is None or not until.is_set():
         for _key, entries in await xread(redis, {key: last_id}, block_ms=block_ms):
             for entry_id, fields in entries:
                 last_id = entry_id
@@ -73,7 +90,11 @@ class Answer:
             self.text.clear()
         if isinstance(event, TokenEvent):
             self.text.append(event.text)
-        elif isinstance(event, DoneEvent | ErrorEvent):
+        elif isinstance(event, DoneEvent):
+            if event.text:  # the contract lets a final event carry the last piece of text
+                self.text.append(event.text)
+            self.final = event
+        else:
             self.final = event
 
 

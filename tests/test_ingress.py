@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import httpx
 import openai
@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer
 
 from brigade.inprocess import fleet
 from producer.client import BrigadeClient, BrigadeError
-from schemas.events import DoneEvent, TokenEvent
+from schemas.events import DoneEvent, ErrorEvent, TokenEvent
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
 from tests.kafka_reader import read_records
@@ -27,10 +27,47 @@ async def ingress(settings: Settings, topics: list[str]) -> AsyncIterator[str]:
         yield f.url
 
 
+AnyEvent = TokenEvent | DoneEvent | ErrorEvent
+Script = Callable[[InferenceRequest], Sequence[AnyEvent]]
+
+
+def say(*words: str, attempt: int = 1) -> Script:
+    """A worker that answers every request with ``words`` as tokens, then a done."""
+
+    def script(req: InferenceRequest) -> list[AnyEvent]:
+        events: list[AnyEvent] = [
+            TokenEvent(request_id=req.request_id, seq=i, attempt=attempt, text=w) for i, w in enumerate(words)
+        ]
+        final = DoneEvent(
+            request_id=req.request_id,
+            seq=len(words),
+            attempt=attempt,
+            finish_reason="stop",
+            prompt_tokens=3,
+            completion_tokens=len(words),
+        )
+        return [*events, final]
+
+    return script
+
+
+def crash_then(partial: Sequence[str], full: Sequence[str]) -> Script:
+    """Attempt 1 writes ``partial`` and dies; attempt 2 writes ``full`` and finishes: a redelivery."""
+
+    def script(req: InferenceRequest) -> list[AnyEvent]:
+        first = [TokenEvent(request_id=req.request_id, seq=i, text=w) for i, w in enumerate(partial)]
+        return [*first, *say(*full, attempt=2)(req)]
+
+    return script
+
+
+HELLO = say("Hello", " world")
+
+
 async def play_worker(
-    settings: Settings, redis: aioredis.Redis, *, count: int, words: tuple[str, ...] = ("Hello", " world")
+    settings: Settings, redis: aioredis.Redis, *, count: int, script: Script = HELLO
 ) -> list[InferenceRequest]:
-    """Consume ``count`` requests from any class topic and answer each with tokens and a done."""
+    """Consume ``count`` requests from any class topic and XADD what ``script`` says for each."""
     topics = [settings.names.request_topic(c) for c in settings.classes]
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
     await consumer.start()
@@ -40,19 +77,12 @@ async def play_worker(
             while len(seen) < count:
                 for records in (await consumer.getmany(timeout_ms=200)).values():
                     for record in records:
+                        assert record.value is not None
                         req = InferenceRequest.from_bytes(record.value)
                         seen.append(req)
                         key = settings.names.stream_key(req.session_id)
-                        for i, word in enumerate(words):
-                            await redis.xadd(key, TokenEvent(request_id=req.request_id, seq=i, text=word).to_fields())  # type: ignore[arg-type]
-                        final = DoneEvent(
-                            request_id=req.request_id,
-                            seq=len(words),
-                            finish_reason="stop",
-                            prompt_tokens=3,
-                            completion_tokens=len(words),
-                        )
-                        await redis.xadd(key, final.to_fields())  # type: ignore[arg-type]
+                        for event in script(req):
+                            await redis.xadd(key, event.to_fields())  # type: ignore[arg-type]
     finally:
         await consumer.stop()
     return seen
@@ -143,7 +173,7 @@ async def test_sse_events_resume_after_last_event_id(
 ) -> None:
     async with BrigadeClient(ingress) as client:
         sub = await client.submit("hi", session_id="sse-1")
-        await play_worker(settings, redis_client, count=1, words=("a", "b", "c"))
+        await play_worker(settings, redis_client, count=1, script=say("a", "b", "c"))
         async with httpx.AsyncClient(base_url=ingress) as http:
             ids, types = [], []
             params = {"request_id": sub.request_id}
@@ -217,3 +247,37 @@ async def test_traceparent_travels_in_kafka_headers(settings: Settings, ingress:
     assert resp.status_code == 202
     records = await read_records(settings.kafka_bootstrap, settings.names.request_topic("small"), count=1)
     assert dict(records[0].headers)["traceparent"] == trace.encode()
+
+
+async def test_metrics_count_outcomes_and_export_lag(settings: Settings, ingress: str) -> None:
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.post("/v1/requests", json={"prompt": "x", "max_new_tokens": 4})).status_code == 202
+        too_long = await http.post("/v1/requests", json={"prompt": "x", "max_new_tokens": 5000, "cost_class": "small"})
+        assert too_long.status_code == 422
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "kafka": True, "redis": True}
+        async with asyncio.timeout(20):
+            while 'brigade_class_lag{class="small"} 1.0' not in (text := (await http.get("/metrics")).text):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)  # the lag sampler runs on its own period; /metrics is how it shows
+    assert 'brigade_ingress_requests_total{class="small",outcome="accepted"} 1.0' in text
+    assert 'brigade_ingress_requests_total{class="small",outcome="rejected"} 1.0' in text
+    assert 'brigade_ingress_publish_seconds_count{class="small"} 1.0' in text
+
+
+async def test_redis_unreachable_answers_503_before_publishing(settings: Settings, topics: list[str]) -> None:
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "request_timeout_s": 1.0})
+    async with fleet(down, classes=[]) as f, httpx.AsyncClient(base_url=f.url, timeout=10) as http:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        events = await http.get("/v1/sessions/s/events")
+        chat = await http.post("/v1/completions", json={"model": settings.model, "prompt": "x"})
+        assert loop.time() - t0 < 4
+        for resp in (events, chat):
+            assert resp.status_code == 503, resp.text
+            assert "BRIGADE_REDIS_URL" in resp.json()["error"]["message"]
+            assert resp.headers["retry-after"] == "1"
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["redis"] is False
+        # Publishing needs only Kafka: a native submit is still accepted, to be read once Redis is back.
+        assert (await http.post("/v1/requests", json={"prompt": "x"})).status_code == 202

@@ -1,0 +1,99 @@
+"""``producer.main.main`` through ``brigade ingress``: a real process and real signals.
+
+First SIGTERM: readiness drops, session streams end, the process exits 0. Second signal: exit at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from brigade.devtools.process import free_port
+from schemas.settings import Settings
+
+
+@pytest.fixture
+async def ingress_process(
+    settings: Settings, topics: list[str]
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "BRIGADE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "BRIGADE_KAFKA_IDEMPOTENCE": "false",
+        "BRIGADE_REDIS_URL": settings.redis_url,
+        "BRIGADE_NAMESPACE": settings.namespace,
+        "BRIGADE_CLASS_PARTITIONS": ",".join(map(str, settings.class_partitions)),
+        "BRIGADE_MODEL": settings.model,
+        "BRIGADE_MODEL_CACHE_DIR": str(settings.model_cache_dir),
+        "BRIGADE_HOST": "127.0.0.1",
+        "BRIGADE_PORT": str(port),
+        "BRIGADE_LOG_FORMAT": "text",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "brigade", "ingress", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    exited = asyncio.ensure_future(proc.wait())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with asyncio.timeout(60), httpx.AsyncClient(base_url=url) as http:
+            while True:  # readiness probe, as Kubernetes would poll it
+                assert not exited.done(), "ingress exited during start-up"
+                try:
+                    if (await http.get("/readyz", timeout=1)).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.wait({exited}, timeout=0.2)
+        yield proc, url
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await exited
+
+
+async def test_sigterm_ends_session_streams_and_exits_cleanly(
+    ingress_process: tuple[asyncio.subprocess.Process, str],
+) -> None:
+    proc, url = ingress_process
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+        http.stream("GET", "/v1/sessions/idle/events") as resp,
+    ):
+        assert resp.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with asyncio.timeout(10):
+            _ = [line async for line in resp.aiter_lines()]  # ends when the ingress closes the stream
+        assert loop.time() - t0 < 4, "the session stream waited for uvicorn's grace timeout"
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    assert await proc.wait() == 0, log
+    assert "[shutdown] draining" in log and "[shutdown] stopped" in log
+
+
+async def test_second_signal_exits_at_once(
+    ingress_process: tuple[asyncio.subprocess.Process, str], settings: Settings
+) -> None:
+    proc, url = ingress_process
+    body = {"model": settings.model, "prompt": "nobody answers", "stream": True}
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+        http.stream("POST", "/v1/completions", json=body) as resp,
+    ):
+        assert resp.status_code == 200  # an answer in flight keeps the graceful stop waiting
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stderr is not None
+        async with asyncio.timeout(10):
+            while b"[shutdown] draining" not in await proc.stderr.readline():
+                pass
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(3):
+            assert await proc.wait() == 130

@@ -1,0 +1,162 @@
+"""The OpenAI-compatible endpoints against a real broker and Redis, read with the real ``openai`` SDK.
+
+The test plays the worker (``play_worker``): it consumes the published request and XADDs the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import pytest
+import redis.asyncio as aioredis
+from openai.types.chat import ChatCompletionMessageParam
+
+from brigade.inprocess import fleet
+from schemas.events import ErrorEvent
+from schemas.requests import InferenceRequest
+from schemas.settings import Settings
+from tests.test_ingress import AnyEvent, crash_then, play_worker
+
+
+@pytest.fixture
+async def ingress(settings: Settings, topics: list[str]) -> AsyncIterator[str]:
+    async with fleet(settings, classes=[]) as f:
+        yield f.url
+
+
+@pytest.fixture
+async def oai(ingress: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    # No SDK retries: a retried call would publish a second request the test worker never answers.
+    client = openai.AsyncOpenAI(base_url=f"{ingress}/v1", api_key="unused", max_retries=0)
+    yield client
+    await client.close()
+
+
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle", "param"),
+    [
+        ({"max_tokens": 5000}, "max_tokens=5000 is over the limit 1024 (BRIGADE_MAX_NEW_TOKENS_LIMIT)", "max_tokens"),
+        ({"max_completion_tokens": 5000}, "max_completion_tokens=5000", "max_completion_tokens"),
+        ({"n": 2}, "n: Input should be less than or equal to 1", "n"),
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0", "seed"),
+        ({"stop": [f"s{i}" for i in range(9)]}, "stop: List should have at most 8 items", "stop"),
+        ({"temperature": 3}, "temperature", "temperature"),
+        ({"messages": []}, "messages", "messages"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", "messages.0.role"),
+    ],
+)
+async def test_chat_errors_name_the_openai_field(
+    settings: Settings, ingress: str, body: dict[str, object], needle: str, param: str
+) -> None:
+    payload = {"model": settings.model, "messages": USER, **body}
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        resp = await http.post("/v1/chat/completions", json=payload)
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert needle in error["message"] and error["param"] == param, error
+
+
+async def test_sdk_surfaces_our_error_messages(oai: openai.AsyncOpenAI, settings: Settings, ingress: str) -> None:
+    with pytest.raises(openai.UnprocessableEntityError, match="BRIGADE_MAX_NEW_TOKENS_LIMIT"):
+        await oai.completions.create(model=settings.model, prompt="x", max_tokens=5000)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        await oai.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        await oai.models.retrieve("gpt-9")
+    assert (await oai.models.retrieve(settings.model)).id == settings.model
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        wrong = await http.get("/v1/chat/completions")
+        bad = await http.post("/v1/completions", content=b"{", headers={"content-type": "application/json"})
+    assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+    assert bad.status_code == 422 and "not valid JSON" in bad.json()["error"]["message"]
+
+
+async def test_developer_role_and_content_parts_map_onto_the_contract(
+    oai: openai.AsyncOpenAI, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=1))
+    chat = await oai.chat.completions.create(
+        model=settings.model,
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi"}]},
+        ],
+        max_completion_tokens=7,
+        stop="\n",
+        seed=3,
+        user="ignored",
+    )
+    (req,) = await worker
+    assert chat.choices[0].message.content == "Hello world"
+    assert chat.usage is not None and chat.usage.prompt_tokens == 3 and chat.usage.total_tokens == 5
+    assert req.messages is not None
+    assert [(m.role, m.content) for m in req.messages] == [("system", "Be brief."), ("user", "Say hi")]
+    assert req.max_new_tokens == 7 and req.stop == ["\n"] and req.seed == 3 and req.model == settings.model
+
+
+async def test_partial_attempt_is_dropped_streamed_and_whole(
+    oai: openai.AsyncOpenAI, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    # A worker died after "Hello wo"; the redelivered attempt replays the same tokens (seeded) to the end.
+    script = crash_then(["Hello", " wo"], ["Hello", " world", "!"])
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=2, script=script))
+
+    whole = await oai.completions.create(model=settings.model, prompt="x", max_tokens=5)
+    assert whole.choices[0].text == "Hello world!"
+    assert whole.usage is not None and whole.usage.completion_tokens == 3
+
+    stream = await oai.chat.completions.create(
+        model=settings.model, messages=USER, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [c async for c in stream]
+    await worker
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world!"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+
+
+def expired(req: InferenceRequest) -> list[AnyEvent]:
+    return [ErrorEvent(request_id=req.request_id, seq=0, code="expired", message="deadline passed before compute")]
+
+
+async def test_error_events_become_sdk_errors(
+    oai: openai.AsyncOpenAI, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=2, script=expired))
+    with pytest.raises(openai.APIStatusError, match="deadline passed") as err:
+        await oai.completions.create(model=settings.model, prompt="x")
+    assert err.value.status_code == 408
+    with pytest.raises(openai.APIError, match="deadline passed"):
+        _ = [c async for c in await oai.completions.create(model=settings.model, prompt="x", stream=True)]
+    await worker
+
+
+async def _readers(redis: aioredis.Redis) -> int:
+    """Connections whose last command was XREAD. Cancelling a blocked XREAD closes its connection, so
+    this drops to 0 only when nobody reads any more (a between-blocks gap does not count as stopped)."""
+    return sum(1 for c in await redis.client_list() if c["cmd"] == "xread")
+
+
+async def test_whole_answer_stops_reading_when_the_client_leaves(
+    settings: Settings, ingress: str, redis_client: aioredis.Redis
+) -> None:
+    body = {"model": settings.model, "prompt": "nobody answers this"}
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        call = asyncio.create_task(http.post("/v1/completions", json=body))
+        async with asyncio.timeout(10):
+            while await _readers(redis_client) == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # the ingress's XREAD is only visible from Redis's side
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    async with asyncio.timeout(10):
+        while await _readers(redis_client) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
