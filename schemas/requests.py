@@ -60,7 +60,7 @@ class InferenceRequest(SamplingParams):
     session_id: Identifier
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
-    max_new_tokens: int = Field(default=64, ge=1, le=32768)
+    max_new_tokens: int = Field(default=64, ge=1)  # deployments cap it: BRIGADE_MAX_NEW_TOKENS_LIMIT
     model: str | None = None
     cost_class: str | None = None
     priority: int = Field(default=0, ge=-100, le=100)
