@@ -6,9 +6,7 @@ First SIGTERM: readiness drops, session streams end, the process exits 0. Second
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,6 +14,7 @@ import pytest
 
 from brigade.devtools.process import free_port
 from schemas.settings import Settings
+from tests.brigade_process import brigade_env, brigade_process
 
 
 @pytest.fixture
@@ -23,39 +22,9 @@ async def ingress_process(
     settings: Settings, topics: list[str]
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     port = free_port()
-    env = {
-        **os.environ,
-        "BRIGADE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "BRIGADE_KAFKA_IDEMPOTENCE": "false",
-        "BRIGADE_REDIS_URL": settings.redis_url,
-        "BRIGADE_NAMESPACE": settings.namespace,
-        "BRIGADE_CLASS_PARTITIONS": ",".join(map(str, settings.class_partitions)),
-        "BRIGADE_MODEL": settings.model,
-        "BRIGADE_MODEL_CACHE_DIR": str(settings.model_cache_dir),
-        "BRIGADE_HOST": "127.0.0.1",
-        "BRIGADE_PORT": str(port),
-        "BRIGADE_LOG_FORMAT": "text",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "brigade", "ingress", env=env, stderr=asyncio.subprocess.PIPE
-    )
-    exited = asyncio.ensure_future(proc.wait())
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with asyncio.timeout(60), httpx.AsyncClient(base_url=url) as http:
-            while True:  # readiness probe, as Kubernetes would poll it
-                assert not exited.done(), "ingress exited during start-up"
-                try:
-                    if (await http.get("/readyz", timeout=1)).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.wait({exited}, timeout=0.2)
-        yield proc, url
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await exited
+    env = brigade_env(settings, BRIGADE_HOST="127.0.0.1", BRIGADE_PORT=str(port))
+    async with brigade_process("ingress", env=env, port=port) as (proc, _exited):
+        yield proc, f"http://127.0.0.1:{port}"
 
 
 async def test_sigterm_ends_session_streams_and_exits_cleanly(
