@@ -26,7 +26,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from brigade.bench.engine_loop import bench_prompt
-from brigade.bench.pipeline import Job, await_finals, make_jobs
+from brigade.bench.pipeline import Job, await_finals, isolated_settings, make_jobs
 from brigade.inprocess import fleet
 from brigade.streams import xread
 from consumer.engine.interface import GenerationInput, InferenceEngine
@@ -187,14 +187,11 @@ async def run_latency(
 ) -> LatencyResult:
     """Capacity burst, then open-loop arrivals at ``config.load`` of it; hop = TTFT − prefill per request."""
     tag = uuid.uuid4().hex[:8]
-    settings = base.model_copy(
-        update={
-            "namespace": f"lat{tag}",
-            "worker_class": "small",
-            "max_batch_size": config.batch_size,
-            "queue_size": max(base.queue_size, config.capacity_requests + config.max_arrivals + 1),
-            "class_max_lag": (10**9,) * len(base.classes),
-        }
+    settings = isolated_settings(
+        base,
+        namespace=f"lat{tag}",
+        batch_size=config.batch_size,
+        queue_size=config.capacity_requests + config.max_arrivals + 1,
     )
     await ensure_topics(settings)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
