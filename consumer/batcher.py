@@ -10,6 +10,8 @@ Rules:
 - never two requests of one session in a batch, and never a request of a session that is still
   running: a session's turns are ordered on its partition and each turn may depend on the previous
   answer, so a later turn waits for the next batch and queue order is preserved;
+- continuous batching: while a batch runs, ``take`` fills its free slots at once (the running step is
+  the wait), with the same session rules;
 - the queue is bounded; ``full`` tells the fetcher to pause its partitions.
 """
 
@@ -47,7 +49,7 @@ class Batch:
 
     items: tuple[PendingItem, ...]  # at most max_batch_size, at most one per session
     planned_at: float  # the ``now`` the plan was made with; queue time ends here
-    reason: str  # "full" (max_batch_size reached) or "waited" (oldest hit max_batch_wait); for logs and tests
+    reason: str  # "full" (max_batch_size reached), "waited" (oldest hit max_batch_wait) or "joined" (``take``)
 
     @property
     def size(self) -> int:
@@ -108,10 +110,15 @@ class Batcher:
         if len(eligible) < self.max_batch_size and now < due_at:
             return StepPlan(batch=None, wake_at=due_at, waiting=len(self._queue))
         reason = "full" if len(eligible) >= self.max_batch_size else "waited"
-        chosen = {id(item) for item in eligible}
-        self._queue = [item for item in self._queue if id(item) not in chosen]
-        batch = Batch(items=tuple(eligible), planned_at=now, reason=reason)
+        batch = Batch(items=tuple(self._remove(eligible)), planned_at=now, reason=reason)
         return StepPlan(batch=batch, wake_at=None, waiting=len(self._queue))
+
+    def take(self, now: float, *, slots: int, running_sessions: Collection[str] = frozenset()) -> Batch | None:
+        """Up to ``slots`` eligible requests to join a running batch now, or None when none is eligible."""
+        eligible = self._eligible(running_sessions, limit=min(slots, self.max_batch_size))
+        if not eligible:
+            return None
+        return Batch(items=tuple(self._remove(eligible)), planned_at=now, reason="joined")
 
     def drop_partitions(self, tps: Iterable[Hashable]) -> list[PendingItem]:
         """Remove queued items of revoked partitions; Kafka redelivers them to the new owner."""
@@ -125,19 +132,27 @@ class Batcher:
         dropped, self._queue = self._queue, []
         return dropped
 
-    def _eligible(self, running_sessions: Collection[str]) -> list[PendingItem]:
+    def _remove(self, chosen: list[PendingItem]) -> list[PendingItem]:
+        ids = {id(item) for item in chosen}
+        self._queue = [item for item in self._queue if id(item) not in ids]
+        return chosen
+
+    def _eligible(self, running_sessions: Collection[str], *, limit: int | None = None) -> list[PendingItem]:
         """Queue-ordered items of sessions that are neither running nor already picked, up to the batch size.
 
         A session blocked once stays blocked for the rest of the scan, so its later turns never
         overtake an earlier one.
         """
+        limit = self.max_batch_size if limit is None else limit
         blocked = set(running_sessions)
         picked: list[PendingItem] = []
+        if limit < 1:
+            return picked
         for item in self._queue:
             if item.session_id in blocked:
                 continue
             blocked.add(item.session_id)
             picked.append(item)
-            if len(picked) == self.max_batch_size:
+            if len(picked) == limit:
                 break
         return picked

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Any
@@ -92,7 +92,6 @@ class Worker:
         self._arrived = asyncio.Event()  # an item entered the queue
         self._space = asyncio.Event()  # items left the queue: a paused fetcher may resume
         self._draining = asyncio.Event()
-        self._running_sessions: frozenset[str] = frozenset()
         self._last_work = time.monotonic()
         self._dlq: DeadLetters | None = None
         self._started = False
@@ -215,7 +214,7 @@ class Worker:
         while not self._draining.is_set():
             self._arrived.clear()
             now = time.monotonic()
-            plan = self.batcher.plan(now, running_sessions=self._running_sessions)
+            plan = self.batcher.plan(now, running_sessions=runner.open_sessions)
             self.metrics.set_waiting(plan.waiting)
             if plan.batch is None:
                 if self._idle():
@@ -223,14 +222,26 @@ class Worker:
                     return
                 await wait_any(self._arrived, self._draining, at_most=self._wait_for(plan.wake_at, now))
                 continue
-            self._space.set()
-            self.batches = [*self.batches[-99:], plan.batch]
-            self._running_sessions = frozenset(item.session_id for item in plan.batch.items)
+            self._started_batch(plan.batch)
+            more = self._join if self.settings.batching == "continuous" else None
             try:
-                await runner.run(plan.batch, done=self._complete)
+                await runner.run(plan.batch, done=self._complete, more=more)
             finally:
-                self._running_sessions = frozenset()
                 self._last_work = time.monotonic()
+
+    def _join(self, slots: int, open_sessions: Collection[str]) -> Batch | None:
+        """Continuous batching: queued requests for the running batch's free slots (none once draining)."""
+        if self._draining.is_set():
+            return None
+        batch = self.batcher.take(time.monotonic(), slots=slots, running_sessions=open_sessions)
+        if batch is not None:
+            self._started_batch(batch)
+            self.metrics.set_waiting(len(self.batcher))
+        return batch
+
+    def _started_batch(self, batch: Batch) -> None:
+        self._space.set()
+        self.batches = [*self.batches[-99:], batch]
 
     def _complete(self, item: PendingItem) -> None:
         self.offsets.complete(TopicPartition(*item.tp), item.offset)

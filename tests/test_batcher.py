@@ -109,3 +109,31 @@ def test_revoked_partitions_lose_their_queued_items() -> None:
 def test_nonsense_bounds_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         batcher(**kwargs)  # type: ignore[arg-type]
+
+
+def test_take_fills_free_slots_at_once_without_waiting_for_the_window() -> None:
+    b = batcher(size=8, wait_s=10)
+    for s in "abcd":
+        b.add(item(s, at=5.0))
+    joined = b.take(5.0, slots=3)
+    assert joined is not None and joined.reason == "joined" and joined.planned_at == 5.0
+    assert sessions(joined.items) == ["a", "b", "c"] and len(b) == 1
+
+
+def test_take_keeps_the_session_rules_and_gives_nothing_without_slots() -> None:
+    b = batcher(size=8, wait_s=10)
+    for s in ("run", "x", "x", "y"):
+        b.add(item(s))
+    assert b.take(0.0, slots=0) is None and len(b) == 4
+    joined = b.take(0.0, slots=8, running_sessions={"run"})
+    assert joined is not None and sessions(joined.items) == ["x", "y"]
+    assert b.take(0.0, slots=8, running_sessions={"run", "x"}) is None  # x's second turn waits for the first
+    assert len(b) == 2
+
+
+def test_take_never_exceeds_the_batch_size() -> None:
+    b = batcher(size=2, wait_s=0)
+    for s in "abc":
+        b.add(item(s))
+    joined = b.take(0.0, slots=10)
+    assert joined is not None and joined.size == 2

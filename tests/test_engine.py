@@ -77,6 +77,32 @@ def test_batched_kv_cache_equals_one_at_a_time_recompute(engine: OnnxEngine) -> 
         assert text_of(out[item.request_id]) == engine.tokenizer.decode(expected)
 
 
+def test_sequences_joining_a_running_batch_equal_one_at_a_time_recompute(engine: OnnxEngine) -> None:
+    """Continuous batching: rows joining mid-run (longer and shorter caches than the batch's) change nothing."""
+    prompts = ["Hi", "The chef calls the order and the pass sends", "A", "Tickets pile up on the rail", "Oui"]
+    inputs = [
+        GenerationInput(f"r{i}", engine.encode(p), n, GREEDY)
+        for i, (p, n) in enumerate(zip(prompts, [10, 3, 8, 6, 5], strict=True))
+    ]
+    run = engine.start(inputs[:1])
+    out: dict[str, list[TokenDelta]] = {}
+    joins = {2: inputs[1:3], 4: inputs[3:4], 9: inputs[4:]}  # step number -> who joins before it
+    step = 0
+    while not run.finished or step in joins:
+        if step in joins:
+            run.join(joins.pop(step))
+        assert run.running > 0
+        for delta in run.step():
+            out.setdefault(delta.request_id, []).append(delta)
+        step += 1
+    for item in inputs:
+        expected = no_cache_greedy(engine, list(item.prompt_ids), item.max_new_tokens)
+        assert run.token_ids(item.request_id) == expected, item.request_id
+        assert [d.finish_reason for d in out[item.request_id]][-1] is FinishReason.LENGTH
+        assert sum(d.finish_reason is not None for d in out[item.request_id]) == 1
+    assert run.running == 0
+
+
 def test_models_without_logits_to_keep_prefill_in_row_groups(
     engine: OnnxEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

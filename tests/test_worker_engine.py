@@ -25,15 +25,27 @@ def expected_text(n: int) -> str:
 
 @dataclass
 class _Run:
-    inputs: Sequence[GenerationInput]
+    inputs: list[GenerationInput]
     done: dict[str, int] = field(default_factory=dict)
     produced: dict[str, int] = field(default_factory=dict)
+    joined: list[list[str]] = field(default_factory=list)  # request_ids of each join, in order
 
     @property
     def finished(self) -> bool:
         return len(self.done) == len(self.inputs)
 
+    @property
+    def running(self) -> int:
+        return len(self.inputs) - len(self.done)
+
+    peak: int = 0  # most sequences running at once
+
+    def join(self, inputs: Sequence[GenerationInput]) -> None:
+        self.joined.append([g.request_id for g in inputs])
+        self.inputs.extend(inputs)
+
     def step(self) -> list[TokenDelta]:
+        self.peak = max(self.peak, self.running)
         out = []
         for g in self.inputs:
             if g.request_id in self.done:
@@ -62,6 +74,7 @@ class WordEngine:
         self._max_context = max_context
         self._lock = threading.Lock()
         self.started: list[list[str]] = []  # request_ids of every batch started
+        self.runs: list[_Run] = []
         self.warmed_with: int | None = None
         self.closed = False
 
@@ -80,9 +93,11 @@ class WordEngine:
         return " ".join(f"<{m.role}> {m.content}" for m in messages) + " <assistant>"
 
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
+        run = _Run(inputs=list(inputs))
         with self._lock:
             self.started.append([g.request_id for g in inputs])
-        return _Run(inputs=list(inputs))
+            self.runs.append(run)
+        return run
 
     def warmup(self, *, batch_size: int) -> None:
         run = _Run([GenerationInput(f"w{i}", [1], 2, SamplingParams()) for i in range(batch_size)])
@@ -135,7 +150,7 @@ class CountingEngine:
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
         with self._lock:
             self.started.append([g.request_id for g in inputs])
-        return self.inner.start(inputs)
+        return _CountingRun(self.inner.start(inputs), self)
 
     def warmup(self, *, batch_size: int) -> None:
         self.inner.warmup(batch_size=batch_size)
@@ -149,6 +164,30 @@ class CountingEngine:
             return {rid for batch in self.started for rid in batch}
 
 
+class _CountingRun:
+    """Counts sequences that join a running batch as started too."""
+
+    def __init__(self, inner: BatchRun, engine: CountingEngine) -> None:
+        self._inner = inner
+        self._engine = engine
+
+    @property
+    def finished(self) -> bool:
+        return self._inner.finished
+
+    @property
+    def running(self) -> int:
+        return self._inner.running
+
+    def join(self, inputs: Sequence[GenerationInput]) -> None:
+        with self._engine._lock:
+            self._engine.started.append([g.request_id for g in inputs])
+        self._inner.join(inputs)
+
+    def step(self) -> list[TokenDelta]:
+        return self._inner.step()
+
+
 class _SlowRun:
     def __init__(self, inner: BatchRun, step_s: float) -> None:
         self._inner = inner
@@ -157,6 +196,13 @@ class _SlowRun:
     @property
     def finished(self) -> bool:
         return self._inner.finished
+
+    @property
+    def running(self) -> int:
+        return self._inner.running
+
+    def join(self, inputs: Sequence[GenerationInput]) -> None:
+        self._inner.join(inputs)
 
     def step(self) -> list[TokenDelta]:
         time.sleep(self._step_s)  # executor thread: stands in for device time, keeps a batch in flight
@@ -175,7 +221,7 @@ class SlowEngine(CountingEngine):
 
 
 def test_unseeded_sampling_replays_identically_for_the_same_request() -> None:
-    from consumer.execute import replayable_sampling
+    from consumer.intake import replayable_sampling
     from schemas.requests import InferenceRequest
 
     a = InferenceRequest(request_id="r-1", session_id="s", prompt="x", temperature=0.8)

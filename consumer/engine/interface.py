@@ -36,15 +36,24 @@ class TokenDelta:
 
 
 class BatchRun(Protocol):
-    """A static batch in flight. The first ``step`` runs the prefill."""
+    """A batch in flight. A sequence's first ``step`` runs its prefill."""
 
     @property
     def finished(self) -> bool:
         """True once every sequence has its finish_reason."""
         ...
 
+    @property
+    def running(self) -> int:
+        """Sequences that still need steps: the batch's occupancy."""
+        ...
+
     def step(self) -> list[TokenDelta]:
         """Advance every running sequence by one token; one delta per sequence still running."""
+        ...
+
+    def join(self, inputs: Sequence[GenerationInput]) -> None:
+        """Add sequences at a step boundary (continuous batching); the next ``step`` prefills them."""
         ...
 
 

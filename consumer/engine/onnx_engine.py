@@ -1,9 +1,10 @@
-"""The ONNX Runtime engine: KV-cache generation over a static batch of prompts of different lengths.
+"""The ONNX Runtime engine: KV-cache generation over a batch of prompts of different lengths.
 
 Prompts are left-padded so every row's newest token sits in the last column; the attention mask hides
 the padding and per-row position ids keep each sequence's positions as if it ran alone. A sequence that
 finishes leaves the batch at once (its KV rows are dropped, and padding columns no row needs any more are
-cut), so the remaining rows pay nothing for it.
+cut), so the remaining rows pay nothing for it; a sequence that joins a running batch is prefilled on its
+own and its cache rows appended, padded on the left to the batch's width.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _DTYPES: dict[str, type[np.generic]] = {"tensor(float)": np.float32, "tensor(flo
 _LOGITS_TO_KEEP = ("logits_to_keep", "num_logits_to_keep")
 _MAX_LOGITS = 64 * 2**20  # floats of full-sequence logits one prefill run may return (256 MB in fp32)
 I64 = npt.NDArray[np.int64]
+_EMPTY_IDS: I64 = np.zeros(0, dtype=np.int64)
+_EMPTY_MASK: I64 = np.zeros((0, 0), dtype=np.int64)
 
 
 def execution_providers(device: str) -> list[str]:
@@ -109,46 +112,148 @@ def kv_layout(session: ort.InferenceSession, config: dict[str, Any]) -> KvLayout
     )
 
 
+@dataclass(slots=True)
+class _Rows:
+    """Sequences sharing one KV cache, left-padded so every row's newest token sits in the last column.
+
+    After each model run ``mask`` is as wide as the cache: one column per cached position, 0 on padding.
+    """
+
+    seqs: list[SequenceState]
+    past: list[npt.NDArray[Any]]
+    mask: I64
+    next_pos: I64  # the position id of each row's next token
+    next_ids: I64  # each row's last sampled token, the next decode step's input
+
+    def compact(self) -> None:
+        """Drop finished rows, then the padding columns that no remaining row attends to."""
+        keep = [row for row, s in enumerate(self.seqs) if not s.done]
+        if len(keep) == len(self.seqs):
+            return
+        self.seqs = [self.seqs[row] for row in keep]
+        if not keep:
+            self.past, self.mask = [], self.mask[:0, :0]
+            return
+        index = np.array(keep, dtype=np.int64)
+        self.mask, self.next_pos, self.next_ids = self.mask[index], self.next_pos[index], self.next_ids[index]
+        first = int(np.argmax(self.mask.any(axis=0)))
+        self.mask = self.mask[:, first:]
+        self.past = [np.ascontiguousarray(p[index, :, first:]) for p in self.past]
+
+    def extend(self, other: _Rows) -> None:
+        """Append ``other``'s rows (continuous batching): the narrower cache is padded on the left."""
+        if not other.seqs:
+            return
+        if not self.seqs:
+            self.seqs, self.past, self.mask = other.seqs, other.past, other.mask
+            self.next_pos, self.next_ids = other.next_pos, other.next_ids
+            return
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        self.past = [
+            np.concatenate([_pad_left(a, width), _pad_left(b, width)])
+            for a, b in zip(self.past, other.past, strict=True)
+        ]
+        self.mask = np.concatenate([_pad_left(self.mask, width), _pad_left(other.mask, width)])
+        self.seqs = [*self.seqs, *other.seqs]
+        self.next_pos = np.concatenate([self.next_pos, other.next_pos])
+        self.next_ids = np.concatenate([self.next_ids, other.next_ids])
+
+
+def _pad_left(array: npt.NDArray[Any], width: int) -> npt.NDArray[Any]:
+    """Zeros before the sequence axis (axis 2 of a cache tensor, axis 1 of a mask) up to ``width``."""
+    axis = 2 if array.ndim == 4 else 1
+    missing = width - array.shape[axis]
+    if missing == 0:
+        return array
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (missing, 0)
+    return np.pad(array, pad)
+
+
 class OnnxBatchRun:
-    """A batch in flight; ``step`` is called from one executor thread at a time."""
+    """Sequences in flight; ``step`` and ``join`` are called from one executor thread at a time.
+
+    A step decodes one token for every running row, then prefills the rows that joined since the last
+    step (their first token) and appends them to the cache: static batching is a run nobody joins,
+    continuous batching joins new requests at each step boundary.
+    """
 
     def __init__(self, engine: OnnxEngine, seqs: list[SequenceState]) -> None:
         self._engine = engine
-        self._by_id = {s.request_id: s for s in seqs}
-        self._pending = [s for s in seqs if s.done]  # no room for even one token: reported on the first step
-        self._active = [s for s in seqs if not s.done]
+        self._by_id: dict[str, SequenceState] = {}
+        self._pending: list[SequenceState] = []  # no room for even one token: reported on the next step
+        self._joining: list[SequenceState] = []  # waiting for their prefill
         self._started = False
-        self._past: list[npt.NDArray[Any]] = []
-        self._mask: I64 = np.zeros((0, 0), dtype=np.int64)
-        self._next_pos: I64 = np.zeros(0, dtype=np.int64)
-        self._next_ids: I64 = np.zeros(0, dtype=np.int64)
+        self._rows = _Rows(seqs=[], past=[], mask=_EMPTY_MASK, next_pos=_EMPTY_IDS, next_ids=_EMPTY_IDS)
+        self._add(seqs)
 
     @property
     def finished(self) -> bool:
-        return self._started and not self._active
+        return self._started and not (self._rows.seqs or self._joining or self._pending)
+
+    @property
+    def running(self) -> int:
+        """Sequences that still need steps (decoding, or waiting for their prefill)."""
+        return len(self._rows.seqs) + len(self._joining)
 
     def token_ids(self, request_id: str) -> list[int]:
         """The ids generated so far for one sequence (the deltas carry only text)."""
         return list(self._by_id[request_id].token_ids)
 
+    def join(self, inputs: Sequence[GenerationInput]) -> None:
+        self._add([self._engine.sequence(item) for item in inputs])
+
+    def _add(self, seqs: list[SequenceState]) -> None:
+        for s in seqs:
+            self._by_id[s.request_id] = s
+            (self._pending if s.done else self._joining).append(s)
+
     def step(self) -> list[TokenDelta]:
         deltas = [s.delta() for s in self._pending]
         self._pending = []
-        if not self._active:
-            self._started = True
-            return deltas
-        feeds = self._decode_feeds() if self._started else self._prefill_feeds()
         self._started = True
-        logits = self._run(feeds)
-        logits[:, self._engine.suppress_ids] = -np.inf
-        tokens = choose_tokens(logits, [s.sampling for s in self._active], [s.rng for s in self._active])
-        deltas.extend(s.advance(int(t)) for s, t in zip(self._active, tokens, strict=True))
-        self._next_ids = tokens
-        self._compact()
+        if self._rows.seqs:
+            deltas.extend(self._decode())
+        if self._joining:
+            joining, self._joining = self._joining, []
+            deltas.extend(self._prefill(joining))
         return deltas
 
-    def _run(self, feeds: dict[str, npt.NDArray[Any]]) -> npt.NDArray[Any]:
-        """Last-position logits [batch, sampled_vocab]; the new cache goes to ``self._past``.
+    def _decode(self) -> list[TokenDelta]:
+        rows = self._rows
+        rows.mask = np.concatenate([rows.mask, np.ones((len(rows.seqs), 1), dtype=np.int64)], axis=1)
+        feeds = self._feeds(rows.next_ids[:, None], rows.next_pos[:, None], rows.mask, rows.past, decode=True)
+        logits, rows.past = self._run(feeds)
+        rows.next_pos = rows.next_pos + 1
+        rows.next_ids, deltas = self._sample(logits, rows.seqs)
+        rows.compact()
+        return deltas
+
+    def _prefill(self, seqs: list[SequenceState]) -> list[TokenDelta]:
+        layout = self._engine.layout
+        lengths = [len(s.prompt_ids) for s in seqs]
+        batch, width = len(lengths), max(lengths)
+        ids = np.full((batch, width), self._engine.pad_id, dtype=np.int64)
+        mask = np.zeros((batch, width), dtype=np.int64)
+        for row, (s, n) in enumerate(zip(seqs, lengths, strict=True)):
+            ids[row, width - n :] = s.prompt_ids
+            mask[row, width - n :] = 1
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        empty = np.zeros((batch, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
+        logits, past = self._run(self._feeds(ids, positions, mask, [empty] * len(layout.past_names), decode=False))
+        next_ids, deltas = self._sample(logits, seqs)
+        new = _Rows(seqs=seqs, past=past, mask=mask, next_pos=np.array(lengths, dtype=np.int64), next_ids=next_ids)
+        new.compact()
+        self._rows.extend(new)
+        return deltas
+
+    def _sample(self, logits: npt.NDArray[Any], seqs: list[SequenceState]) -> tuple[I64, list[TokenDelta]]:
+        logits[:, self._engine.suppress_ids] = -np.inf
+        tokens = choose_tokens(logits, [s.sampling for s in seqs], [s.rng for s in seqs])
+        return tokens, [s.advance(int(t)) for s, t in zip(seqs, tokens, strict=True)]
+
+    def _run(self, feeds: dict[str, npt.NDArray[Any]]) -> tuple[npt.NDArray[Any], list[npt.NDArray[Any]]]:
+        """Last-position logits [batch, sampled_vocab] and the new cache.
 
         A model without logits_to_keep returns logits for every prompt position: [32, 2048, 50k] floats
         would be 13 GB, so such a prefill runs in groups of rows sized to stay under a bound.
@@ -162,59 +267,24 @@ class OnnxBatchRun:
             part = {k: v[start : start + rows] if k in batched else v for k, v in feeds.items()}
             parts.append(engine.session.run(names, part))
         if len(parts) == 1:
-            self._past = parts[0][1:]
             logits: npt.NDArray[Any] = parts[0][0][:, -1, : engine.sampled_vocab]
-            return logits
-        self._past = [np.concatenate([p[i] for p in parts]) for i in range(1, len(names))]
-        return np.concatenate([p[0][:, -1, : engine.sampled_vocab] for p in parts])
+            return logits, parts[0][1:]
+        past = [np.concatenate([p[i] for p in parts]) for i in range(1, len(names))]
+        return np.concatenate([p[0][:, -1, : engine.sampled_vocab] for p in parts]), past
 
-    def _feeds(self, ids: I64, positions: I64) -> dict[str, npt.NDArray[Any]]:
+    def _feeds(
+        self, ids: I64, positions: I64, mask: I64, past: list[npt.NDArray[Any]], *, decode: bool
+    ) -> dict[str, npt.NDArray[Any]]:
         layout = self._engine.layout
-        feeds: dict[str, npt.NDArray[Any]] = {"input_ids": ids, "attention_mask": self._mask}
+        feeds: dict[str, npt.NDArray[Any]] = {"input_ids": ids, "attention_mask": mask}
         if layout.has_position_ids:
             feeds["position_ids"] = positions
         if layout.has_cache_branch:
-            feeds["use_cache_branch"] = np.array([self._started], dtype=np.bool_)
+            feeds["use_cache_branch"] = np.array([decode], dtype=np.bool_)
         if layout.logits_to_keep is not None:
             feeds[layout.logits_to_keep] = np.array(1, dtype=np.int64)
-        feeds.update(zip(layout.past_names, self._past, strict=True))
+        feeds.update(zip(layout.past_names, past, strict=True))
         return feeds
-
-    def _prefill_feeds(self) -> dict[str, npt.NDArray[Any]]:
-        layout = self._engine.layout
-        lengths = [len(s.prompt_ids) for s in self._active]
-        batch, width = len(lengths), max(lengths)
-        ids = np.full((batch, width), self._engine.pad_id, dtype=np.int64)
-        self._mask = np.zeros((batch, width), dtype=np.int64)
-        for row, (s, n) in enumerate(zip(self._active, lengths, strict=True)):
-            ids[row, width - n :] = s.prompt_ids
-            self._mask[row, width - n :] = 1
-        positions = np.maximum(np.cumsum(self._mask, axis=1) - 1, 0)
-        self._next_pos = np.array(lengths, dtype=np.int64)
-        empty = np.zeros((batch, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
-        self._past = [empty] * len(layout.past_names)
-        return self._feeds(ids, positions)
-
-    def _decode_feeds(self) -> dict[str, npt.NDArray[Any]]:
-        self._mask = np.concatenate([self._mask, np.ones((len(self._active), 1), dtype=np.int64)], axis=1)
-        positions = self._next_pos[:, None]
-        self._next_pos = self._next_pos + 1
-        return self._feeds(self._next_ids[:, None], positions)
-
-    def _compact(self) -> None:
-        """Drop finished rows, then the padding columns that no remaining row attends to."""
-        keep = [row for row, s in enumerate(self._active) if not s.done]
-        if len(keep) == len(self._active):
-            return
-        self._active = [self._active[row] for row in keep]
-        if not keep:
-            self._past = []
-            return
-        index = np.array(keep, dtype=np.int64)
-        self._mask, self._next_pos, self._next_ids = self._mask[index], self._next_pos[index], self._next_ids[index]
-        first = int(np.argmax(self._mask.any(axis=0)))
-        self._mask = self._mask[:, first:]
-        self._past = [np.ascontiguousarray(p[index, :, first:]) for p in self._past]
 
 
 class OnnxEngine:
@@ -258,20 +328,19 @@ class OnnxEngine:
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:
         return self._chat(messages)
 
+    def sequence(self, item: GenerationInput) -> SequenceState:
+        return SequenceState(
+            item,
+            prompt_ids=list(item.prompt_ids) or [self.pad_id],  # an empty prompt starts from BOS, as HF
+            decoder=self.tokenizer,
+            eos_ids=self.files.eos_ids,
+            max_context=self.max_context,
+        )
+
     def start(self, inputs: Sequence[GenerationInput]) -> OnnxBatchRun:
-        seqs = [
-            SequenceState(
-                item,
-                prompt_ids=list(item.prompt_ids) or [self.pad_id],  # an empty prompt starts from BOS, as HF
-                decoder=self.tokenizer,
-                eos_ids=self.files.eos_ids,
-                max_context=self.max_context,
-            )
-            for item in inputs
-        ]
         if self._session is None:
             raise RuntimeError("the engine is closed")
-        return OnnxBatchRun(self, seqs)
+        return OnnxBatchRun(self, [self.sequence(item) for item in inputs])
 
     def warmup(self, *, batch_size: int) -> None:
         prompt = self.encode("warm up the kitchen before service begins")

@@ -1,0 +1,189 @@
+"""Admission: which fetched requests may run, and what each costs nothing to answer.
+
+Requests that must not cost compute are answered first with a single final event:
+- already finished (a redelivery): nothing is written at all;
+- past their deadline: ``expired``;
+- asking for another model, or for more new tokens than this deployment allows: ``invalid_request``;
+- prompt plus ``max_new_tokens`` beyond the model's context: ``context_length_exceeded``.
+
+A chat request (``messages``) is a turn of its session's conversation: its stored history is loaded
+with the admission, merged with the request's messages and trimmed oldest-first to fit
+(``consumer/session.py``); its ``done`` will carry the session append. A ``prompt`` request is a
+stateless completion and never touches the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from consumer.batcher import PendingItem
+from consumer.engine.interface import GenerationInput, InferenceEngine
+from consumer.session import SessionDoc, TurnPlan, plan_turn
+from consumer.sink import RedisSink
+from schemas.events import ErrorCode, ErrorEvent
+from schemas.requests import ChatMessage, InferenceRequest, SamplingParams
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Running:
+    """One request's progress in this run."""
+
+    item: PendingItem
+    attempt: int
+    prompt_tokens: int
+    seq: int = 0  # next event's seq within this attempt
+    completion_tokens: int = 0
+    last_token_at: float | None = None  # monotonic time of the previous delta (TPOT)
+    finished: bool = False
+    turn: TurnPlan | None = None  # a chat turn: its session append, and the reply collected so far
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq - 1
+
+
+@dataclass(slots=True)
+class Admission:
+    """The outcome of the checks: requests to run, and finals to write without compute."""
+
+    runnable: list[tuple[Running, GenerationInput]] = field(default_factory=list)
+    rejected: list[tuple[PendingItem, ErrorEvent]] = field(default_factory=list)
+    skipped: list[PendingItem] = field(default_factory=list)
+
+
+class Intake:
+    """The checks and the tokenizing between a fetched request and the engine."""
+
+    def __init__(self, *, settings: Settings, engine: InferenceEngine, sink: RedisSink, executor: Executor) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._sink = sink
+        self._executor = executor
+
+    async def admit(self, items: Sequence[PendingItem], attempts: Sequence[int], *, now: datetime) -> Admission:
+        """Sort ``items`` (with the attempt numbers ``RedisSink.begin`` gave them) into run, reject and skip."""
+        out = Admission()
+        to_encode: list[tuple[PendingItem, int]] = []
+        for item, attempt in zip(items, attempts, strict=True):
+            if attempt == 0:
+                out.skipped.append(item)
+                continue
+            problem = self._static_check(item.request, now)
+            if problem is not None:
+                out.rejected.append((item, error_event(item.request, attempt, *problem)))
+            else:
+                to_encode.append((item, attempt))
+        stored = await self._sink.load_sessions(
+            [item.session_id for item, _ in to_encode if item.request.messages is not None],
+            ttl_s=self._settings.session_ttl_s,
+        )
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._encode_all, [(item.request, stored.get(item.session_id)) for item, _ in to_encode]
+        )
+        for (item, attempt), result in zip(to_encode, encoded, strict=True):
+            request = item.request
+            if isinstance(result, str):
+                out.rejected.append((item, error_event(request, attempt, ErrorCode.INTERNAL, result)))
+                continue
+            ids, turn = result
+            problem = self._length_check(request, len(ids))
+            if problem is not None:
+                out.rejected.append((item, error_event(request, attempt, *problem)))
+                continue
+            run = Running(item=item, attempt=attempt, prompt_tokens=len(ids), turn=turn)
+            gen = GenerationInput(
+                request_id=request.request_id,
+                prompt_ids=ids,
+                max_new_tokens=request.max_new_tokens,
+                sampling=replayable_sampling(request),
+            )
+            out.runnable.append((run, gen))
+        return out
+
+    def _static_check(self, request: InferenceRequest, now: datetime) -> tuple[ErrorCode, str] | None:
+        if request.expired(now):
+            return ErrorCode.EXPIRED, f"deadline {request.deadline} passed before the request was started"
+        if request.model is not None and request.model != self._engine.model_name:
+            return ErrorCode.INVALID_REQUEST, (
+                f"model {request.model!r} is not served here; this worker serves {self._engine.model_name!r}"
+            )
+        if request.max_new_tokens > self._settings.max_new_tokens_limit:
+            return ErrorCode.INVALID_REQUEST, (
+                f"max_new_tokens={request.max_new_tokens} exceeds the limit {self._settings.max_new_tokens_limit}"
+            )
+        return None
+
+    def _length_check(self, request: InferenceRequest, prompt_tokens: int) -> tuple[ErrorCode, str] | None:
+        limit = self._engine.max_context
+        if prompt_tokens > self._settings.max_prompt_tokens or prompt_tokens + request.max_new_tokens > limit:
+            return ErrorCode.CONTEXT_LENGTH_EXCEEDED, (
+                f"prompt has {prompt_tokens} tokens and max_new_tokens is {request.max_new_tokens}; "
+                f"their sum may not exceed the model's context of {limit} "
+                f"(and the prompt may not exceed {self._settings.max_prompt_tokens} tokens)"
+            )
+        return None
+
+    def _encode_all(
+        self, requests: Sequence[tuple[InferenceRequest, str | None]]
+    ) -> list[tuple[list[int], TurnPlan | None] | str]:
+        """Render chats and tokenize (executor thread). A string result is the error for that request."""
+        out: list[tuple[list[int], TurnPlan | None] | str] = []
+        for request, stored in requests:
+            try:
+                if request.messages is None:
+                    out.append((self._engine.encode(request.prompt or ""), None))
+                else:
+                    out.append(self._encode_turn(request, request.messages, stored))
+            except Exception as exc:  # one bad prompt (or stored session) must not fail its batch
+                log.exception("could not render or encode a prompt", extra={"request_id": request.request_id})
+                out.append(f"could not tokenize the prompt: {exc!r}")
+        return out
+
+    def _encode_turn(
+        self, request: InferenceRequest, messages: Sequence[ChatMessage], stored: str | None
+    ) -> tuple[list[int], TurnPlan]:
+        """Stored conversation + this turn, trimmed to leave room for ``max_new_tokens``, tokenized."""
+        ids_by_length: dict[int, list[int]] = {}  # each candidate drops a different number of messages
+
+        def count(conversation: list[ChatMessage]) -> int:
+            ids = self._engine.encode(self._engine.render_chat(conversation))
+            ids_by_length[len(conversation)] = ids
+            return len(ids)
+
+        budget = min(self._engine.max_context - request.max_new_tokens, self._settings.max_prompt_tokens)
+        turn, _fit = plan_turn(
+            SessionDoc.from_json(stored),
+            messages,
+            budget=budget,
+            count=count,
+            session_id=request.session_id,
+            model=self._engine.model_name,
+            ttl_s=self._settings.session_ttl_s,
+        )
+        return ids_by_length[len(turn.messages)], turn
+
+
+def replayable_sampling(request: InferenceRequest) -> SamplingParams:
+    """Sampling with a seed derived from the request id when the caller gave none.
+
+    A request regenerated after a crash then samples the same tokens as its cut-off attempt, so a
+    streaming reader that already showed part of the answer sees no seam where the new attempt resumes.
+    """
+    sampling = request.sampling()
+    if sampling.seed is not None or sampling.temperature == 0:
+        return sampling
+    seed = int.from_bytes(hashlib.blake2b(request.request_id.encode(), digest_size=8).digest(), "big") >> 1
+    return sampling.model_copy(update={"seed": seed})
+
+
+def error_event(request: InferenceRequest, attempt: int, code: ErrorCode, message: str) -> ErrorEvent:
+    return ErrorEvent(request_id=request.request_id, seq=0, attempt=attempt, code=code, message=message)
