@@ -113,12 +113,20 @@ class Batcher:
         batch = Batch(items=tuple(self._remove(eligible)), planned_at=now, reason=reason)
         return StepPlan(batch=batch, wake_at=None, waiting=len(self._queue))
 
-    def take(self, now: float, *, slots: int, running_sessions: Collection[str] = frozenset()) -> Batch | None:
-        """Up to ``slots`` eligible requests to join a running batch now, or None when none is eligible."""
-        eligible = self._eligible(running_sessions, limit=min(slots, self.max_batch_size))
-        if not eligible:
+    def take(
+        self, now: float, *, slots: int, running_sessions: Collection[str] = frozenset(), min_join: int = 1
+    ) -> Batch | None:
+        """Up to ``slots`` eligible requests to join a running batch now, or None.
+
+        With ``min_join`` > 1 the joiners come in groups: nothing joins until ``min_join`` slots are free,
+        unless fewer than that are eligible at all (then those join as soon as they fit). Every join is a
+        prefill and a cache merge of its own, so on a compute-bound device fewer, larger joins cost less.
+        """
+        eligible = self._eligible(running_sessions)
+        want = min(min_join, len(eligible))
+        if not eligible or slots < want:
             return None
-        return Batch(items=tuple(self._remove(eligible)), planned_at=now, reason="joined")
+        return Batch(items=tuple(self._remove(eligible[:slots])), planned_at=now, reason="joined")
 
     def drop_partitions(self, tps: Iterable[Hashable]) -> list[PendingItem]:
         """Remove queued items of revoked partitions; Kafka redelivers them to the new owner."""

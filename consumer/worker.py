@@ -233,7 +233,9 @@ class Worker:
         """Continuous batching: queued requests for the running batch's free slots (none once draining)."""
         if self._draining.is_set():
             return None
-        batch = self.batcher.take(time.monotonic(), slots=slots, running_sessions=open_sessions)
+        batch = self.batcher.take(
+            time.monotonic(), slots=slots, running_sessions=open_sessions, min_join=self.settings.min_join
+        )
         if batch is not None:
             self._started_batch(batch)
             self.metrics.set_waiting(len(self.batcher))

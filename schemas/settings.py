@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(default=10.0, ge=0.0)
     # continuous: queued requests join the running batch at every decode step; static: a batch runs to its end
     batching: Literal["continuous", "static"] = "continuous"
+    min_join: int = Field(default=1, ge=1)  # continuous: free slots to wait for before queued requests join
     # longest a fetch waits on the broker with no records ready: real Kafka answers as soon as records arrive,
     # but the dev broker (Tansu) holds a fetch for the whole wait, which adds straight to time to first token
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)

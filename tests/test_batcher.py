@@ -137,3 +137,14 @@ def test_take_never_exceeds_the_batch_size() -> None:
         b.add(item(s))
     joined = b.take(0.0, slots=10)
     assert joined is not None and joined.size == 2
+
+
+def test_min_join_waits_for_enough_free_slots_unless_fewer_are_waiting() -> None:
+    b = batcher(size=8, wait_s=0)
+    for s in "abcd":
+        b.add(item(s))
+    assert b.take(0.0, slots=1, min_join=2) is None and len(b) == 4  # four could join: wait for two slots
+    joined = b.take(0.0, slots=3, min_join=2)
+    assert joined is not None and sessions(joined.items) == ["a", "b", "c"]
+    last = b.take(0.0, slots=1, min_join=2)  # only one is eligible: it joins as soon as it fits
+    assert last is not None and sessions(last.items) == ["d"]

@@ -149,25 +149,27 @@ class _Rows:
             self.next_pos, self.next_ids = other.next_pos, other.next_ids
             return
         width = max(self.mask.shape[1], other.mask.shape[1])
-        self.past = [
-            np.concatenate([_pad_left(a, width), _pad_left(b, width)])
-            for a, b in zip(self.past, other.past, strict=True)
-        ]
-        self.mask = np.concatenate([_pad_left(self.mask, width), _pad_left(other.mask, width)])
+        self.past = [_stack_right_aligned(a, b, width, axis=2) for a, b in zip(self.past, other.past, strict=True)]
+        self.mask = _stack_right_aligned(self.mask, other.mask, width, axis=1)
         self.seqs = [*self.seqs, *other.seqs]
         self.next_pos = np.concatenate([self.next_pos, other.next_pos])
         self.next_ids = np.concatenate([self.next_ids, other.next_ids])
 
 
-def _pad_left(array: npt.NDArray[Any], width: int) -> npt.NDArray[Any]:
-    """Zeros before the sequence axis (axis 2 of a cache tensor, axis 1 of a mask) up to ``width``."""
-    axis = 2 if array.ndim == 4 else 1
-    missing = width - array.shape[axis]
-    if missing == 0:
-        return array
-    pad = [(0, 0)] * array.ndim
-    pad[axis] = (missing, 0)
-    return np.pad(array, pad)
+def _stack_right_aligned(a: npt.NDArray[Any], b: npt.NDArray[Any], width: int, *, axis: int) -> npt.NDArray[Any]:
+    """``a``'s rows over ``b``'s, each right-aligned on ``axis`` in ``width`` columns, zeros on the left.
+
+    One allocation and one copy of each input: the cache of a full batch is tens of megabytes, and a
+    pad-then-concatenate would copy it twice on every join.
+    """
+    shape = list(a.shape)
+    shape[0], shape[axis] = a.shape[0] + b.shape[0], width
+    out = np.zeros(shape, dtype=a.dtype)
+    for rows, part in ((slice(0, a.shape[0]), a), (slice(a.shape[0], None), b)):
+        index: list[slice] = [slice(None)] * a.ndim
+        index[0], index[axis] = rows, slice(width - part.shape[axis], None)
+        out[tuple(index)] = part
+    return out
 
 
 class OnnxBatchRun:
