@@ -146,10 +146,12 @@ def bench(
     out: Annotated[Path, typer.Option(help="Directory for bench.json and the PNGs.")] = Path("bench-out"),
     figure: Annotated[
         list[str] | None,
-        typer.Option(help="Figures (repeatable or comma list): batching, pipeline, latency, ingress; default all."),
+        typer.Option(
+            help="Figures (repeatable or comma list): batching, pipeline, latency, ingress, continuous; default all."
+        ),
     ] = None,
 ) -> None:
-    """Measure batching gain, pipeline efficiency, queue hop latency and ingress throughput, side by side in one run.
+    """Measure batching gain, pipeline efficiency, queue hop latency, ingress throughput and continuous batching.
 
     Starts its own broker and redis-server (the 'dev' extra). Prints ratios with the absolute figures.
     The latency figure runs on builtin:tiny so that the hop, not the model, dominates.

@@ -58,8 +58,12 @@ async def await_finals(
     *,
     timeout_s: float,
     on_final: Callable[[], None] | None = None,
+    first_seen: dict[str, float] | None = None,
 ) -> int:
-    """Read every job's stream until its final event; return the completion tokens reported by ``done``."""
+    """Read every job's stream until its final event; return the completion tokens reported by ``done``.
+
+    ``first_seen``, when given, receives each request's first event time (``time.perf_counter``).
+    """
     cursors = {settings.names.stream_key(j.session_id): "0-0" for j in jobs}
     pending = {j.request_id for j in jobs}
     tokens = 0
@@ -73,6 +77,8 @@ async def await_finals(
             for entry_id, fields in entries:
                 cursors[key] = entry_id
                 event = parse_event(fields)
+                if first_seen is not None:
+                    first_seen.setdefault(event.request_id, time.perf_counter())
                 if is_final(event) and event.request_id in pending:
                     pending.discard(event.request_id)
                     cursors[key] = "done"
@@ -83,7 +89,7 @@ async def await_finals(
     return tokens
 
 
-async def _publish(producer: AIOKafkaProducer, settings: Settings, jobs: list[Job]) -> None:
+async def publish(producer: AIOKafkaProducer, settings: Settings, jobs: list[Job]) -> None:
     topic = settings.names.request_topic("small")
     futures = [await producer.send(topic, json.dumps(j.body).encode(), key=j.session_id.encode()) for j in jobs]
     await asyncio.gather(*futures)
@@ -134,11 +140,11 @@ async def run_through_fleet(
             httpx.AsyncClient(base_url=f.url, timeout=60) as http,
         ):
             warm = make_jobs(1, prompt_words=prompt_words, new_tokens=2, tag=f"{tag}w")
-            await (_submit_http(http, warm) if via_http else _publish(producer, settings, warm))
+            await (_submit_http(http, warm) if via_http else publish(producer, settings, warm))
             await await_finals(redis, settings, warm, timeout_s=300)
             jobs = make_jobs(requests, prompt_words=prompt_words, new_tokens=new_tokens, tag=tag)
             t0 = time.perf_counter()
-            sender = asyncio.create_task(_submit_http(http, jobs) if via_http else _publish(producer, settings, jobs))
+            sender = asyncio.create_task(_submit_http(http, jobs) if via_http else publish(producer, settings, jobs))
             tokens = await await_finals(redis, settings, jobs, timeout_s=3600, on_final=on_final)
             elapsed = time.perf_counter() - t0
             await sender

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from brigade.bench.latency import LatencyResult
+from brigade.bench.mixed import MixedResult
 from brigade.bench.runner import BenchReport
 
 
@@ -64,6 +65,46 @@ def plot_latency(result: LatencyResult, path: Path) -> Path:
         f"({result.offered_rps / result.capacity_rps:.0%} of {result.capacity_rps:.1f} req/s), n={len(samples)}"
     )
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_mixed(result: MixedResult, path: Path) -> Path:
+    """Figure 5: tokens/s per scheduler, and the time-to-first-token CDF that shows what each costs the queue."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars_ax, cdf_ax) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    modes = (result.static, result.continuous)
+    colors = ("#dd8452", "#4c72b0")
+    bars = bars_ax.bar([m.mode for m in modes], [m.tokens_per_s for m in modes], color=colors)
+    bars_ax.bar_label(bars, fmt="%.0f")
+    bars_ax.set_ylabel("tokens/s")
+    bars_ax.set_title(f"throughput: continuous {result.speedup:.2f}× static")
+    for m, color in zip(modes, colors, strict=True):
+        samples = sorted(m.ttft_samples_ms)
+        if samples:
+            ys = [(i + 1) / len(samples) for i in range(len(samples))]
+            cdf_ax.step(
+                [s / 1000 for s in samples],
+                ys,
+                where="post",
+                color=color,
+                label=f"{m.mode}, p50 {m.ttft_ms['p50'] / 1000:.1f} s",
+            )
+    cdf_ax.set_xlabel("time to first token from the burst, s")
+    cdf_ax.set_ylabel("fraction of requests")
+    cdf_ax.legend(loc="lower right")
+    cdf_ax.grid(alpha=0.3)
+    c = result.config
+    fig.suptitle(
+        f"continuous vs static batching — {result.model}, {c.requests} requests, "
+        f"{c.min_new_tokens}–{c.max_new_tokens} new tokens, batch {c.batch_size}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -22,6 +22,7 @@ from rich.table import Table
 from brigade.bench.engine_loop import LoopResult, engine_loop
 from brigade.bench.ingress import IngressConfig, IngressResult, run_ingress_figure
 from brigade.bench.latency import LatencyConfig, LatencyResult, latency_prompts, measure_prefill, run_latency
+from brigade.bench.mixed import MixedConfig, MixedResult, run_mixed
 from brigade.bench.pipeline import run_through_fleet
 from brigade.devtools.process import free_port
 from brigade.devtools.servers import kafka_service, redis_service
@@ -29,7 +30,7 @@ from schemas.settings import Settings
 
 console = Console()
 
-FIGURES = ("batching", "pipeline", "latency", "ingress")
+FIGURES = ("batching", "pipeline", "latency", "ingress", "continuous")
 
 
 def parse_figures(values: list[str] | None) -> tuple[str, ...]:
@@ -49,8 +50,10 @@ class BenchConfig:
     prompt_words: int = 24
     new_tokens: int = 32
     figures: tuple[str, ...] = FIGURES
+    repeats: int = 3  # runs at the large batch size (seconds each, so noisy on a shared machine): the median is kept
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)
+    mixed: MixedConfig = field(default_factory=MixedConfig)
 
     @classmethod
     def quick(cls, model: str) -> BenchConfig:
@@ -59,8 +62,10 @@ class BenchConfig:
             requests=32,
             prompt_words=16,
             new_tokens=8,
+            repeats=1,
             latency=LatencyConfig.quick(),
             ingress=IngressConfig.quick(),
+            mixed=MixedConfig.quick(),
         )
 
 
@@ -73,6 +78,8 @@ class BenchReport:
     pipeline: LoopResult | None = None
     latency: LatencyResult | None = None
     ingress: IngressResult | None = None
+    mixed: MixedResult | None = None
+    samples: dict[str, list[float]] = field(default_factory=dict)  # tokens/s of every repeat, by run name
 
     def ratios(self) -> dict[str, float]:
         lo, hi = self.config.batch_sizes
@@ -83,6 +90,8 @@ class BenchReport:
             out["pipeline_efficiency"] = self.pipeline.tokens_per_s / self.engine[hi].tokens_per_s
         if self.ingress is not None:
             out["ingress_vs_bare_producer"] = self.ingress.ratio
+        if self.mixed is not None:
+            out["continuous_vs_static"] = self.mixed.speedup
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -99,8 +108,23 @@ class BenchReport:
             else {**asdict(self.pipeline), "tokens_per_s": self.pipeline.tokens_per_s},
             "queue_hop_latency": None if self.latency is None else asdict(self.latency),
             "ingress_throughput": None if self.ingress is None else _ingress_json(self.ingress),
+            "continuous_vs_static": None if self.mixed is None else _mixed_json(self.mixed),
+            "repeats_tokens_per_s": self.samples,
             "ratios": self.ratios(),
         }
+
+
+def _mixed_json(r: MixedResult) -> dict[str, Any]:
+    def side(m: Any) -> dict[str, Any]:
+        return {**asdict(m), "tokens_per_s": m.tokens_per_s}
+
+    return {"model": r.model, "config": asdict(r.config), "static": side(r.static), "continuous": side(r.continuous)}
+
+
+def median_run(runs: list[LoopResult]) -> LoopResult:
+    """The run with the median tokens/s (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r.tokens_per_s)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _ingress_json(r: IngressResult) -> dict[str, Any]:
@@ -176,12 +200,14 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     print_report(report)
     written = [str(out_dir / "bench.json")]
     try:
-        from brigade.bench.plots import plot_latency, plot_report
+        from brigade.bench.plots import plot_latency, plot_mixed, plot_report
 
         if report.engine or report.consumer or report.pipeline is not None:
             written.append(str(plot_report(report, out_dir / "bench.png")))
         if report.latency is not None:
             written.append(str(plot_latency(report.latency, out_dir / "bench-latency.png")))
+        if report.mixed is not None:
+            written.append(str(plot_mixed(report.mixed, out_dir / "bench-continuous.png")))
     except ImportError:
         written.append("(install matplotlib for the PNGs)")
     console.print(f"wrote {', '.join(written)}")
@@ -201,9 +227,20 @@ def _engine_loops(config: BenchConfig, report: BenchReport, settings: Settings) 
     kw = {"requests": config.requests, "prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
     with _progress() as progress:
         for b in config.batch_sizes:
-            task = progress.add_task(f"engine loop, batch {b}", total=config.requests)
-            report.engine[b] = engine_loop(engine, batch_size=b, on_batch=_advance(progress, task), **kw)
+            n = _repeats(config, b)
+            task = progress.add_task(f"engine loop, batch {b}" + (f" ×{n}" if n > 1 else ""), total=config.requests * n)
+            runs = [engine_loop(engine, batch_size=b, on_batch=_advance(progress, task), **kw) for _ in range(n)]
+            report.engine[b] = _keep(report, f"engine loop, batch {b}", runs)
     engine.close()
+
+
+def _repeats(config: BenchConfig, batch_size: int) -> int:
+    return config.repeats if batch_size == config.batch_sizes[-1] else 1
+
+
+def _keep(report: BenchReport, name: str, runs: list[LoopResult]) -> LoopResult:
+    report.samples[name] = [round(r.tokens_per_s, 2) for r in runs]
+    return median_run(runs)
 
 
 def _prefill(lat: LatencyConfig, settings: Settings) -> dict[str, float]:
@@ -224,16 +261,37 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
     with _progress() as progress:
         if "batching" in figures:
             for b in config.batch_sizes:
-                task = progress.add_task(f"consumer via Kafka, batch {b}", total=config.requests)
-                report.consumer[b] = asyncio.run(
-                    run_through_fleet(settings, via_http=False, batch_size=b, on_final=_advance(progress, task), **kw)
-                )
+                n = _repeats(config, b)
+                name = f"consumer via Kafka, batch {b}"
+                task = progress.add_task(name + (f" ×{n}" if n > 1 else ""), total=config.requests * n)
+                runs = [
+                    asyncio.run(
+                        run_through_fleet(
+                            settings, via_http=False, batch_size=b, on_final=_advance(progress, task), **kw
+                        )
+                    )
+                    for _ in range(n)
+                ]
+                report.consumer[b] = _keep(report, name, runs)
         if "pipeline" in figures:
-            hi = config.batch_sizes[-1]
-            task = progress.add_task(f"HTTP → Kafka → worker → Redis, batch {hi}", total=config.requests)
-            report.pipeline = asyncio.run(
-                run_through_fleet(settings, via_http=True, batch_size=hi, on_final=_advance(progress, task), **kw)
+            hi, n = config.batch_sizes[-1], config.repeats
+            name = f"HTTP → Kafka → worker → Redis, batch {hi}"
+            task = progress.add_task(name + (f" ×{n}" if n > 1 else ""), total=config.requests * n)
+            runs = [
+                asyncio.run(
+                    run_through_fleet(settings, via_http=True, batch_size=hi, on_final=_advance(progress, task), **kw)
+                )
+                for _ in range(n)
+            ]
+            report.pipeline = _keep(report, name, runs)
+        if "continuous" in figures:
+            mix = config.mixed
+            task = progress.add_task(
+                f"static, then continuous batching: {mix.requests} requests, {mix.min_new_tokens}–{mix.max_new_tokens} "
+                "new tokens",
+                total=2 * mix.requests,
             )
+            report.mixed = asyncio.run(run_mixed(settings, mix, on_final=_advance(progress, task)))
         if "latency" in figures:
             lat = config.latency
             task = progress.add_task(f"latency on {lat.model}: capacity burst, then open loop", total=None)
@@ -295,6 +353,31 @@ def print_report(report: BenchReport) -> None:
         _print_latency(report.latency)
     if report.ingress is not None:
         _print_ingress(report.ingress)
+    if report.mixed is not None:
+        _print_mixed(report.mixed)
+    if report.samples and any(len(v) > 1 for v in report.samples.values()):
+        spread = "; ".join(f"{k}: {min(v):.1f}–{max(v):.1f}" for k, v in report.samples.items() if len(v) > 1)
+        console.print(f"medians of {report.config.repeats} runs; tokens/s ranges: {spread}")
+
+
+def _print_mixed(r: MixedResult) -> None:
+    table = Table(
+        title=f"continuous vs static batching on {r.model}: {r.config.requests} requests, "
+        f"{r.config.min_new_tokens}–{r.config.max_new_tokens} new tokens, batch {r.config.batch_size}"
+    )
+    for col in ("batching", "tokens", "seconds", "tokens/s", "TTFT p50 ms", "TTFT p99 ms"):
+        table.add_column(col, justify="left" if col == "batching" else "right")
+    for m in (r.static, r.continuous):
+        table.add_row(
+            m.mode, str(m.tokens), f"{m.seconds:.2f}", f"{m.tokens_per_s:.1f}",
+            f"{m.ttft_ms['p50']:.0f}", f"{m.ttft_ms['p99']:.0f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"continuous vs static: [bold]{r.speedup:.2f}×[/] tokens/s ({r.continuous.tokens_per_s:.1f} vs "
+        f"{r.static.tokens_per_s:.1f}); TTFT p50 {r.continuous.ttft_ms['p50']:.0f} vs {r.static.ttft_ms['p50']:.0f} ms "
+        "(target ≥ 2× at the same p50 TTFT or better)"
+    )
 
 
 def _print_latency(r: LatencyResult) -> None:
