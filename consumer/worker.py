@@ -77,10 +77,10 @@ class Worker:
         self.settings = settings
         self.state = State.STARTING
         self.metrics = WorkerMetrics(cost_class=settings.worker_class)
+        # Continuous batching needs no window: whoever arrives after a batch starts joins it at the next step.
+        window_s = settings.max_batch_wait_ms / 1000 if settings.batching == "static" else 0.0
         self.batcher = Batcher(
-            max_batch_size=settings.max_batch_size,
-            max_batch_wait_s=settings.max_batch_wait_ms / 1000,
-            capacity=settings.queue_size,
+            max_batch_size=settings.max_batch_size, max_batch_wait_s=window_s, capacity=settings.queue_size
         )
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.health = HealthServer(registry=self.metrics.registry, port=settings.metrics_port)

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # --- worker ---
     worker_class: str = "small"
     max_batch_size: int = Field(default=32, ge=1, le=1024)
-    max_batch_wait_ms: float = Field(default=10.0, ge=0.0)
+    max_batch_wait_ms: float = Field(default=10.0, ge=0.0)  # static batching only
     # continuous: queued requests join the running batch at every decode step; static: a batch runs to its end
     batching: Literal["continuous", "static"] = "continuous"
     min_join: int = Field(default=1, ge=1)  # continuous: free slots to wait for before queued requests join

@@ -398,8 +398,9 @@ def _print_latency(r: LatencyResult) -> None:
             f"queue hop latency on {r.model}: [bold]p50 {r.hop_ms['p50']:.1f} ms, p99 {r.hop_ms['p99']:.1f} ms[/] "
             f"(TTFT p50 {r.ttft_ms['p50']:.1f} ms − prefill p50 {r.prefill_ms['p50']:.2f} ms) at {r.offered_rps:.1f} "
             f"req/s offered = {r.offered_rps / r.capacity_rps:.0%} of the {r.capacity_rps:.1f} req/s measured; "
-            f"{r.completed}/{r.arrivals} completed; includes the {r.max_batch_wait_ms:g} ms batch window "
-            "(BRIGADE_MAX_BATCH_WAIT_MS); target p50 ≤ 5 ms, p99 ≤ 25 ms"
+            f"{r.completed}/{r.arrivals} completed; {r.batching} batching"
+            + (f" (includes the {r.max_batch_wait_ms:g} ms batch window)" if r.batching == "static" else "")
+            + f", fetch max wait {r.fetch_max_wait_ms} ms; target p50 ≤ 5 ms, p99 ≤ 25 ms"
         )
 
 
