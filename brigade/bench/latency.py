@@ -1,9 +1,11 @@
 """Queue hop latency: time to first token through the whole path minus the engine's own prefill.
 
-The whole path is HTTP submit → ingress → Kafka ack → worker fetch → batch window → prefill → first
-token event written to Redis → the client's blocking XREAD returns it. The client starts its XREAD
-before the POST, so the clock stops when the event becomes readable, not when the client gets round
-to asking. The engine's prefill for the same prompt (first ``step()`` of a batch of one) is measured
+The whole path is HTTP submit → ingress → Kafka ack → worker fetch → (batch window, static batching
+only) → prefill → first token event written to Redis. The clock starts at the client's wall-clock time
+just before the POST and stops at the first event's stream entry id, which is the redis-server's
+wall-clock time of the XADD in milliseconds (same machine, same clock): the event became readable
+then, whatever the client was doing, and no reader per request loads the process under test. The
+engine's prefill for the same prompt (first ``step()`` of a batch of one) is measured
 in-process beforehand and subtracted per request, which leaves the hop: everything brigade adds.
 
 Load: a burst first measures the run's capacity (requests/s through the whole path); then an open-loop
@@ -21,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import httpx
 import redis.asyncio as aioredis
@@ -28,10 +31,8 @@ import redis.asyncio as aioredis
 from brigade.bench.engine_loop import bench_prompt
 from brigade.bench.pipeline import Job, await_finals, isolated_settings, make_jobs
 from brigade.inprocess import fleet
-from brigade.streams import xread
 from consumer.engine.interface import GenerationInput, InferenceEngine
 from producer.topics import ensure_topics
-from schemas.events import is_final, parse_event
 from schemas.requests import SamplingParams
 from schemas.settings import Settings
 
@@ -149,37 +150,29 @@ def measure_prefill(engine: InferenceEngine, prompts: Sequence[str], *, repeats:
     return out
 
 
-async def _first_event_and_final(redis: aioredis.Redis, key: str, request_id: str) -> float:
-    """Block on the stream until this request's first event; return when it arrived; then read to its end."""
-    cursor = "0-0"
-    first: float | None = None
-    deadline = time.monotonic() + 60
-    while True:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no final event on {key} after 60 s")
-        reply = await xread(redis, {key: cursor}, block_ms=1000)
-        now = time.perf_counter()
-        for _key, entries in reply:
-            for entry_id, fields in entries:
-                cursor = entry_id
-                event = parse_event(fields)
-                if event.request_id != request_id:
-                    continue
-                if first is None:
-                    first = now
-                if is_final(event):
-                    return first
-
-
-async def _one(http: httpx.AsyncClient, redis: aioredis.Redis, settings: Settings, job: Job) -> float:
-    """Seconds from just before the POST to the first event of the request being readable in Redis."""
-    key = settings.names.stream_key(job.session_id)
-    t0 = time.perf_counter()
-    reader = asyncio.create_task(_first_event_and_final(redis, key, job.request_id))
+async def _submit(http: httpx.AsyncClient, job: Job) -> float:
+    """POST one request; return the wall-clock time (seconds) just before it was sent."""
+    sent = time.time()
     resp = await http.post("/v1/requests", json=job.body)
     resp.raise_for_status()
-    first = await reader
-    return first - t0
+    return sent
+
+
+async def first_event_ms(redis: aioredis.Redis, settings: Settings, jobs: Sequence[Job]) -> dict[str, float]:
+    """Each request's first event time, read from its stream entry id (the server's clock, in ms).
+
+    Reading the ids after the run, rather than blocking a reader per request while it runs, keeps
+    the client's own work off the event loop that the ingress and worker under test share with it;
+    the bench's redis-server runs on this machine, so its clock is the client's clock.
+    """
+    out: dict[str, float] = {}
+    for job in jobs:
+        entries = cast(list[tuple[str, dict[str, str]]], await redis.xrange(settings.names.stream_key(job.session_id)))
+        for entry_id, fields in entries:
+            if fields.get("request_id") == job.request_id:
+                out[job.request_id] = float(entry_id.split("-")[0])
+                break
+    return out
 
 
 async def run_latency(
@@ -206,8 +199,10 @@ async def run_latency(
             fleet(settings, classes=["small"]) as f,
             httpx.AsyncClient(base_url=f.url, timeout=60) as http,
         ):
-            for warm in make_jobs(3, tag=f"{tag}w", **kw):  # group join, connections, first shapes
-                await _one(http, redis, settings, warm)
+            warm = make_jobs(3, tag=f"{tag}w", **kw)  # group join, connections, first shapes
+            for job in warm:
+                await _submit(http, job)
+                await await_finals(redis, settings, [job], timeout_s=120)
 
             burst = make_jobs(config.capacity_requests, tag=f"{tag}c", **kw)
             t0 = time.perf_counter()
@@ -220,10 +215,10 @@ async def run_latency(
             if on_capacity is not None:
                 on_capacity(capacity, len(schedule))
             jobs = make_jobs(len(schedule), tag=f"{tag}o", **kw)
-            ttft: dict[str, float] = {}
+            sent: dict[str, float] = {}
 
             async def timed(job: Job) -> None:
-                ttft[job.request_id] = await _one(http, redis, settings, job)
+                sent[job.request_id] = await _submit(http, job)
                 if on_done is not None:
                     on_done()
 
@@ -235,10 +230,13 @@ async def run_latency(
                     await asyncio.sleep(delay)  # the open-loop arrival schedule itself
                 tasks.append(asyncio.create_task(timed(job)))
             await asyncio.gather(*tasks)
+            await await_finals(redis, settings, jobs, timeout_s=600)  # every request also ran to its final
             elapsed = time.perf_counter() - start
+            first_ms = await first_event_ms(redis, settings, jobs)
     finally:
         await redis.aclose()
 
+    ttft = {rid: (first_ms[rid] - sent[rid] * 1000) / 1000 for rid in sent if rid in first_ms}
     prompts = {j.request_id: str(j.body["prompt"]) for j in jobs}
     per_request_prefill = {rid: prefill_s[p] for rid, p in prompts.items() if p in prefill_s}
     hops = hop_latencies(ttft, per_request_prefill)
