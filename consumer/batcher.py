@@ -128,6 +128,13 @@ class Batcher:
             return None
         return Batch(items=tuple(self._remove(eligible[:slots])), planned_at=now, reason="joined")
 
+    def requeue(self, items: Iterable[PendingItem]) -> None:
+        """Put taken requests back at the head of the queue, in their order (a batch that did not fit).
+
+        The bound is not checked: these were already counted when they were fetched.
+        """
+        self._queue = [*items, *self._queue]
+
     def drop_partitions(self, tps: Iterable[Hashable]) -> list[PendingItem]:
         """Remove queued items of revoked partitions; Kafka redelivers them to the new owner."""
         gone = set(tps)

@@ -20,7 +20,7 @@ from concurrent.futures import Executor
 from datetime import UTC, datetime
 
 from consumer.batcher import Batch, PendingItem
-from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine, TokenDelta
+from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine, OutOfMemory, TokenDelta
 from consumer.intake import Intake, Running
 from consumer.metrics import WorkerMetrics
 from consumer.sink import Outgoing, RedisSink, SessionWrite
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 Done = Callable[[PendingItem], None]
 # continuous batching: (free slots, sessions still open) -> requests to join now, or None
 More = Callable[[int, Collection[str]], Batch | None]
+# out of memory: (requests to queue again, the new batch limit)
+Shrink = Callable[[Sequence[PendingItem], int], None]
 
 
 class BatchExecutor:
@@ -57,27 +59,33 @@ class BatchExecutor:
         self._wall_clock = wall_clock
         self._intake = Intake(settings=settings, engine=engine, sink=sink, executor=executor)
         self._open: dict[str, int] = {}  # session -> requests admitted whose final is not yet written
+        self.max_running = settings.max_batch_size  # halved by each out-of-memory
 
     @property
     def open_sessions(self) -> Collection[str]:
         """Sessions with a request between admission and its final write: their next turn must wait."""
         return self._open.keys()
 
-    async def run(self, batch: Batch, *, done: Done, more: More | None = None) -> None:
+    async def run(self, batch: Batch, *, done: Done, more: More | None = None, shrink: Shrink | None = None) -> None:
         """Answer every request of ``batch`` (and of whatever ``more`` adds) with exactly one final, or skip it.
 
-        ``done`` is called per request once its final is written (or it was skipped).
+        ``done`` is called per request once its final is written (or it was skipped). When the device
+        runs out of memory, ``shrink`` gets the unfinished requests back (no final written, so they run
+        again with a new attempt number) with a halved batch limit; without it they get ``internal`` errors.
         """
 
         def finished(item: PendingItem) -> None:
-            left = self._open.pop(item.session_id, 1) - 1
-            if left > 0:
-                self._open[item.session_id] = left
+            self._close(item)
             done(item)
 
         runnable = await self._admit(batch, finished)
         if runnable:
-            await self._generate(runnable, done=finished, more=more)
+            await self._generate(runnable, done=finished, more=more, shrink=shrink)
+
+    def _close(self, item: PendingItem) -> None:
+        left = self._open.pop(item.session_id, 1) - 1
+        if left > 0:
+            self._open[item.session_id] = left
 
     async def _admit(self, batch: Batch, done: Done) -> list[tuple[Running, GenerationInput]]:
         """Admit a batch: skipped and rejected requests are answered here; the rest is returned to run."""
@@ -98,7 +106,7 @@ class BatchExecutor:
         return admission.runnable
 
     async def _generate(
-        self, runnable: list[tuple[Running, GenerationInput]], *, done: Done, more: More | None
+        self, runnable: list[tuple[Running, GenerationInput]], *, done: Done, more: More | None, shrink: Shrink | None
     ) -> None:
         """Step the engine to the end, writing step N while step N+1 computes.
 
@@ -134,11 +142,34 @@ class BatchExecutor:
                 self._metrics.set_running(sum(not r.finished for r in running.values()))
         if writing is not None:
             await writing
+        if isinstance(failure, OutOfMemory) and shrink is not None and self._shrink(running, failure, shrink):
+            failure = None
         if failure is not None:
             log.error("engine failed mid-batch; answering its requests with errors", exc_info=failure)
             await self._fail_unfinished(running, f"engine failed: {failure!r}", done)
         await self._fail_unfinished(running, "engine finished without a finish reason", done)
         self._metrics.set_running(0)
+
+    def _shrink(self, running: dict[str, Running], failure: OutOfMemory, shrink: Shrink) -> bool:
+        """Out of memory: hand the unfinished requests back with half the batch limit (False at one request).
+
+        No final was written for them, so they are not done: they run again, with the next attempt number
+        (readers drop the cut-off attempt's tokens), and their offsets stay uncommitted until then.
+        """
+        left = [r for r in running.values() if not r.finished]
+        if len(left) <= 1:
+            return False
+        self.max_running = max(1, len(left) // 2)
+        self._metrics.add_out_of_memory()
+        log.warning(
+            "out of memory; halving the batch limit and running the batch again",
+            extra={"batch": len(left), "limit": self.max_running, "error": str(failure)},
+        )
+        for r in left:
+            r.finished = True
+            self._close(r.item)
+        shrink(sorted((r.item for r in left), key=lambda item: item.enqueued_at), self.max_running)
+        return True
 
     async def _more(
         self, more: More | None, running: dict[str, Running], step: asyncio.Future[list[TokenDelta]], done: Done
@@ -150,7 +181,7 @@ class BatchExecutor:
         """
         if more is None:
             return []
-        slots = self._settings.max_batch_size - sum(not r.finished for r in running.values())
+        slots = self.max_running - sum(not r.finished for r in running.values())
         batch = more(slots, self.open_sessions) if slots > 0 else None
         if batch is None:
             return []

@@ -53,6 +53,15 @@ class WorkerMetrics:
         self.generation_tokens = Counter(
             "brigade_generation_tokens", "Tokens generated.", c, registry=r
         )  # exported as brigade_generation_tokens_total
+        self.batch_limit = Gauge(
+            "brigade_batch_limit",
+            "Most sequences run at once (BRIGADE_MAX_BATCH_SIZE, halved on out-of-memory).",
+            c,
+            registry=r,
+        )
+        self.oom = Counter(
+            "brigade_out_of_memory", "Batches the device could not hold (each halved the batch limit).", c, registry=r
+        )  # exported as brigade_out_of_memory_total
         self.dlq = Counter(
             "brigade_dlq_messages", "Messages sent to the dead-letter topic.", c, registry=r
         )  # exported as brigade_dlq_messages_total
@@ -66,6 +75,12 @@ class WorkerMetrics:
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.labels(self._class).observe(size)
+
+    def set_batch_limit(self, n: int) -> None:
+        self.batch_limit.labels(self._class).set(n)
+
+    def add_out_of_memory(self) -> None:
+        self.oom.labels(self._class).inc()
 
     def set_running(self, n: int) -> None:
         self.running.labels(self._class).set(n)

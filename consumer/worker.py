@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Any
@@ -77,6 +77,7 @@ class Worker:
         self.settings = settings
         self.state = State.STARTING
         self.metrics = WorkerMetrics(cost_class=settings.worker_class)
+        self.metrics.set_batch_limit(settings.max_batch_size)
         # Continuous batching needs no window: whoever arrives after a batch starts joins it at the next step.
         window_s = settings.max_batch_wait_ms / 1000 if settings.batching == "static" else 0.0
         self.batcher = Batcher(
@@ -225,7 +226,7 @@ class Worker:
             self._started_batch(plan.batch)
             more = self._join if self.settings.batching == "continuous" else None
             try:
-                await runner.run(plan.batch, done=self._complete, more=more)
+                await runner.run(plan.batch, done=self._complete, more=more, shrink=self._shrink)
             finally:
                 self._last_work = time.monotonic()
 
@@ -240,6 +241,13 @@ class Worker:
             self._started_batch(batch)
             self.metrics.set_waiting(len(self.batcher))
         return batch
+
+    def _shrink(self, items: Sequence[PendingItem], limit: int) -> None:
+        """Out of memory: these requests go back to the head of the queue; batches hold at most ``limit``."""
+        self.batcher.requeue(items)
+        self.batcher.max_batch_size = limit
+        self.metrics.set_batch_limit(limit)
+        self._arrived.set()
 
     def _started_batch(self, batch: Batch) -> None:
         self._space.set()

@@ -14,6 +14,10 @@ from schemas.events import FinishReason
 from schemas.requests import ChatMessage, SamplingParams
 
 
+class OutOfMemory(RuntimeError):
+    """The device could not hold this batch. The worker halves its batch limit and runs the requests again."""
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationInput:
     """One sequence of a batch, already tokenized."""

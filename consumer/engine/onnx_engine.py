@@ -22,7 +22,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from brigade.models.registry import model_file, resolve_model
-from consumer.engine.interface import GenerationInput, TokenDelta
+from consumer.engine.interface import GenerationInput, OutOfMemory, TokenDelta
 from consumer.engine.model_files import ChatRenderer, ModelFiles, read_model_files
 from consumer.engine.sampling import choose_tokens
 from consumer.engine.sequence import SequenceState
@@ -32,6 +32,8 @@ from schemas.settings import Settings
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _DTYPES: dict[str, type[np.generic]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _LOGITS_TO_KEEP = ("logits_to_keep", "num_logits_to_keep")
+# How ONNX Runtime words an allocation failure: the CUDA allocator, its BFC arena, and the CPU allocator.
+_OOM_MESSAGES = ("out of memory", "failed to allocate memory", "bad_alloc")
 _MAX_LOGITS = 64 * 2**20  # floats of full-sequence logits one prefill run may return (256 MB in fp32)
 I64 = npt.NDArray[np.int64]
 _EMPTY_IDS: I64 = np.zeros(0, dtype=np.int64)
@@ -56,6 +58,13 @@ def session_options() -> ort.SessionOptions:
     # every session print a WARNING that reads like a fault but is the intended design.
     opts.log_severity_level = 3
     return opts
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +276,12 @@ class OnnxBatchRun:
         parts, batched = [], layout.batch_inputs
         for start in range(0, batch, rows):
             part = {k: v[start : start + rows] if k in batched else v for k, v in feeds.items()}
-            parts.append(engine.session.run(names, part))
+            try:
+                parts.append(engine.session.run(names, part))
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise OutOfMemory(f"{batch} rows of {width} positions did not fit: {exc}") from exc
+                raise
         if len(parts) == 1:
             logits: npt.NDArray[Any] = parts[0][0][:, -1, : engine.sampled_vocab]
             return logits, parts[0][1:]
