@@ -118,7 +118,7 @@ class BatchExecutor:
                 continue
             problem = self._static_check(item.request, now)
             if problem is not None:
-                out.rejected.append((item, _error(item.request, attempt, *problem)))
+                out.rejected.append((item, _error(item, attempt, *problem)))
             else:
                 to_encode.append((item, attempt))
         stored = await self._sink.load_sessions(
@@ -131,12 +131,12 @@ class BatchExecutor:
         for (item, attempt), result in zip(to_encode, encoded, strict=True):
             request = item.request
             if isinstance(result, str):
-                out.rejected.append((item, _error(request, attempt, ErrorCode.INTERNAL, result)))
+                out.rejected.append((item, _error(item, attempt, ErrorCode.INTERNAL, result)))
                 continue
             ids, turn = result
             problem = self._length_check(request, len(ids))
             if problem is not None:
-                out.rejected.append((item, _error(request, attempt, *problem)))
+                out.rejected.append((item, _error(item, attempt, *problem)))
                 continue
             run = _Running(item=item, attempt=attempt, prompt_tokens=len(ids), turn=turn)
             gen = GenerationInput(
@@ -270,6 +270,7 @@ class BatchExecutor:
                     finish_reason=delta.finish_reason,
                     prompt_tokens=r.prompt_tokens,
                     completion_tokens=delta.completion_tokens,
+                    traceparent=r.item.traceparent,
                 )
                 events.append(Outgoing(request.session_id, final, session=self._session_write(r, final)))
                 finished.append(r)
@@ -305,6 +306,7 @@ class BatchExecutor:
                 attempt=r.attempt,
                 code=ErrorCode.INTERNAL,
                 message=message,
+                traceparent=r.item.traceparent,
             )
             events.append(Outgoing(r.item.session_id, error))
         await self._sink.write(events)
@@ -341,8 +343,9 @@ def replayable_sampling(request: InferenceRequest) -> SamplingParams:
     return sampling.model_copy(update={"seed": seed})
 
 
-def _error(request: InferenceRequest, attempt: int, code: ErrorCode, message: str) -> ErrorEvent:
-    return ErrorEvent(request_id=request.request_id, seq=0, attempt=attempt, code=code, message=message)
+def _error(item: PendingItem, attempt: int, code: ErrorCode, message: str) -> ErrorEvent:
+    rid, trace = item.request.request_id, item.traceparent
+    return ErrorEvent(request_id=rid, seq=0, attempt=attempt, code=code, message=message, traceparent=trace)
 
 
 async def _settle(writing: asyncio.Task[None], step: asyncio.Future[list[TokenDelta]]) -> None:
