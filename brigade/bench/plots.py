@@ -6,6 +6,7 @@ from pathlib import Path
 
 from brigade.bench.latency import LatencyResult
 from brigade.bench.runner import BenchReport
+from brigade.bench.scaleout import ScaleoutResult
 
 
 def plot_report(report: BenchReport, path: Path) -> Path:
@@ -64,6 +65,35 @@ def plot_latency(result: LatencyResult, path: Path) -> Path:
         f"({result.offered_rps / result.capacity_rps:.0%} of {result.capacity_rps:.1f} req/s), n={len(samples)}"
     )
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_scaleout(result: ScaleoutResult, path: Path) -> Path:
+    """Tokens/s against consumer count, with the linear ideal for comparison."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = [r.consumers for r in result.runs]
+    values = [r.tokens_per_s for r in result.runs]
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    bars = ax.bar([str(c) for c in counts], values, color="#4c72b0", label="measured")
+    ratios = result.ratios()
+    ax.bar_label(bars, labels=[f"{v:.0f} ({ratios[c]:.2f}×)" for c, v in zip(counts, values, strict=True)])
+    if values:
+        ideal = [values[0] * c / counts[0] for c in counts]
+        ax.plot([str(c) for c in counts], ideal, color="#dd8452", linestyle="--", marker="o", label="linear")
+    ax.set_xlabel("consumers (brigade worker processes, one group)")
+    ax.set_ylabel("tokens/s")
+    ax.legend(loc="upper left")
+    cfg = result.config
+    ax.set_title(
+        f"scale-out — {cfg.model}, {cfg.partitions} partitions, {cfg.requests} requests × {cfg.new_tokens} tokens"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

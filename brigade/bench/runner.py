@@ -23,13 +23,25 @@ from brigade.bench.engine_loop import LoopResult, engine_loop
 from brigade.bench.ingress import IngressConfig, IngressResult, run_ingress_figure
 from brigade.bench.latency import LatencyConfig, LatencyResult, latency_prompts, measure_prefill, run_latency
 from brigade.bench.pipeline import run_through_fleet
+from brigade.bench.scaleout import (
+    ColdStartConfig,
+    ColdStartResult,
+    ScaleoutConfig,
+    ScaleoutResult,
+    cold_start_json,
+    cold_start_lines,
+    run_cold_starts,
+    run_scaleout,
+    scaleout_json,
+    scaleout_lines,
+)
 from brigade.devtools.process import free_port
 from brigade.devtools.servers import kafka_service, redis_service
 from schemas.settings import Settings
 
 console = Console()
 
-FIGURES = ("batching", "pipeline", "latency", "ingress")
+FIGURES = ("batching", "pipeline", "latency", "ingress", "scaleout", "coldstart")
 
 
 def parse_figures(values: list[str] | None) -> tuple[str, ...]:
@@ -51,6 +63,8 @@ class BenchConfig:
     figures: tuple[str, ...] = FIGURES
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)
+    scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
+    coldstart: ColdStartConfig = field(default_factory=ColdStartConfig)
 
     @classmethod
     def quick(cls, model: str) -> BenchConfig:
@@ -61,6 +75,8 @@ class BenchConfig:
             new_tokens=8,
             latency=LatencyConfig.quick(),
             ingress=IngressConfig.quick(),
+            scaleout=ScaleoutConfig.quick(),
+            coldstart=ColdStartConfig.quick(),
         )
 
 
@@ -73,6 +89,8 @@ class BenchReport:
     pipeline: LoopResult | None = None
     latency: LatencyResult | None = None
     ingress: IngressResult | None = None
+    scaleout: ScaleoutResult | None = None
+    coldstart: ColdStartResult | None = None
 
     def ratios(self) -> dict[str, float]:
         lo, hi = self.config.batch_sizes
@@ -99,6 +117,8 @@ class BenchReport:
             else {**asdict(self.pipeline), "tokens_per_s": self.pipeline.tokens_per_s},
             "queue_hop_latency": None if self.latency is None else asdict(self.latency),
             "ingress_throughput": None if self.ingress is None else _ingress_json(self.ingress),
+            "scaleout": None if self.scaleout is None else scaleout_json(self.scaleout),
+            "cold_start": None if self.coldstart is None else cold_start_json(self.coldstart),
             "ratios": self.ratios(),
         }
 
@@ -176,12 +196,14 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     print_report(report)
     written = [str(out_dir / "bench.json")]
     try:
-        from brigade.bench.plots import plot_latency, plot_report
+        from brigade.bench.plots import plot_latency, plot_report, plot_scaleout
 
         if report.engine or report.consumer or report.pipeline is not None:
             written.append(str(plot_report(report, out_dir / "bench.png")))
         if report.latency is not None:
             written.append(str(plot_latency(report.latency, out_dir / "bench-latency.png")))
+        if report.scaleout is not None:
+            written.append(str(plot_scaleout(report.scaleout, out_dir / "bench-scaleout.png")))
     except ImportError:
         written.append("(install matplotlib for the PNGs)")
     console.print(f"wrote {', '.join(written)}")
@@ -256,6 +278,14 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
                     on_done=_advance(progress, task),
                 )
             )
+        if "scaleout" in figures:
+            so = config.scaleout
+            task = progress.add_task(f"scale-out on {so.model}: consumers {so.consumers}", total=len(so.consumers))
+            report.scaleout = run_scaleout(settings, so, on_run=lambda _run: progress.advance(task))
+        if "coldstart" in figures:
+            cs = config.coldstart
+            task = progress.add_task(f"cold start: {', '.join(cs.models)}", total=len(cs.models) * cs.repeats)
+            report.coldstart = run_cold_starts(settings, cs, on_start=lambda _m, _s: progress.advance(task))
         if "ingress" in figures:
             ing = config.ingress
             t_http = progress.add_task(f"ingress: POST → 202, {ing.concurrency} in flight", total=ing.requests)
@@ -295,6 +325,11 @@ def print_report(report: BenchReport) -> None:
         _print_latency(report.latency)
     if report.ingress is not None:
         _print_ingress(report.ingress)
+    for line in [
+        *(scaleout_lines(report.scaleout) if report.scaleout is not None else []),
+        *(cold_start_lines(report.coldstart) if report.coldstart is not None else []),
+    ]:
+        console.print(line)
 
 
 def _print_latency(r: LatencyResult) -> None:
