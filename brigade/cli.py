@@ -147,8 +147,15 @@ def bench(
     figure: Annotated[
         list[str] | None,
         typer.Option(
-            help="Figures (repeatable or comma list): batching, pipeline, latency, ingress, continuous; default all."
+            help="Figures (repeatable or comma list): batching, pipeline, latency, ingress, continuous, scaleout, "
+            "coldstart; default all."
         ),
+    ] = None,
+    consumers: Annotated[
+        str | None, typer.Option(help="scaleout: consumer counts, a comma list (default 1,2,4).")
+    ] = None,
+    replica_model: Annotated[
+        str | None, typer.Option(help="scaleout: model of the consumers (default builtin:tiny).")
     ] = None,
 ) -> None:
     """Measure batching gain, pipeline efficiency, queue hop latency, ingress throughput and continuous batching.
@@ -169,9 +176,17 @@ def bench(
     config = BenchConfig.quick(model) if quick else BenchConfig(model=model)
     config = replace(config, figures=figures)
     if requests is not None:
-        config = replace(config, requests=requests)
+        config = replace(config, requests=requests, scaleout=replace(config.scaleout, requests=requests))
     if new_tokens is not None:
-        config = replace(config, new_tokens=new_tokens)
+        config = replace(config, new_tokens=new_tokens, scaleout=replace(config.scaleout, new_tokens=new_tokens))
+    if consumers is not None:
+        try:
+            counts = tuple(sorted({int(c) for c in consumers.split(",") if c.strip()}))
+        except ValueError:
+            raise typer.BadParameter(f"{consumers!r} is not a comma list of counts", param_hint="--consumers") from None
+        config = replace(config, scaleout=replace(config.scaleout, consumers=counts))
+    if replica_model is not None:
+        config = replace(config, scaleout=replace(config.scaleout, model=replica_model))
     run_bench(config, out_dir=out, settings=settings)
 
 

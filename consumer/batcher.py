@@ -21,6 +21,7 @@ from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 
 from schemas.requests import InferenceRequest
+from schemas.tracing import TraceContext
 
 Partition = tuple[str, int]  # (topic, partition); aiokafka's TopicPartition is one of these
 
@@ -37,10 +38,15 @@ class PendingItem:
     tp: Partition  # where it came from, so its offset can be marked complete
     offset: int  # its offset in ``tp``; committed once it and everything below it are complete
     enqueued_at: float  # monotonic seconds when it entered the local queue (queue time, batch wait)
+    trace: TraceContext | None = None  # the worker's span for this request (W3C), for its logs and final event
 
     @property
     def session_id(self) -> str:
         return self.request.session_id
+
+    @property
+    def traceparent(self) -> str | None:
+        return self.trace.traceparent if self.trace is not None else None
 
 
 @dataclass(frozen=True, slots=True)

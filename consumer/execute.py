@@ -215,6 +215,7 @@ class BatchExecutor:
                     finish_reason=delta.finish_reason,
                     prompt_tokens=r.prompt_tokens,
                     completion_tokens=delta.completion_tokens,
+                    traceparent=r.item.traceparent,
                 )
                 events.append(Outgoing(request.session_id, final, session=self._session_write(r, final)))
                 finished.append(r)
@@ -250,6 +251,7 @@ class BatchExecutor:
                 attempt=r.attempt,
                 code=ErrorCode.INTERNAL,
                 message=message,
+                traceparent=r.item.traceparent,
             )
             events.append(Outgoing(r.item.session_id, error))
         await self._sink.write(events)

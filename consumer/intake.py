@@ -79,7 +79,7 @@ class Intake:
                 continue
             problem = self._static_check(item.request, now)
             if problem is not None:
-                out.rejected.append((item, error_event(item.request, attempt, *problem)))
+                out.rejected.append((item, error_event(item, attempt, *problem)))
             else:
                 to_encode.append((item, attempt))
         stored = await self._sink.load_sessions(
@@ -92,12 +92,12 @@ class Intake:
         for (item, attempt), result in zip(to_encode, encoded, strict=True):
             request = item.request
             if isinstance(result, str):
-                out.rejected.append((item, error_event(request, attempt, ErrorCode.INTERNAL, result)))
+                out.rejected.append((item, error_event(item, attempt, ErrorCode.INTERNAL, result)))
                 continue
             ids, turn = result
             problem = self._length_check(request, len(ids))
             if problem is not None:
-                out.rejected.append((item, error_event(request, attempt, *problem)))
+                out.rejected.append((item, error_event(item, attempt, *problem)))
                 continue
             run = Running(item=item, attempt=attempt, prompt_tokens=len(ids), turn=turn)
             gen = GenerationInput(
@@ -185,5 +185,6 @@ def replayable_sampling(request: InferenceRequest) -> SamplingParams:
     return sampling.model_copy(update={"seed": seed})
 
 
-def error_event(request: InferenceRequest, attempt: int, code: ErrorCode, message: str) -> ErrorEvent:
-    return ErrorEvent(request_id=request.request_id, seq=0, attempt=attempt, code=code, message=message)
+def error_event(item: PendingItem, attempt: int, code: ErrorCode, message: str) -> ErrorEvent:
+    rid, trace = item.request.request_id, item.traceparent
+    return ErrorEvent(request_id=rid, seq=0, attempt=attempt, code=code, message=message, traceparent=trace)

@@ -14,6 +14,8 @@ import os
 import signal
 from collections.abc import Callable
 
+from consumer.gpu.pynvml_api import load_nvml
+from consumer.gpu.worker_metrics import NvmlLoader, attach_gpu_metrics
 from consumer.worker import EngineFactory, Worker, default_engine_factory
 from schemas.settings import Settings
 
@@ -29,10 +31,23 @@ async def serve(
     ready: Callable[[int], None] | None = None,
     engine_factory: EngineFactory = default_engine_factory,
     idle_s: float | None = None,
+    nvml: NvmlLoader = load_nvml,
 ) -> None:
     """Run one worker until ``stop`` is set, then drain. ``ready(port)`` gets the health/metrics port
-    once the model is loaded and warmed (just before the worker joins its consumer group)."""
-    await Worker(settings, engine_factory=engine_factory, ready=ready, idle_s=idle_s).run(stop=stop)
+    once the model is loaded and warmed (just before the worker joins its consumer group).
+
+    GPU memory and utilization of the worker's device join its ``/metrics`` where NVML answers (``nvml``
+    loads it; a recorded NVML in tests); elsewhere no ``brigade_gpu_*`` series appear.
+    """
+    worker = Worker(settings, engine_factory=engine_factory, ready=ready, idle_s=idle_s)
+    gpu = attach_gpu_metrics(
+        worker.metrics.registry, device=settings.device, cost_class=settings.worker_class, env=os.environ, load=nvml
+    )
+    try:
+        await worker.run(stop=stop)
+    finally:
+        if gpu is not None:
+            gpu.close()
 
 
 def main(settings: Settings) -> None:

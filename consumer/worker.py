@@ -38,6 +38,7 @@ from consumer.fetch import Fetcher, wait_any
 from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
+from consumer.request_log import request_fields, worker_trace
 from consumer.sink import RedisSink
 from schemas.settings import Settings
 
@@ -255,6 +256,8 @@ class Worker:
 
     def _complete(self, item: PendingItem) -> None:
         self.offsets.complete(TopicPartition(*item.tp), item.offset)
+        fields = request_fields(item, cost_class=self.settings.worker_class)
+        log.info("request finished", extra=fields | {"seconds": round(time.monotonic() - item.enqueued_at, 4)})
 
     def _wait_for(self, wake_at: float | None, now: float) -> float | None:
         """How long to wait for an arrival: until the oldest item is due, or until idle would be reached."""
@@ -290,5 +293,8 @@ class Worker:
             self.metrics.add_dlq()
             self.offsets.complete(tp, record.offset)
             return
-        self.batcher.add(PendingItem(request=parsed, tp=tp, offset=record.offset, enqueued_at=time.monotonic()))
+        trace = worker_trace(record.headers)
+        self.batcher.add(
+            PendingItem(request=parsed, tp=tp, offset=record.offset, enqueued_at=time.monotonic(), trace=trace)
+        )
         self._arrived.set()

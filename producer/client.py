@@ -109,6 +109,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     attempts: int  # 1 unless a worker crashed mid-generation and the request was regenerated
+    traceparent: str | None = None  # the worker's span (W3C): its trace id is the request's
 
 
 def _raise_for(resp: httpx.Response) -> None:
@@ -173,8 +174,13 @@ class BrigadeClient:
         deadline: datetime | None = None,
         priority: int = 0,
         ignore_eos: bool = False,
+        traceparent: str | None = None,
     ) -> Submitted:
-        """Publish one request; returns once the broker has acknowledged it. Raises a ``BrigadeError`` subclass."""
+        """Publish one request; returns once the broker has acknowledged it. Raises a ``BrigadeError`` subclass.
+
+        ``traceparent`` (W3C) joins the request to the caller's trace; without one (or with an invalid one) the
+        ingress starts a new trace, and ``Submitted.traceparent`` says which.
+        """
         stops = [stop] if isinstance(stop, str) else list(stop or ())
         body: dict[str, Any] = {
             "prompt": prompt,
@@ -194,7 +200,10 @@ class BrigadeClient:
             "priority": priority,
             "ignore_eos": ignore_eos,
         }
-        resp = await self._http.post("/v1/requests", json={k: v for k, v in body.items() if v is not None})
+        headers = {"traceparent": traceparent} if traceparent else {}
+        resp = await self._http.post(
+            "/v1/requests", json={k: v for k, v in body.items() if v is not None}, headers=headers
+        )
         _raise_for(resp)
         return Submitted.model_validate(resp.json())
 
@@ -245,6 +254,7 @@ class BrigadeClient:
         priority: int = 0,
         ignore_eos: bool = False,
         timeout_s: float | None = None,
+        traceparent: str | None = None,
     ) -> Completion:
         """Submit and wait for the clean answer: a partial attempt of a crashed worker is dropped.
 
@@ -266,6 +276,7 @@ class BrigadeClient:
             deadline=deadline,
             priority=priority,
             ignore_eos=ignore_eos,
+            traceparent=traceparent,
         )
         attempts, answer, attempt = AttemptFilter(), Answer(), 1
         async with asyncio.timeout(timeout_s):
@@ -287,4 +298,5 @@ class BrigadeClient:
             prompt_tokens=final.prompt_tokens,
             completion_tokens=final.completion_tokens,
             attempts=attempt,
+            traceparent=final.traceparent,
         )

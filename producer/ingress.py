@@ -16,6 +16,7 @@ from producer.publisher import BrokerUnavailable, Publisher
 from schemas.costs import classify, estimate_cost
 from schemas.requests import InferenceRequest, RequestAccepted
 from schemas.settings import Settings
+from schemas.tracing import TRACEPARENT, TRACESTATE, continue_or_start
 
 _THREAD_TOKENIZE_CHARS = 4096  # longer texts are tokenized off the event loop
 _MESSAGE_OVERHEAD_TOKENS = 4  # role markers a chat template adds per turn, roughly
@@ -75,9 +76,19 @@ class Ingress:
             )
 
     async def submit(
-        self, request: InferenceRequest, *, traceparent: str | None = None, max_tokens_field: str = "max_new_tokens"
+        self,
+        request: InferenceRequest,
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+        max_tokens_field: str = "max_new_tokens",
     ) -> RequestAccepted:
-        """Check, classify, admit and publish; the answer says where the request and its events are."""
+        """Check, classify, admit and publish; the answer says where the request and its events are.
+
+        The record carries the caller's ``traceparent`` (and ``tracestate``) as Kafka headers when it is valid,
+        passed through as a proxy would (the ingress records no span of its own); without a valid one the
+        request starts a new trace, so every request has a trace id the worker's logs and final event repeat.
+        """
         prompt_tokens = await self.count_tokens(request)
         try:
             cls = classify(
@@ -106,7 +117,10 @@ class Ingress:
         if request.cost_class != cls.name:
             request = request.model_copy(update={"cost_class": cls.name})
         topic = self.settings.names.request_topic(cls.name)
-        headers = [("traceparent", traceparent.encode())] if traceparent else []
+        trace, continued = continue_or_start(traceparent)
+        headers = [(TRACEPARENT, trace.traceparent.encode())]
+        if continued and tracestate:
+            headers.append((TRACESTATE, tracestate.encode()))
         t0 = time.perf_counter()
         try:
             meta = await self.publisher.publish(
@@ -127,4 +141,5 @@ class Ingress:
             stream=self.settings.names.stream_key(request.session_id),
             prompt_tokens=prompt_tokens,
             events_url=f"/v1/sessions/{request.session_id}/events?request_id={request.request_id}",
+            traceparent=trace.traceparent,
         )

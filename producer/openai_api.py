@@ -132,17 +132,23 @@ async def model(model_id: str, request: Request) -> dict[str, Any]:
 
 @router.post("/completions", response_model=None)
 async def completions(
-    body: CompletionBody, request: Request, traceparent: Annotated[str | None, Header()] = None
+    body: CompletionBody,
+    request: Request,
+    traceparent: Annotated[str | None, Header()] = None,
+    tracestate: Annotated[str | None, Header()] = None,
 ) -> Response | EventSourceResponse:
-    return await _answer("text", body, {"prompt": body.prompt_text()}, request, traceparent)
+    return await _answer("text", body, {"prompt": body.prompt_text()}, request, (traceparent, tracestate))
 
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatBody, request: Request, traceparent: Annotated[str | None, Header()] = None
+    body: ChatBody,
+    request: Request,
+    traceparent: Annotated[str | None, Header()] = None,
+    tracestate: Annotated[str | None, Header()] = None,
 ) -> Response | EventSourceResponse:
     messages = [m.to_chat() for m in body.messages]
-    return await _answer("chat", body, {"messages": messages}, request, traceparent)
+    return await _answer("chat", body, {"messages": messages}, request, (traceparent, tracestate))
 
 
 def _error_from_event(event: ErrorEvent) -> ApiError:
@@ -163,13 +169,14 @@ async def _collect(events: AsyncIterator[tuple[AnyEvent, Verdict]]) -> Answer:
 
 
 async def _answer(
-    kind: Kind, body: _Common, inputs: dict[str, Any], request: Request, traceparent: str | None
+    kind: Kind, body: _Common, inputs: dict[str, Any], request: Request, trace: tuple[str | None, str | None]
 ) -> Response | EventSourceResponse:
+    """``trace``: the caller's (traceparent, tracestate) headers, passed on to the Kafka record."""
     ingress: Ingress = request.app.state.ingress
     _check_model(ingress, body.model)
     await ingress.require_redis()  # publish nothing whose answer could not be read
     accepted = await ingress.submit(
-        body.to_request(**inputs), traceparent=traceparent, max_tokens_field=body.max_tokens_field
+        body.to_request(**inputs), traceparent=trace[0], tracestate=trace[1], max_tokens_field=body.max_tokens_field
     )
     created = int(time.time())
     events = request_events(ingress.redis, accepted.stream, accepted.request_id)

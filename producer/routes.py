@@ -41,10 +41,13 @@ def ingress_of(request: Request) -> Ingress:
 
 @router.post("/v1/requests", status_code=202)
 async def submit(
-    body: SubmitBody, request: Request, traceparent: Annotated[str | None, Header()] = None
+    body: SubmitBody,
+    request: Request,
+    traceparent: Annotated[str | None, Header()] = None,
+    tracestate: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Publish a request to its cost class's topic; 202 once the broker has acknowledged it."""
-    accepted = await ingress_of(request).submit(body.to_request(), traceparent=traceparent)
+    accepted = await ingress_of(request).submit(body.to_request(), traceparent=traceparent, tracestate=tracestate)
     return JSONResponse(accepted.model_dump(), status_code=202)
 
 

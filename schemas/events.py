@@ -3,6 +3,9 @@
 Readable with plain ``redis-cli XREAD``. Every request ends with exactly one ``done`` or ``error``.
 ``attempt`` starts at 1 and grows when a request is regenerated after a crash; a reader that sees a
 higher attempt for a request drops what it collected from the lower one.
+
+``traceparent`` on ``done`` / ``error`` is optional (W3C trace context of the worker's span for the request,
+see ``schemas/tracing.py``): events written before it existed, or by a publisher of its own, parse without it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class DoneEvent(_EventBase):
     finish_reason: FinishReason
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
+    traceparent: str | None = None  # the worker's span: same trace id as the request's traceparent header
 
 
 class ErrorEvent(_EventBase):
@@ -56,6 +60,7 @@ class ErrorEvent(_EventBase):
     text: str = ""
     code: ErrorCode
     message: str
+    traceparent: str | None = None  # as on ``done``
 
 
 Event = Annotated[TokenEvent | DoneEvent | ErrorEvent, Field(discriminator="type")]

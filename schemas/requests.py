@@ -107,3 +107,5 @@ class RequestAccepted(BaseModel):
     stream: str  # the Redis stream key, for readers that go straight to Redis
     prompt_tokens: int
     events_url: str  # the SSE endpoint for this request
+    # W3C trace context the request travels with: the caller's header when valid, else a new trace
+    traceparent: str | None = None

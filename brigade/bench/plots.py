@@ -7,6 +7,7 @@ from pathlib import Path
 from brigade.bench.latency import LatencyResult
 from brigade.bench.mixed import MixedResult
 from brigade.bench.runner import BenchReport
+from brigade.bench.scaleout import ScaleoutResult
 
 
 def plot_report(report: BenchReport, path: Path) -> Path:
@@ -104,6 +105,35 @@ def plot_mixed(result: MixedResult, path: Path) -> Path:
     fig.suptitle(
         f"continuous vs static batching — {result.model}, {c.requests} requests, "
         f"{c.min_new_tokens}–{c.max_new_tokens} new tokens, batch {c.batch_size}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_scaleout(result: ScaleoutResult, path: Path) -> Path:
+    """Tokens/s against consumer count, with the linear ideal for comparison."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = [r.consumers for r in result.runs]
+    values = [r.tokens_per_s for r in result.runs]
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    bars = ax.bar([str(c) for c in counts], values, color="#4c72b0", label="measured")
+    ratios = result.ratios()
+    ax.bar_label(bars, labels=[f"{v:.0f} ({ratios[c]:.2f}×)" for c, v in zip(counts, values, strict=True)])
+    if values:
+        ideal = [values[0] * c / counts[0] for c in counts]
+        ax.plot([str(c) for c in counts], ideal, color="#dd8452", linestyle="--", marker="o", label="linear")
+    ax.set_xlabel("consumers (brigade worker processes, one group)")
+    ax.set_ylabel("tokens/s")
+    ax.legend(loc="upper left")
+    cfg = result.config
+    ax.set_title(
+        f"scale-out — {cfg.model}, {cfg.partitions} partitions, {cfg.requests} requests × {cfg.new_tokens} tokens"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -24,13 +24,25 @@ from brigade.bench.ingress import IngressConfig, IngressResult, run_ingress_figu
 from brigade.bench.latency import LatencyConfig, LatencyResult, latency_prompts, measure_prefill, run_latency
 from brigade.bench.mixed import MixedConfig, MixedResult, run_mixed
 from brigade.bench.pipeline import run_through_fleet
+from brigade.bench.scaleout import (
+    ColdStartConfig,
+    ColdStartResult,
+    ScaleoutConfig,
+    ScaleoutResult,
+    cold_start_json,
+    cold_start_lines,
+    run_cold_starts,
+    run_scaleout,
+    scaleout_json,
+    scaleout_lines,
+)
 from brigade.devtools.process import free_port
 from brigade.devtools.servers import kafka_service, redis_service
 from schemas.settings import Settings
 
 console = Console()
 
-FIGURES = ("batching", "pipeline", "latency", "ingress", "continuous")
+FIGURES = ("batching", "pipeline", "latency", "ingress", "continuous", "scaleout", "coldstart")
 
 
 def parse_figures(values: list[str] | None) -> tuple[str, ...]:
@@ -54,6 +66,8 @@ class BenchConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)
     mixed: MixedConfig = field(default_factory=MixedConfig)
+    scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
+    coldstart: ColdStartConfig = field(default_factory=ColdStartConfig)
 
     @classmethod
     def quick(cls, model: str) -> BenchConfig:
@@ -66,6 +80,8 @@ class BenchConfig:
             latency=LatencyConfig.quick(),
             ingress=IngressConfig.quick(),
             mixed=MixedConfig.quick(),
+            scaleout=ScaleoutConfig.quick(),
+            coldstart=ColdStartConfig.quick(),
         )
 
 
@@ -80,6 +96,8 @@ class BenchReport:
     ingress: IngressResult | None = None
     mixed: MixedResult | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)  # tokens/s of every repeat, by run name
+    scaleout: ScaleoutResult | None = None
+    coldstart: ColdStartResult | None = None
 
     def ratios(self) -> dict[str, float]:
         lo, hi = self.config.batch_sizes
@@ -110,6 +128,8 @@ class BenchReport:
             "ingress_throughput": None if self.ingress is None else _ingress_json(self.ingress),
             "continuous_vs_static": None if self.mixed is None else _mixed_json(self.mixed),
             "repeats_tokens_per_s": self.samples,
+            "scaleout": None if self.scaleout is None else scaleout_json(self.scaleout),
+            "cold_start": None if self.coldstart is None else cold_start_json(self.coldstart),
             "ratios": self.ratios(),
         }
 
@@ -200,7 +220,7 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     print_report(report)
     written = [str(out_dir / "bench.json")]
     try:
-        from brigade.bench.plots import plot_latency, plot_mixed, plot_report
+        from brigade.bench.plots import plot_latency, plot_mixed, plot_report, plot_scaleout
 
         if report.engine or report.consumer or report.pipeline is not None:
             written.append(str(plot_report(report, out_dir / "bench.png")))
@@ -208,6 +228,8 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
             written.append(str(plot_latency(report.latency, out_dir / "bench-latency.png")))
         if report.mixed is not None:
             written.append(str(plot_mixed(report.mixed, out_dir / "bench-continuous.png")))
+        if report.scaleout is not None:
+            written.append(str(plot_scaleout(report.scaleout, out_dir / "bench-scaleout.png")))
     except ImportError:
         written.append("(install matplotlib for the PNGs)")
     console.print(f"wrote {', '.join(written)}")
@@ -314,6 +336,14 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
                     on_done=_advance(progress, task),
                 )
             )
+        if "scaleout" in figures:
+            so = config.scaleout
+            task = progress.add_task(f"scale-out on {so.model}: consumers {so.consumers}", total=len(so.consumers))
+            report.scaleout = run_scaleout(settings, so, on_run=lambda _run: progress.advance(task))
+        if "coldstart" in figures:
+            cs = config.coldstart
+            task = progress.add_task(f"cold start: {', '.join(cs.models)}", total=len(cs.models) * cs.repeats)
+            report.coldstart = run_cold_starts(settings, cs, on_start=lambda _m, _s: progress.advance(task))
         if "ingress" in figures:
             ing = config.ingress
             t_http = progress.add_task(f"ingress: POST → 202, {ing.concurrency} in flight", total=ing.requests)
@@ -355,6 +385,11 @@ def print_report(report: BenchReport) -> None:
         _print_ingress(report.ingress)
     if report.mixed is not None:
         _print_mixed(report.mixed)
+    for line in [
+        *(scaleout_lines(report.scaleout) if report.scaleout is not None else []),
+        *(cold_start_lines(report.coldstart) if report.coldstart is not None else []),
+    ]:
+        console.print(line)
     if report.samples and any(len(v) > 1 for v in report.samples.values()):
         spread = "; ".join(f"{k}: {min(v):.1f}–{max(v):.1f}" for k, v in report.samples.items() if len(v) > 1)
         console.print(f"medians of {report.config.repeats} runs; tokens/s ranges: {spread}")

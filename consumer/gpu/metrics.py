@@ -17,15 +17,17 @@ from consumer.gpu.nvml import Gpu, MigDevice, NoNvidiaDriver, NvmlApi, NvmlError
 LABELS = ("uuid", "gpu", "profile")  # profile is "" for a whole GPU
 
 
-def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+def _families(
+    labels: tuple[str, ...] = LABELS,
+) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
     return (
         GaugeMetricFamily("brigade_gpu_memory_used_bytes", "Device memory in use, per GPU or MIG instance.",
-                          labels=LABELS),
+                          labels=labels),
         GaugeMetricFamily("brigade_gpu_memory_total_bytes", "Device memory, per GPU or MIG instance.",
-                          labels=LABELS),
+                          labels=labels),
         GaugeMetricFamily("brigade_gpu_utilization_ratio",
                           "Fraction of the last NVML sample period a kernel ran (absent where NVML does not "
-                          "report it, as for MIG instances).", labels=LABELS),
+                          "report it, as for MIG instances).", labels=labels),
         GaugeMetricFamily("brigade_gpu_nvml_up", "1 when NVML answered this scrape, 0 when it failed."),
     )  # fmt: skip
 
@@ -33,16 +35,19 @@ def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
 class GpuCollector(Collector):
     """Exports ``brigade_gpu_*`` per device from an initialised ``NvmlApi`` (register it on the worker's registry)."""
 
-    def __init__(self, api: NvmlApi, *, uuids: Collection[str] | None = None) -> None:
+    def __init__(self, api: NvmlApi, *, uuids: Collection[str] | None = None, cost_class: str | None = None) -> None:
         self._api = api
         self._uuids = frozenset(uuids) if uuids is not None else None
+        # A worker adds its cost class, like every other worker series, so dashboards can sum by class.
+        self._extra = (cost_class,) if cost_class is not None else ()
+        self._labels = (*LABELS, "class") if cost_class is not None else LABELS
 
     def describe(self) -> list[GaugeMetricFamily]:
         # Without describe(), registering would call collect() and touch NVML at import-and-register time.
-        return list(_families())
+        return list(_families(self._labels))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        used, total, util, up = _families()
+        used, total, util, up = _families(self._labels)
         try:
             inventory = discover(self._api)
         except NoNvidiaDriver:
@@ -55,7 +60,7 @@ class GpuCollector(Collector):
             for device in devices:
                 if self._uuids is not None and device.uuid not in self._uuids:
                     continue
-                labels = _labels(device)
+                labels = [*_labels(device), *self._extra]
                 used.add_metric(labels, float(device.memory_used))
                 total.add_metric(labels, float(device.memory_total))
                 ratio = self._utilization(gpu, device)

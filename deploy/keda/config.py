@@ -1,17 +1,19 @@
 """What a Kubernetes rollout needs beyond ``Settings``: image, device per class, measured throughput, replica bounds.
 
 ``Settings`` says how a process behaves; ``DeployConfig`` says how many of them run where. Defaults are
-documented per field; the throughput and cold-start numbers are placeholders until measured on the target GPU
-(``brigade bench``), and ``validate()`` names the field when a combination cannot work (KEDA's ``Validate()``
-habit, STYLE practice 8).
+documented per field; the throughput and cold-start defaults are CPU figures measured on this project's machine
+(``deploy/keda/measured.py`` says how, and how to pass in a GPU's), and ``validate()`` names the field when a
+combination cannot work (KEDA's ``Validate()`` habit, STYLE practice 8).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from deploy.keda import params
+from deploy.keda import measured, params
 from schemas.settings import Settings
 
 DEFAULT_IMAGE = "ghcr.io/brigade-llm/brigade:0.1.0"
@@ -63,18 +65,29 @@ class ClassDeploy:
         return self.fallback_replicas if self.fallback_replicas is not None else max(1, self.min_replicas)
 
 
+def _measured_class(cost_class: str, **knobs: Any) -> ClassDeploy:
+    """A class on its default device, with throughput and cold start from the measured CPU figures.
+
+    ``throughput_rps = tokens/s ÷ the class's typical new tokens`` (``deploy/keda/measured.py``). The cold start is
+    the empty-cache one: the rendered pods mount an emptyDir model cache, so a built-in model is generated at every
+    pod start.
+    """
+    figures = measured.DEFAULT_FIGURES
+    rps = measured.throughput_rps(figures, new_tokens=measured.TYPICAL_NEW_TOKENS[cost_class])
+    return ClassDeploy(
+        device_resource=DEFAULT_DEVICE_RESOURCE[cost_class],
+        throughput_rps=round(rps, 3),
+        cold_start_s=figures.cold_start_empty_cache_s,
+        **knobs,
+    )
+
+
 def _default_classes() -> dict[str, ClassDeploy]:
     # large scales to zero: a whole GPU idling for rare long prompts costs more than an occasional cold start.
     return {
-        "small": ClassDeploy(device_resource=DEFAULT_DEVICE_RESOURCE["small"], throughput_rps=8.0, min_replicas=1),
-        "medium": ClassDeploy(device_resource=DEFAULT_DEVICE_RESOURCE["medium"], throughput_rps=3.0, min_replicas=1),
-        "large": ClassDeploy(
-            device_resource=DEFAULT_DEVICE_RESOURCE["large"],
-            throughput_rps=1.0,
-            target_wait_s=20.0,
-            min_replicas=0,
-            activation_lag=0,
-        ),
+        "small": _measured_class("small", min_replicas=1),
+        "medium": _measured_class("medium", min_replicas=1),
+        "large": _measured_class("large", target_wait_s=20.0, min_replicas=0, activation_lag=0),
     }
 
 
@@ -94,6 +107,20 @@ class DeployConfig:
     offset_reset_policy: str = "latest"  # must match the consumer's auto_offset_reset
     model_cache_dir: str = "/var/cache/brigade/models"  # emptyDir mount; swap for a PVC to keep downloads
     kafka_secret: str = KAFKA_SECRET
+
+    def with_measured(
+        self, *, throughput_rps: Mapping[str, float] | None = None, cold_start_s: Mapping[str, float] | None = None
+    ) -> DeployConfig:
+        """This config with measured figures per class (a GPU's, from ``brigade bench`` there) in place of defaults."""
+        classes = dict(self.classes)
+        for name in {*(throughput_rps or {}), *(cold_start_s or {})}:
+            cfg = self.for_class(name)
+            if throughput_rps and name in throughput_rps:
+                cfg = dataclasses.replace(cfg, throughput_rps=throughput_rps[name])
+            if cold_start_s and name in cold_start_s:
+                cfg = dataclasses.replace(cfg, cold_start_s=cold_start_s[name])
+            classes[name] = cfg
+        return dataclasses.replace(self, classes=classes)
 
     def for_class(self, name: str) -> ClassDeploy:
         """The class's knobs; a class without an entry gets ``ClassDeploy()`` (a whole GPU, documented defaults)."""
