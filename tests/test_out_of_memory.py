@@ -8,39 +8,28 @@ already in the streams). The broker and redis-server are real.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 import redis.asyncio as aioredis
 
 from consumer.engine.interface import BatchRun, GenerationInput, OutOfMemory, TokenDelta
 from consumer.engine.onnx_engine import is_out_of_memory
 from producer.stream_reader import Answer, AttemptFilter
-from schemas.events import DoneEvent, ErrorCode, ErrorEvent, parse_event
+from schemas.events import DoneEvent, ErrorCode, ErrorEvent
 from schemas.settings import Settings
-from tests.test_worker import publish_requests, request, run_until_idle, worker_metrics
-from tests.test_worker_engine import WordEngine, expected_text
+from tests.test_worker import publish_requests, request, run_until_idle, stream, worker_metrics
+from tests.test_worker_engine import ForwardingRun, WordEngine, expected_text
 
 
-class _SmallDeviceRun:
+class _SmallDeviceRun(ForwardingRun):
     def __init__(self, inner: BatchRun, *, rows: int, after_steps: int) -> None:
-        self._inner, self._rows, self._after, self._steps = inner, rows, after_steps, 0
-
-    @property
-    def finished(self) -> bool:
-        return self._inner.finished
-
-    @property
-    def running(self) -> int:
-        return self._inner.running
-
-    def join(self, inputs: Sequence[GenerationInput]) -> None:
-        self._inner.join(inputs)
+        super().__init__(inner)
+        self._rows, self._after, self._steps = rows, after_steps, 0
 
     def step(self) -> list[TokenDelta]:
         self._steps += 1
-        if self._steps > self._after and self._inner.running > self._rows:
-            raise OutOfMemory(f"{self._inner.running} sequences on a device that holds {self._rows}")
-        return self._inner.step()
+        if self._steps > self._after and self.running > self._rows:
+            raise OutOfMemory(f"{self.running} sequences on a device that holds {self._rows}")
+        return super().step()
 
 
 class SmallDeviceEngine(WordEngine):
@@ -65,8 +54,7 @@ async def test_out_of_memory_mid_decode_halves_the_batch_and_every_request_compl
     assert worker.batcher.max_batch_size == 2, "8 → 4 → 2: halved until the batch fits"
     finals = 0
     for session in {r.session_id for r in reqs}:
-        entries = cast(list[tuple[str, dict[str, str]]], await redis_client.xrange(settings.names.stream_key(session)))
-        events = [parse_event(fields) for _, fields in entries]
+        events = await stream(redis_client, settings, session)
         attempts = AttemptFilter()
         answer = Answer()
         for event in events:
@@ -90,10 +78,7 @@ async def test_out_of_memory_at_one_sequence_answers_with_an_error(
     await run_until_idle(settings, SmallDeviceEngine(rows=0))
 
     for r in reqs:
-        entries = cast(
-            list[tuple[str, dict[str, str]]], await redis_client.xrange(settings.names.stream_key(r.session_id))
-        )
-        events = [parse_event(fields) for _, fields in entries]
+        events = await stream(redis_client, settings, r.session_id)
         assert len(events) == 1 and isinstance(events[0], ErrorEvent), events
         assert events[0].code is ErrorCode.INTERNAL and "holds 0" in events[0].message
 

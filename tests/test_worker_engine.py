@@ -164,12 +164,11 @@ class CountingEngine:
             return {rid for batch in self.started for rid in batch}
 
 
-class _CountingRun:
-    """Counts sequences that join a running batch as started too."""
+class ForwardingRun:
+    """A batch run that hands everything to ``inner``: subclasses change one thing about it."""
 
-    def __init__(self, inner: BatchRun, engine: CountingEngine) -> None:
+    def __init__(self, inner: BatchRun) -> None:
         self._inner = inner
-        self._engine = engine
 
     @property
     def finished(self) -> bool:
@@ -178,35 +177,35 @@ class _CountingRun:
     @property
     def running(self) -> int:
         return self._inner.running
+
+    def join(self, inputs: Sequence[GenerationInput]) -> None:
+        self._inner.join(inputs)
+
+    def step(self) -> list[TokenDelta]:
+        return self._inner.step()
+
+
+class _CountingRun(ForwardingRun):
+    """Counts sequences that join a running batch as started too."""
+
+    def __init__(self, inner: BatchRun, engine: CountingEngine) -> None:
+        super().__init__(inner)
+        self._engine = engine
 
     def join(self, inputs: Sequence[GenerationInput]) -> None:
         with self._engine._lock:
             self._engine.started.append([g.request_id for g in inputs])
-        self._inner.join(inputs)
-
-    def step(self) -> list[TokenDelta]:
-        return self._inner.step()
+        super().join(inputs)
 
 
-class _SlowRun:
+class _SlowRun(ForwardingRun):
     def __init__(self, inner: BatchRun, step_s: float) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._step_s = step_s
-
-    @property
-    def finished(self) -> bool:
-        return self._inner.finished
-
-    @property
-    def running(self) -> int:
-        return self._inner.running
-
-    def join(self, inputs: Sequence[GenerationInput]) -> None:
-        self._inner.join(inputs)
 
     def step(self) -> list[TokenDelta]:
         time.sleep(self._step_s)  # executor thread: stands in for device time, keeps a batch in flight
-        return self._inner.step()
+        return super().step()
 
 
 class SlowEngine(CountingEngine):
