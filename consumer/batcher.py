@@ -129,7 +129,7 @@ class Batcher:
         prefill and a cache merge of its own, so on a compute-bound device fewer, larger joins cost less.
         """
         eligible = self._eligible(running_sessions)
-        want = min(min_join, len(eligible))
+        want = min(min_join, len(eligible), self.max_batch_size)
         if not eligible or slots < want:
             return None
         return Batch(items=tuple(self._remove(eligible[:slots])), planned_at=now, reason="joined")

@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(default=10.0, ge=0.0)  # static batching only
     # continuous: queued requests join the running batch at every decode step; static: a batch runs to its end
     batching: Literal["continuous", "static"] = "continuous"
-    min_join: int = Field(default=1, ge=1)  # continuous: free slots to wait for before queued requests join
+    # continuous: free slots to wait for before queued requests join (capped at the batch size); each join is a
+    # prefill and a cache copy of its own, which on a CPU cost more than a few idle slots (BENCHMARKS.md, figure 5)
+    min_join: int = Field(default=8, ge=1)
     # longest a fetch waits on the broker with no records ready: real Kafka answers as soon as records arrive,
     # but the dev broker (Tansu) holds a fetch for the whole wait, which adds straight to time to first token
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)

@@ -148,3 +148,11 @@ def test_min_join_waits_for_enough_free_slots_unless_fewer_are_waiting() -> None
     assert joined is not None and sessions(joined.items) == ["a", "b", "c"]
     last = b.take(0.0, slots=1, min_join=2)  # only one is eligible: it joins as soon as it fits
     assert last is not None and sessions(last.items) == ["d"]
+
+
+def test_min_join_above_the_batch_size_still_lets_requests_join() -> None:
+    b = batcher(size=4, wait_s=0)
+    for s in "abcdef":
+        b.add(item(s))
+    joined = b.take(0.0, slots=4, min_join=8)
+    assert joined is not None and joined.size == 4

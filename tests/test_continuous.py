@@ -47,7 +47,8 @@ async def finals_and_firsts(
 async def test_short_answers_do_not_wait_for_a_long_one(
     settings: Settings, redis_client: aioredis.Redis, batching: str
 ) -> None:
-    settings = settings.model_copy(update={"max_batch_size": 2, "batching": batching, "class_partitions": (1, 1, 1)})
+    one_by_one = {"max_batch_size": 2, "batching": batching, "min_join": 1, "class_partitions": (1, 1, 1)}
+    settings = settings.model_copy(update=one_by_one)
     await ensure_topics(settings)
     long = request("long", "s-long", max_new_tokens=40)
     shorts = [request(f"short{i}", f"s{i}", max_new_tokens=3) for i in range(5)]
