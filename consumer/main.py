@@ -41,7 +41,11 @@ async def serve(
     """
     worker = Worker(settings, engine_factory=engine_factory, ready=ready, idle_s=idle_s)
     gpu = attach_gpu_metrics(
-        worker.metrics.registry, device=settings.device, cost_class=settings.worker_class, env=os.environ, load=nvml
+        worker.metrics.registry,
+        device=settings.device_for(settings.worker_class),
+        cost_class=settings.worker_class,
+        env=os.environ,
+        load=nvml,
     )
     try:
         await worker.run(stop=stop)

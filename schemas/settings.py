@@ -222,6 +222,14 @@ class Settings(BaseSettings):
         """The device a class's workers bind: ``BRIGADE_CLASS_<NAME>_DEVICE``, else ``BRIGADE_DEVICE``."""
         return self.class_devices.get(cost_class, self.device)
 
+    def per_class_env(self) -> dict[str, str]:
+        """The per-class variables these settings were given, as a child process or a manifest needs them."""
+        return {
+            class_env_name(name, field): value
+            for field in PER_CLASS_FIELDS
+            for name, value in getattr(self, field).items()
+        }
+
     @property
     def served_models(self) -> tuple[str, ...]:
         """Every distinct model some class serves, in class order (cheapest class's model first)."""
