@@ -18,7 +18,7 @@ console = Console(stderr=True)
 
 
 def _models(s: Settings) -> str:
-    """ "model builtin:tiny" with one model; "models small builtin:tiny, large builtin:tiny-wide" when classes differ."""
+    """The banner's model line: one model, or each class's when the classes serve different models."""
     if len(s.served_models) == 1:
         return f"model {s.served_models[0]}"
     return "models " + ", ".join(f"{c} {s.model_for(c)}" for c in s.classes)
