@@ -17,7 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from brigade.logs import configure_logging
-from schemas.settings import Settings
+from schemas.settings import PER_CLASS_FIELDS, Settings, class_env_name
 
 app = typer.Typer(
     help="brigade: a Kafka-fed, KEDA-scaled worker fleet for LLM inference with Redis token streams.",
@@ -34,10 +34,17 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         typer.secho("brigade: invalid configuration", fg="red", err=True)
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            var = f"BRIGADE_{loc.upper()}" if loc else "settings"
-            typer.echo(f"  {var}: {err['msg']}", err=True)
+            typer.echo(f"  {_variable(tuple(str(p) for p in err['loc']))}: {err['msg']}", err=True)
         raise typer.Exit(2) from None
+
+
+def _variable(loc: tuple[str, ...]) -> str:
+    """The variable a validation error is about: ``BRIGADE_KAFKA_BOOTSTRAP``, ``BRIGADE_CLASS_SMALL_MODEL``."""
+    if not loc:
+        return "settings"
+    if loc[0] in PER_CLASS_FIELDS:  # (field,) for the whole family, (field, class) for one variable
+        return class_env_name(loc[1], loc[0]) if len(loc) > 1 else f"BRIGADE_CLASS_<NAME>_{PER_CLASS_FIELDS[loc[0]]}"
+    return f"BRIGADE_{'.'.join(loc).upper()}"
 
 
 @app.command()

@@ -17,6 +17,13 @@ from schemas.settings import Settings
 console = Console(stderr=True)
 
 
+def _models(s: Settings) -> str:
+    """The banner's model line: one model, or each class's when the classes serve different models."""
+    if len(s.served_models) == 1:
+        return f"model {s.served_models[0]}"
+    return "models " + ", ".join(f"{c} {s.model_for(c)}" for c in s.classes)
+
+
 def _banner(stack: DevStack) -> None:
     s = stack.settings
     names = s.names
@@ -24,7 +31,7 @@ def _banner(stack: DevStack) -> None:
     console.print(f"  ingress   {stack.ingress_url}   (OpenAI base URL: {stack.ingress_url}/v1)")
     console.print(f"  kafka     {s.kafka_bootstrap}   topics: {', '.join(names.request_topic(c) for c in s.classes)}")
     console.print(f"  redis     {s.redis_url}")
-    console.print(f"  workers   {stack.workers_per_class} per class, model {s.model}")
+    console.print(f"  workers   {stack.workers_per_class} per class, {_models(s)}")
     console.print("[bold]Try it:[/]")
     console.print(
         f"  curl -s {stack.ingress_url}/v1/requests -H 'content-type: application/json' \\\n"

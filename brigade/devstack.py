@@ -60,6 +60,7 @@ class DevStack:
             "BRIGADE_CLASS_MAX_LAG": ",".join(map(str, s.class_max_lag)),
             "BRIGADE_LOG_FORMAT": s.log_format,
             "BRIGADE_LOG_LEVEL": s.log_level,
+            **s.per_class_env(),
         }
         env.update(extra)
         return env

@@ -216,6 +216,7 @@ class BatchExecutor:
                     prompt_tokens=r.prompt_tokens,
                     completion_tokens=delta.completion_tokens,
                     traceparent=r.item.traceparent,
+                    model=self._engine.model_name,
                 )
                 events.append(Outgoing(request.session_id, final, session=self._session_write(r, final)))
                 finished.append(r)

@@ -14,7 +14,9 @@ import os
 import signal
 from collections.abc import Callable
 
+from consumer.gpu.capacity import DeviceTooSmall
 from consumer.gpu.pynvml_api import load_nvml
+from consumer.gpu.start_capacity import export_plan, plan_start
 from consumer.gpu.worker_metrics import NvmlLoader, attach_gpu_metrics
 from consumer.worker import EngineFactory, Worker, default_engine_factory
 from schemas.settings import Settings
@@ -22,6 +24,7 @@ from schemas.settings import Settings
 log = logging.getLogger(__name__)
 
 EXIT_FORCED = 130
+EXIT_DEVICE_TOO_SMALL = 3
 
 
 async def serve(
@@ -38,10 +41,23 @@ async def serve(
 
     GPU memory and utilization of the worker's device join its ``/metrics`` where NVML answers (``nvml``
     loads it; a recorded NVML in tests); elsewhere no ``brigade_gpu_*`` series appear.
+
+    On a GPU or MIG device the VRAM plan comes first (``consumer/gpu/start_capacity.py``): a device too small
+    for the model raises ``DeviceTooSmall`` before anything loads or joins, and the batch limit is capped at
+    what fits.
     """
+    plan = await asyncio.to_thread(plan_start, settings, env=os.environ, load=nvml)
+    if plan is not None:
+        settings = plan.capped(settings)
     worker = Worker(settings, engine_factory=engine_factory, ready=ready, idle_s=idle_s)
+    if plan is not None:
+        export_plan(worker.metrics.registry, plan, cost_class=settings.worker_class)
     gpu = attach_gpu_metrics(
-        worker.metrics.registry, device=settings.device, cost_class=settings.worker_class, env=os.environ, load=nvml
+        worker.metrics.registry,
+        device=settings.device_for(settings.worker_class),
+        cost_class=settings.worker_class,
+        env=os.environ,
+        load=nvml,
     )
     try:
         await worker.run(stop=stop)
@@ -51,8 +67,16 @@ async def serve(
 
 
 def main(settings: Settings) -> None:
-    """Run a worker in the foreground: first SIGTERM/SIGINT drains, a second exits immediately."""
-    asyncio.run(_main(settings))
+    """Run a worker in the foreground: first SIGTERM/SIGINT drains, a second exits immediately.
+
+    A device too small for the model ends the process with ``EXIT_DEVICE_TOO_SMALL`` and one log line that
+    names the device, its free memory and the need (no traceback: it is a configuration problem).
+    """
+    try:
+        asyncio.run(_main(settings))
+    except DeviceTooSmall as exc:
+        log.error("[start] %s", exc, extra={"device": exc.device})
+        raise SystemExit(EXIT_DEVICE_TOO_SMALL) from None
 
 
 async def _main(settings: Settings) -> None:

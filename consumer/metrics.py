@@ -55,7 +55,8 @@ class WorkerMetrics:
         )  # exported as brigade_generation_tokens_total
         self.batch_limit = Gauge(
             "brigade_batch_limit",
-            "Most sequences run at once (BRIGADE_MAX_BATCH_SIZE, halved on out-of-memory).",
+            "Most sequences run at once (BRIGADE_MAX_BATCH_SIZE or, lower, what the device holds at start; "
+            "halved on out-of-memory).",
             c,
             registry=r,
         )

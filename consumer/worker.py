@@ -57,7 +57,7 @@ class State(StrEnum):
 
 
 def default_engine_factory(settings: Settings) -> InferenceEngine:
-    """The ONNX Runtime engine for ``settings.model`` (imported lazily: it pulls in onnxruntime)."""
+    """The ONNX Runtime engine for the worker's class's model (imported lazily: it pulls in onnxruntime)."""
     from consumer.engine.onnx_engine import load_engine
 
     engine: InferenceEngine = load_engine(settings)

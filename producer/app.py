@@ -21,6 +21,7 @@ from producer.metrics import IngressMetrics
 from producer.openai_api import router as openai_router
 from producer.publisher import Publisher
 from producer.routes import router as native_router
+from producer.routing import Router
 from producer.sessions import router as sessions_router
 from producer.stream_reader import BLOCK_MS
 from schemas.settings import Settings
@@ -30,7 +31,11 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = IngressMetrics()
-        tokenizer = await asyncio.to_thread(load_tokenizer, settings.model, cache_dir=settings.model_cache_dir)
+        # One tokenizer per distinct model: a request's cost is counted with its class's model's tokenizer.
+        tokenizers = {
+            model: await asyncio.to_thread(load_tokenizer, model, cache_dir=settings.model_cache_dir)
+            for model in settings.served_models
+        }
         publisher = Publisher(settings)
         await publisher.start()
         # A down Redis must fail a request within its timeout, but a blocked XREAD legitimately waits BLOCK_MS.
@@ -43,7 +48,12 @@ def create_app(settings: Settings) -> FastAPI:
         lag = LagMonitor(settings, publisher, metrics)
         lag_task = asyncio.create_task(lag.run(), name="lag-monitor")
         app.state.ingress = Ingress(
-            settings=settings, publisher=publisher, redis=redis, tokenizer=tokenizer, lag=lag, metrics=metrics
+            settings=settings,
+            publisher=publisher,
+            redis=redis,
+            router=Router(settings, tokenizers),
+            lag=lag,
+            metrics=metrics,
         )
         try:
             yield

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from tokenizers import Tokenizer
 
 from producer.errors import ApiError
 from producer.lag import LagMonitor
 from producer.metrics import IngressMetrics
 from producer.publisher import BrokerUnavailable, Publisher
-from schemas.costs import classify, estimate_cost
+from producer.routing import Router
 from schemas.requests import InferenceRequest, RequestAccepted
 from schemas.settings import Settings
 from schemas.tracing import TRACEPARENT, TRACESTATE, continue_or_start
-
-_THREAD_TOKENIZE_CHARS = 4096  # longer texts are tokenized off the event loop
-_MESSAGE_OVERHEAD_TOKENS = 4  # role markers a chat template adds per turn, roughly
 
 
 @dataclass
@@ -27,7 +22,7 @@ class Ingress:
     settings: Settings
     publisher: Publisher
     redis: aioredis.Redis
-    tokenizer: Tokenizer
+    router: Router
     lag: LagMonitor
     metrics: IngressMetrics
 
@@ -37,27 +32,11 @@ class Ingress:
 
     @property
     def served_models(self) -> tuple[str, ...]:
-        return (self.settings.model,)
-
-    async def count_tokens(self, request: InferenceRequest) -> int:
-        texts = [request.prompt] if request.prompt is not None else [m.content for m in request.messages or ()]
-        overhead = 0 if request.prompt is not None else _MESSAGE_OVERHEAD_TOKENS * len(texts)
-        if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
-            encodings = await asyncio.to_thread(self.tokenizer.encode_batch, texts)
-        else:
-            encodings = self.tokenizer.encode_batch(texts)
-        return sum(len(e.ids) for e in encodings) + overhead
+        return self.settings.served_models
 
     def check_limits(self, request: InferenceRequest, prompt_tokens: int, *, max_tokens_field: str) -> None:
         """Refuse what the deployment will not serve; ``max_tokens_field`` is the name the caller used."""
         s = self.settings
-        if request.model is not None and request.model not in self.served_models:
-            raise ApiError(
-                404,
-                f"model {request.model!r} is not served here; served: {', '.join(self.served_models)} (GET /v1/models)",
-                param="model",
-                code="model_not_found",
-            )
         if request.max_new_tokens > s.max_new_tokens_limit:
             raise ApiError(
                 422,
@@ -83,22 +62,18 @@ class Ingress:
         tracestate: str | None = None,
         max_tokens_field: str = "max_new_tokens",
     ) -> RequestAccepted:
-        """Check, classify, admit and publish; the answer says where the request and its events are.
+        """Route (by ``model``, ``cost_class`` or cost), check, admit and publish; the answer says where it went.
 
         The record carries the caller's ``traceparent`` (and ``tracestate``) as Kafka headers when it is valid,
         passed through as a proxy would (the ingress records no span of its own); without a valid one the
         request starts a new trace, so every request has a trace id the worker's logs and final event repeat.
         """
-        prompt_tokens = await self.count_tokens(request)
         try:
-            cls = classify(
-                estimate_cost(prompt_tokens=prompt_tokens, max_new_tokens=request.max_new_tokens),
-                self.settings.cost_classes,
-                explicit=request.cost_class,
-            )
-        except ValueError as exc:
+            routed = await self.router.route(request, max_tokens_field=max_tokens_field)
+        except ApiError:
             self.metrics.requests.labels("none", "rejected").inc()
-            raise ApiError(422, str(exc), param="cost_class", code="unknown_cost_class") from None
+            raise
+        cls, prompt_tokens = routed.cost_class, routed.prompt_tokens
         try:
             self.check_limits(request, prompt_tokens, max_tokens_field=max_tokens_field)
         except ApiError:

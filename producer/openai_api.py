@@ -21,6 +21,7 @@ from sse_starlette import EventSourceResponse
 from producer.errors import ApiError, error_body
 from producer.ingress import Ingress
 from producer.openai_format import Kind, chunk, full_response, usage_chunk
+from producer.routing import model_not_found
 from producer.stream_reader import ERROR_STATUS, Answer, AnyEvent, LiveText, Verdict, request_events
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent
 from schemas.requests import ChatMessage, InferenceRequest
@@ -104,30 +105,29 @@ class ChatBody(_Common):
     messages: list[OpenAIMessage] = Field(min_length=1)
 
 
-def _model_entry(model: str) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": 0, "owned_by": "brigade"}
+def _model_entry(ingress: Ingress, model: str) -> dict[str, Any]:
+    """OpenAI's model object, plus ``cost_classes``: the classes whose workers serve it, cheapest first."""
+    classes = [c.name for c in ingress.settings.classes_serving(model)]
+    return {"id": model, "object": "model", "created": 0, "owned_by": "brigade", "cost_classes": classes}
 
 
 def _check_model(ingress: Ingress, model: str) -> None:
     if model not in ingress.served_models:
-        raise ApiError(
-            404,
-            f"model {model!r} is not served here; served: {', '.join(ingress.served_models)} (GET /v1/models)",
-            param="model",
-            code="model_not_found",
-        )
+        raise model_not_found(model, ingress.served_models)
 
 
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
+    """Every distinct model some class serves (``BRIGADE_MODEL`` and ``BRIGADE_CLASS_<NAME>_MODEL``)."""
     ingress: Ingress = request.app.state.ingress
-    return {"object": "list", "data": [_model_entry(m) for m in ingress.served_models]}
+    return {"object": "list", "data": [_model_entry(ingress, m) for m in ingress.served_models]}
 
 
 @router.get("/models/{model_id:path}")
 async def model(model_id: str, request: Request) -> dict[str, Any]:
-    _check_model(request.app.state.ingress, model_id)
-    return _model_entry(model_id)
+    ingress: Ingress = request.app.state.ingress
+    _check_model(ingress, model_id)
+    return _model_entry(ingress, model_id)
 
 
 @router.post("/completions", response_model=None)

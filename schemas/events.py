@@ -6,6 +6,7 @@ higher attempt for a request drops what it collected from the lower one.
 
 ``traceparent`` on ``done`` / ``error`` is optional (W3C trace context of the worker's span for the request,
 see ``schemas/tracing.py``): events written before it existed, or by a publisher of its own, parse without it.
+``model`` on ``done`` is optional for the same reason.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class DoneEvent(_EventBase):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     traceparent: str | None = None  # the worker's span: same trace id as the request's traceparent header
+    model: str | None = None  # the model that answered (each class may serve its own); absent on older events
 
 
 class ErrorEvent(_EventBase):

@@ -1,16 +1,31 @@
 """``BRIGADE_*`` environment variables, read once into one typed object and passed in.
 
 Nothing else in brigade reads the environment. Validation errors name the variable and the fix.
+
+Most settings are one variable each. Per-class settings are a family instead, one variable per configured
+class (``BRIGADE_CLASS_<NAME>_MODEL``, ``BRIGADE_CLASS_<NAME>_DEVICE``): the classes are themselves
+configuration, so these names cannot be fields. ``_ClassEnvSource`` gathers each family into one mapping
+field (``class_models``, ``class_devices``) keyed by class name, and the validator refuses a variable that
+names no configured class, naming the variable.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from schemas.costs import CostClass, validate_classes
 from schemas.naming import DEFAULT_NAMESPACE, Names
@@ -23,6 +38,57 @@ def _split(value: object) -> object:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
+
+
+# Per-class families: mapping field -> the variable's last word (BRIGADE_CLASS_<NAME>_<WORD>).
+PER_CLASS_FIELDS: Mapping[str, str] = {"class_models": "MODEL", "class_devices": "DEVICE"}
+_PER_CLASS_VAR = re.compile(r"^BRIGADE_CLASS_(?P<name>[A-Z0-9_]+?)_(?P<word>MODEL|DEVICE)$")
+
+
+def class_var_part(cost_class: str) -> str:
+    """How a class is spelt inside a variable name: upper case, anything but letters and digits as ``_``."""
+    return re.sub(r"[^A-Z0-9]", "_", cost_class.upper())
+
+
+def class_env_name(cost_class: str, field: str) -> str:
+    """``class_env_name("small", "class_models")`` → ``BRIGADE_CLASS_SMALL_MODEL``."""
+    return f"BRIGADE_CLASS_{class_var_part(cost_class)}_{PER_CLASS_FIELDS[field]}"
+
+
+def field_of_variable(name: str) -> str | None:
+    """The ``Settings`` field a ``BRIGADE_*`` variable sets (per-class families included); None if it sets none."""
+    match = _PER_CLASS_VAR.match(name)
+    if match is not None:
+        return next(f for f, word in PER_CLASS_FIELDS.items() if word == match["word"])
+    field = name.removeprefix("BRIGADE_").lower()
+    if name.startswith("BRIGADE_") and field in Settings.model_fields and field not in PER_CLASS_FIELDS:
+        return field
+    return None
+
+
+class _ClassEnvSource(EnvSettingsSource):
+    """The environment as pydantic-settings reads it, plus the per-class families gathered into their mappings.
+
+    A per-class field is never read from a variable of its own name (there is no ``BRIGADE_CLASS_MODELS``):
+    its value is ``{<name as spelt in the variable, lower case>: value}`` for every ``BRIGADE_CLASS_<NAME>_<WORD>``
+    set, and the field validator matches those names to the configured classes.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        word = PER_CLASS_FIELDS.get(field_name)
+        if word is None:
+            return super().get_field_value(field, field_name)
+        found = {}
+        for key, value in self.env_vars.items():
+            match = _PER_CLASS_VAR.match(key.upper())
+            if match is not None and match["word"] == word and value is not None:
+                found[match["name"].lower()] = value
+        return (found or None), field_name, False
+
+    def prepare_field_value(self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool) -> Any:
+        if field_name in PER_CLASS_FIELDS:
+            return value  # already a mapping; nothing to decode
+        return super().prepare_field_value(field_name, field, value, value_is_complex)
 
 
 class Settings(BaseSettings):
@@ -51,9 +117,12 @@ class Settings(BaseSettings):
     class_max_lag: CommaInts = (2000, 500, 100)  # ingress answers 429 above this backlog
 
     # --- model and limits ---
-    model: str = "builtin:tiny"
+    model: str = "builtin:tiny"  # every class's model unless BRIGADE_CLASS_<NAME>_MODEL names another
     model_cache_dir: Path = Path.home() / ".cache" / "brigade" / "models"
-    device: str = "auto"
+    device: str = "auto"  # every class's device unless BRIGADE_CLASS_<NAME>_DEVICE names another
+    # BRIGADE_CLASS_<NAME>_MODEL / _DEVICE, keyed by class name (declared after ``classes``: the validator reads it)
+    class_models: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
+    class_devices: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
     max_prompt_tokens: int = Field(default=2048, ge=1)
     max_new_tokens_limit: int = Field(default=1024, ge=1)
 
@@ -82,10 +151,39 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _ClassEnvSource(settings_cls), dotenv_settings, file_secret_settings
+
     @field_validator("classes", "class_max_cost", "class_partitions", "class_max_lag", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("class_models", "class_devices")
+    @classmethod
+    def _known_classes(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        """Key each entry by its class's own name; a variable for a class that is not configured is an error."""
+        field = str(info.field_name)
+        classes: tuple[str, ...] = info.data.get("classes", ())
+        by_part = {class_var_part(name): name for name in classes}
+        out: dict[str, str] = {}
+        for key, spec in value.items():
+            name = key if key in classes else by_part.get(class_var_part(key))
+            if name is None:
+                raise ValueError(
+                    f"{class_env_name(key, field)} is set but BRIGADE_CLASSES ({','.join(classes)}) has no class "
+                    f"{key!r}; name one of those classes or add it to BRIGADE_CLASSES"
+                )
+            out[name] = spec
+        return out
 
     @model_validator(mode="after")
     def _class_table(self) -> Settings:
@@ -117,6 +215,31 @@ class Settings(BaseSettings):
                 self.classes, bounds, self.class_partitions, self.class_max_lag, strict=True
             )
         )
+
+    def model_for(self, cost_class: str) -> str:
+        """The model a class serves: ``BRIGADE_CLASS_<NAME>_MODEL``, else ``BRIGADE_MODEL``."""
+        return self.class_models.get(cost_class, self.model)
+
+    def device_for(self, cost_class: str) -> str:
+        """The device a class's workers bind: ``BRIGADE_CLASS_<NAME>_DEVICE``, else ``BRIGADE_DEVICE``."""
+        return self.class_devices.get(cost_class, self.device)
+
+    def per_class_env(self) -> dict[str, str]:
+        """The per-class variables these settings were given, as a child process or a manifest needs them."""
+        return {
+            class_env_name(name, field): value
+            for field in PER_CLASS_FIELDS
+            for name, value in getattr(self, field).items()
+        }
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """Every distinct model some class serves, in class order (cheapest class's model first)."""
+        return tuple(dict.fromkeys(self.model_for(name) for name in self.classes))
+
+    def classes_serving(self, model: str) -> tuple[CostClass, ...]:
+        """The classes whose workers serve ``model``, cheapest first; empty when none does."""
+        return tuple(c for c in self.cost_classes if self.model_for(c.name) == model)
 
     def cost_class(self, name: str) -> CostClass:
         for cls in self.cost_classes:

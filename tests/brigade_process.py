@@ -25,6 +25,7 @@ def brigade_env(settings: Settings, **extra: str) -> dict[str, str]:
         "BRIGADE_MODEL": settings.model,
         "BRIGADE_MODEL_CACHE_DIR": str(settings.model_cache_dir),
         "BRIGADE_LOG_FORMAT": "text",
+        **settings.per_class_env(),
         **extra,
     }
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from schemas.settings import Settings
+from schemas.settings import Settings, field_of_variable
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -69,8 +69,18 @@ def test_matches_compose_spec(compose: Compose) -> None:
 def test_brigade_names_exist_in_settings(services: dict[str, dict[str, Any]]) -> None:
     used = {key for svc in services.values() for key in svc.get("environment", {}) if key.startswith("BRIGADE_")}
     assert used, "no BRIGADE_* variables at all"
-    unknown = {name for name in used if name.removeprefix("BRIGADE_").lower() not in Settings.model_fields}
+    unknown = {name for name in used if field_of_variable(name) is None}
     assert not unknown, f"not Settings fields: {sorted(unknown)}"
+
+
+def test_ingress_and_workers_agree_on_each_class_model(services: dict[str, dict[str, Any]]) -> None:
+    """The ingress counts tokens and routes by the models the workers load, so both read the same table."""
+    tables = {}
+    for name, svc in services.items():
+        env = {k: str(v) for k, v in svc.get("environment", {}).items()}
+        if any(k.startswith("BRIGADE_") for k in env):
+            tables[name] = {k: v for k, v in env.items() if field_of_variable(k) in ("model", "class_models")}
+    assert len({tuple(sorted(t.items())) for t in tables.values()}) == 1, tables
 
 
 def test_environment_parses_into_settings(services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ import yaml
 from deploy.keda import params
 from deploy.keda.config import ClassDeploy, DeployConfig, reference_settings
 from deploy.keda.render import RENDERED_DIR, drift, manifests, render_all, render_documents
-from schemas.settings import Settings
+from schemas.settings import Settings, field_of_variable
 
 CRD_DIR = Path(__file__).parent.parent / "deploy" / "keda" / "crds"
 
@@ -230,8 +230,36 @@ def test_mig_profile_per_class() -> None:
 def test_env_names_exist_in_settings() -> None:
     for dep in _by_kind("Deployment", _docs()):
         for env in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
-            field = env["name"].removeprefix("BRIGADE_").lower()
-            assert env["name"].startswith("BRIGADE_") and field in Settings.model_fields, env["name"]
+            assert field_of_variable(env["name"]) is not None, env["name"]
+
+
+def test_each_worker_gets_its_class_model_and_the_ingress_gets_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = reference_settings().model_copy(
+        update={"class_models": {"large": "builtin:gpt2-small-shape"}, "class_devices": {"small": "cpu"}}
+    )
+    for dep in _by_kind("Deployment", _docs(settings)):
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value", "from-secret") for e in container["env"]}
+        models = {k: v for k, v in env.items() if k.startswith("BRIGADE_CLASS_") and k.endswith("_MODEL")}
+        cost_class = dep["metadata"]["labels"].get("brigade.io/class")
+        if cost_class is None:  # the ingress routes by every class's model
+            assert models == {
+                "BRIGADE_CLASS_SMALL_MODEL": "builtin:tiny",
+                "BRIGADE_CLASS_MEDIUM_MODEL": "builtin:tiny",
+                "BRIGADE_CLASS_LARGE_MODEL": "builtin:gpt2-small-shape",
+            }
+            continue
+        assert models == {f"BRIGADE_CLASS_{cost_class.upper()}_MODEL": settings.model_for(cost_class)}
+        assert ("BRIGADE_CLASS_SMALL_DEVICE" in env) == (cost_class == "small")
+        for key in [k for k in os.environ if k.startswith("BRIGADE_")]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        pod = Settings()
+        assert (pod.model_for(cost_class), pod.device_for(cost_class)) == (
+            settings.model_for(cost_class),
+            settings.device_for(cost_class),
+        )
 
 
 def test_rendered_env_round_trips_through_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,6 +28,9 @@ class BuiltinSpec:
 
 BUILTIN_MODELS: dict[str, BuiltinSpec] = {
     "tiny": BuiltinSpec("tiny", n_layer=2, n_head=4, n_embd=64, n_positions=512, vocab_size=None, seed=1),
+    # A second small model, so per-class models ("chef A and chef B") are tested with two real, distinct
+    # models at tiny's speed: another seed, twice the width, twice the context.
+    "tiny-wide": BuiltinSpec("tiny-wide", n_layer=2, n_head=4, n_embd=128, n_positions=1024, vocab_size=None, seed=3),
     "gpt2-small-shape": BuiltinSpec(
         "gpt2-small-shape", n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257, seed=2
     ),

@@ -370,6 +370,7 @@ class OnnxEngine:
 
 
 def load_engine(settings: Settings) -> OnnxEngine:
-    """Resolve (and on first use generate) the configured model, then open its session."""
-    model_dir = resolve_model(settings.model, cache_dir=settings.model_cache_dir)
-    return OnnxEngine(model_dir, model_name=settings.model, device=settings.device)
+    """Resolve (and on first use generate) the worker's class's model, then open its session."""
+    model = settings.model_for(settings.worker_class)
+    model_dir = resolve_model(model, cache_dir=settings.model_cache_dir)
+    return OnnxEngine(model_dir, model_name=model, device=settings.device_for(settings.worker_class))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kubernetes.client import V1EnvVar, V1EnvVarSource, V1SecretKeySelector
 
-from schemas.settings import Settings
+from schemas.settings import PER_CLASS_FIELDS, Settings, class_env_name
 
 # Read by both sides: the wire names, the class table, the model and the limits it enforces.
 COMMON_FIELDS = (
@@ -47,8 +47,11 @@ SECRET_FIELDS = {"kafka_sasl_username": "username", "kafka_sasl_password": "pass
 
 
 def env_name(field: str) -> str:
-    """``kafka_bootstrap`` → ``BRIGADE_KAFKA_BOOTSTRAP``; unknown fields raise, so typos cannot render."""
-    if field not in Settings.model_fields:
+    """``kafka_bootstrap`` → ``BRIGADE_KAFKA_BOOTSTRAP``; unknown fields raise, so typos cannot render.
+
+    Per-class families have no variable of their own: ``class_env_name`` names their members.
+    """
+    if field not in Settings.model_fields or field in PER_CLASS_FIELDS:
         raise KeyError(f"{field!r} is not a Settings field")
     return f"BRIGADE_{field.upper()}"
 
@@ -96,14 +99,28 @@ def secret_env(settings: Settings, secret: str) -> list[V1EnvVar]:
     ]
 
 
+def class_model_env(settings: Settings, classes: Iterable[str]) -> list[V1EnvVar]:
+    """``BRIGADE_CLASS_<NAME>_MODEL`` for each class, resolved (its own model or ``BRIGADE_MODEL``).
+
+    Rendered even where it equals ``BRIGADE_MODEL``, so a manifest says which model each class serves.
+    """
+    return [V1EnvVar(name=class_env_name(c, "class_models"), value=settings.model_for(c)) for c in classes]
+
+
 def ingress_env(settings: Settings, *, secret: str) -> list[V1EnvVar]:
-    return literal_env(settings, (*COMMON_FIELDS, *INGRESS_FIELDS)) + secret_env(settings, secret)
+    """The ingress counts tokens and routes by every class's model, so it gets them all."""
+    common = literal_env(settings, (*COMMON_FIELDS, *INGRESS_FIELDS))
+    return common + class_model_env(settings, settings.classes) + secret_env(settings, secret)
 
 
 def worker_env(settings: Settings, *, cost_class: str, model_cache_dir: str, secret: str) -> list[V1EnvVar]:
-    """The worker's env; ``BRIGADE_WORKER_CLASS`` and the cache dir are per Deployment, not from ``settings``."""
+    """The worker's env; its class, its class's model (and device, if the class has its own) and the cache dir
+    are per Deployment."""
     pinned = [
         V1EnvVar(name=env_name("worker_class"), value=cost_class),
+        *class_model_env(settings, (cost_class,)),
         V1EnvVar(name=env_name("model_cache_dir"), value=model_cache_dir),
     ]
+    if cost_class in settings.class_devices:
+        pinned.append(V1EnvVar(name=class_env_name(cost_class, "class_devices"), value=settings.device_for(cost_class)))
     return literal_env(settings, (*COMMON_FIELDS, *WORKER_FIELDS)) + pinned + secret_env(settings, secret)

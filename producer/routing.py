@@ -1,0 +1,119 @@
+"""Which class a request lands in, with its prompt counted by the tokenizer of the model that class serves.
+
+Each class may serve its own model (``BRIGADE_CLASS_<NAME>_MODEL``), and two models may split the same text
+into different numbers of tokens, so a request's cost depends on the class it is weighed for. The router
+weighs it class by class, cheapest first, counting once per distinct model: with one model for every class
+that is one count, as before. A request naming a ``model`` is weighed only against the classes that serve
+that model; one naming a ``cost_class`` is weighed only against that class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+from producer.errors import ApiError
+from schemas.costs import CostClass, estimate_cost
+from schemas.requests import InferenceRequest
+from schemas.settings import Settings
+
+_THREAD_TOKENIZE_CHARS = 4096  # longer texts are tokenized off the event loop
+_MESSAGE_OVERHEAD_TOKENS = 4  # role markers a chat template adds per turn, roughly
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    cost_class: CostClass
+    model: str  # the model that class serves
+    prompt_tokens: int  # counted with that model's tokenizer
+
+
+def model_not_found(model: str, served: tuple[str, ...]) -> ApiError:
+    return ApiError(
+        404,
+        f"model {model!r} is not served here; served: {', '.join(served)} (GET /v1/models)",
+        param="model",
+        code="model_not_found",
+    )
+
+
+async def count_tokens(tokenizer: Tokenizer, request: InferenceRequest) -> int:
+    """Prompt tokens, or the messages' tokens plus a few per turn for the chat template's role markers."""
+    texts = [request.prompt] if request.prompt is not None else [m.content for m in request.messages or ()]
+    overhead = 0 if request.prompt is not None else _MESSAGE_OVERHEAD_TOKENS * len(texts)
+    if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
+        encodings = await asyncio.to_thread(tokenizer.encode_batch, texts)
+    else:
+        encodings = tokenizer.encode_batch(texts)
+    return sum(len(e.ids) for e in encodings) + overhead
+
+
+class Router:
+    """Classes, the model each serves, and a tokenizer per distinct model (loaded once, at start)."""
+
+    def __init__(self, settings: Settings, tokenizers: Mapping[str, Tokenizer]) -> None:
+        missing = set(settings.served_models) - set(tokenizers)
+        if missing:
+            raise ValueError(f"no tokenizer for served model(s) {sorted(missing)}")
+        self._settings = settings
+        self._tokenizers = tokenizers
+
+    async def route(self, request: InferenceRequest, *, max_tokens_field: str = "max_new_tokens") -> Routed:
+        """The cheapest fitting class among those allowed; ``ApiError`` naming the field when there is none.
+
+        404 when ``model`` is served by no class; 422 when ``cost_class`` is unknown or serves another model;
+        413 when the request is too costly for every class serving its ``model``.
+        """
+        s = self._settings
+        candidates = s.cost_classes
+        if request.model is not None:
+            candidates = s.classes_serving(request.model)
+            if not candidates:
+                raise model_not_found(request.model, s.served_models)
+        if request.cost_class is not None:
+            candidates = self._explicit(request, candidates)
+        counted: dict[str, int] = {}
+        for cls in candidates:
+            model = s.model_for(cls.name)
+            if model not in counted:
+                counted[model] = await count_tokens(self._tokenizers[model], request)
+            cost = estimate_cost(prompt_tokens=counted[model], max_new_tokens=request.max_new_tokens)
+            if cost <= cls.max_cost or request.cost_class is not None:
+                return Routed(cost_class=cls, model=model, prompt_tokens=counted[model])
+        last = candidates[-1]
+        model = s.model_for(last.name)
+        raise ApiError(
+            413,
+            f"the request costs {estimate_cost(prompt_tokens=counted[model], max_new_tokens=request.max_new_tokens)} "
+            f"tokens (prompt {counted[model]} + {max_tokens_field} {request.max_new_tokens}), over the bound "
+            f"{int(last.max_cost)} of class {last.name!r} (BRIGADE_CLASS_MAX_COST), the largest class serving model "
+            f"{model!r}; shorten the prompt, ask for fewer tokens, or leave out model",
+            param="model",
+            code="too_costly_for_model",
+        )
+
+    def _explicit(self, request: InferenceRequest, candidates: tuple[CostClass, ...]) -> tuple[CostClass, ...]:
+        """An explicit ``cost_class`` wins over the estimate, if it exists and serves the requested model."""
+        s = self._settings
+        name = request.cost_class
+        if name not in s.classes:
+            raise ApiError(
+                422,
+                f"cost_class {name!r} is not one of the configured classes ({', '.join(s.classes)})",
+                param="cost_class",
+                code="unknown_cost_class",
+            )
+        chosen = tuple(c for c in candidates if c.name == name)
+        if not chosen:
+            serving = ", ".join(c.name for c in candidates)
+            raise ApiError(
+                422,
+                f"cost_class {name!r} serves model {s.model_for(str(name))!r}, not {request.model!r}; "
+                f"classes serving it: {serving}; leave out cost_class or model",
+                param="cost_class",
+                code="model_not_in_class",
+            )
+        return chosen
