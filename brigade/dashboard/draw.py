@@ -23,7 +23,7 @@ BACKGROUND, CARD, TEXT, MUTED, GRID = "#111217", "#181b1f", "#ccccdc", "#8e8e9e"
 # Grafana's classic palette, in the order its series get colours.
 PALETTE = ("#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b877d9", "#705da0")
 LINESTYLES = ("-", "--", ":", "-.")
-HEADER_IN = 0.75  # inches above the grid for the snapshot's own title
+HEADER_IN = 1.0  # inches above the grid for the snapshot's own title
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,9 @@ def _draw_panel(
     )
     peak = max((abs(v) for line in result.lines for _, v in line.series.points), default=0.0)
     scale = axis_scale(result.panel.unit, peak)
-    for line in result.lines:
+    order = {c: i for i, c in enumerate(colours)}  # the class order (cheapest first), as the legend reads
+    lines = sorted(result.lines, key=lambda ln: (ln.target_index, order.get(ln.series.labels.get("class", ""), 99)))
+    for line in lines:
         xs = [t for t, _ in line.series.points]  # unix seconds; ticks show local clock time
         ys = [v / scale.divisor for _, v in line.series.points]
         plot.plot(
@@ -112,9 +114,9 @@ def _draw_panel(
         labelcolor=TEXT,
         handlelength=2.2,
     )
-    if result.notes:
-        plot.text(0.99, 0.97, "\n".join(result.notes), color=MUTED, fontsize=7, ha="right", va="top",
-                  transform=plot.transAxes)  # fmt: skip
+    if result.notes:  # beside the title, clear of the lines
+        fig.text(rect.left + rect.width - 0.12 / w_in, title_y, "; ".join(result.notes), color=MUTED, fontsize=8,
+                 ha="right", va="center")  # fmt: skip
 
 
 def draw(
@@ -133,8 +135,8 @@ def draw(
     height = grid_height + HEADER_IN
     fig = Figure(figsize=(width, height), facecolor=BACKGROUND)
     header = HEADER_IN / height
-    fig.text(0.008, 1 - header * 0.38, title, color=TEXT, fontsize=13, fontweight="bold", va="center")
-    fig.text(0.008, 1 - header * 0.72, subtitle, color=MUTED, fontsize=8.5, va="top", linespacing=1.5)
+    fig.text(0.008, 1 - 0.28 / height, title, color=TEXT, fontsize=13, fontweight="bold", va="center")
+    fig.text(0.008, 1 - 0.5 / height, subtitle, color=MUTED, fontsize=8.5, va="top", linespacing=1.5)
     colours = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(classes)}
     for result, rect in zip(results, layout(grids), strict=True):
         squeezed = Rect(rect.left, rect.bottom * (1 - header), rect.width, rect.height * (1 - header))
