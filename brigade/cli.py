@@ -235,6 +235,58 @@ def gpus() -> None:
     typer.echo(gpus_table(inventory, binding=binding), nl=False)
 
 
+dashboard_app = typer.Typer(help="The Grafana dashboard of deploy/grafana.", no_args_is_help=True)
+app.add_typer(dashboard_app, name="dashboard")
+
+
+@dashboard_app.command("snapshot")
+def dashboard_snapshot(
+    out: Annotated[Path, typer.Option(help="Where the PNG goes.")] = Path("docs/dashboard.png"),
+    dashboard: Annotated[
+        Path | None, typer.Option(help="Dashboard JSON (default: the one compose provisions).")
+    ] = None,
+    duration: Annotated[float, typer.Option(min=10, help="Seconds of load.")] = 90.0,
+    clients: Annotated[int, typer.Option(min=1, help="Closed-loop clients over all classes (cheapest most).")] = 12,
+    scrape_interval: Annotated[float, typer.Option(min=1, max=15, help="Prometheus scrape interval, s.")] = 1.0,
+    ingress: Annotated[str | None, typer.Option(help="A running ingress's base URL (default: start one).")] = None,
+    worker: Annotated[list[str] | None, typer.Option(help="With --ingress: a worker's base URL; repeatable.")] = None,
+    workers_per_class: Annotated[int, typer.Option(min=1, help="Embedded stack: workers per class.")] = 1,
+    model: Annotated[str | None, typer.Option(help="Embedded stack: model (default BRIGADE_MODEL).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the load's lengths and prompts.")] = 0,
+    log_dir: Annotated[Path | None, typer.Option(help="Child and Prometheus logs (default: a temp dir).")] = None,
+) -> None:
+    """Drive real load, let a real Prometheus scrape it, and draw every panel from its own PromQL into a PNG.
+
+    Needs the `prometheus` binary on PATH (dev-time only: `apt-get install prometheus`) and, without
+    --ingress, the 'dev' extra for the embedded broker and redis-server.
+    """
+    from brigade.dashboard.prometheus import PrometheusMissing
+    from brigade.dashboard.snapshot import DEFAULT_DASHBOARD, SnapshotConfig, run_snapshot
+    from brigade.devtools.process import ServiceFailed
+
+    if worker and ingress is None:
+        raise typer.BadParameter("--worker needs --ingress (or neither, to start the stack)", param_hint="--worker")
+    settings = load_settings(model=model)
+    configure_logging(level="WARNING", fmt="text", component="dashboard")
+    config = SnapshotConfig(
+        dashboard=dashboard or DEFAULT_DASHBOARD,
+        out=out,
+        duration_s=duration,
+        clients=clients,
+        scrape_interval_s=scrape_interval,
+        seed=seed,
+        workers_per_class=workers_per_class,
+        ingress_url=ingress,
+        worker_urls=tuple(worker or ()),
+        log_dir=log_dir,
+    )
+    try:
+        run_snapshot(settings, config)
+    except (PrometheusMissing, ServiceFailed) as exc:
+        typer.secho(f"brigade dashboard snapshot: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
 def _add_deploy_commands() -> None:
     from brigade.deploycli import deploy_app, scale_app
 

@@ -1,0 +1,1 @@
+"""``brigade dashboard``: the Grafana dashboard of ``deploy/grafana`` drawn from a real run, without Grafana."""
