@@ -31,3 +31,14 @@ async def test_one_mode_runs_the_whole_backlog_through_a_worker(settings: Settin
     assert result.tokens == sum(config.new_tokens())
     assert result.ttft_ms["n"] == 6 and len(result.ttft_samples_ms) == 6
     assert 0 < result.ttft_ms["p50"] <= result.seconds * 1000
+
+
+def test_pipeline_efficiency_is_the_median_of_rounds_run_back_to_back() -> None:
+    from brigade.bench.runner import BenchConfig, BenchReport
+
+    report = BenchReport(config=BenchConfig(model="m"), machine={})
+    report.engine[32] = LoopResult(batch_size=32, requests=1, tokens=100, seconds=1.0)
+    report.pipeline = LoopResult(batch_size=32, requests=1, tokens=50, seconds=1.0)
+    assert report.ratios()["pipeline_efficiency"] == 0.5  # medians of separate runs, without rounds
+    report.paired["pipeline_efficiency"] = [0.95, 0.7, 0.91]
+    assert report.ratios()["pipeline_efficiency"] == 0.91

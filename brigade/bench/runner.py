@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
+import statistics
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,7 @@ from brigade.bench.scaleout import (
 )
 from brigade.devtools.process import free_port
 from brigade.devtools.servers import kafka_service, redis_service
+from consumer.engine.interface import InferenceEngine
 from schemas.settings import Settings
 
 console = Console()
@@ -96,6 +98,8 @@ class BenchReport:
     ingress: IngressResult | None = None
     mixed: MixedResult | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)  # tokens/s of every repeat, by run name
+    # per round at the large batch: (HTTP path / engine loop, consumer via Kafka / engine loop), run back to back
+    paired: dict[str, list[float]] = field(default_factory=dict)
     scaleout: ScaleoutResult | None = None
     coldstart: ColdStartResult | None = None
 
@@ -104,7 +108,9 @@ class BenchReport:
         out: dict[str, float] = {}
         if lo in self.consumer and hi in self.consumer:
             out["batching_gain"] = self.consumer[hi].tokens_per_s / self.consumer[lo].tokens_per_s
-        if self.pipeline is not None and hi in self.engine:
+        if self.paired.get("pipeline_efficiency"):
+            out["pipeline_efficiency"] = statistics.median(self.paired["pipeline_efficiency"])
+        elif self.pipeline is not None and hi in self.engine:
             out["pipeline_efficiency"] = self.pipeline.tokens_per_s / self.engine[hi].tokens_per_s
         if self.ingress is not None:
             out["ingress_vs_bare_producer"] = self.ingress.ratio
@@ -128,6 +134,7 @@ class BenchReport:
             "ingress_throughput": None if self.ingress is None else _ingress_json(self.ingress),
             "continuous_vs_static": None if self.mixed is None else _mixed_json(self.mixed),
             "repeats_tokens_per_s": self.samples,
+            "paired_ratios": self.paired,
             "scaleout": None if self.scaleout is None else scaleout_json(self.scaleout),
             "cold_start": None if self.coldstart is None else cold_start_json(self.coldstart),
             "ratios": self.ratios(),
@@ -197,8 +204,7 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
         f"[bold]brigade bench[/] figures={','.join(figures)} model={config.model} requests={config.requests} "
         f"prompt≈{config.prompt_words} words new_tokens={config.new_tokens}"
     )
-    if "batching" in figures or "pipeline" in figures:
-        _engine_loops(config, report, settings)
+    engine = _engine_loops(config, report, settings) if "batching" in figures or "pipeline" in figures else None
     prefill: dict[str, float] = {}
     if "latency" in figures:
         prefill = _prefill(config.latency, settings)
@@ -210,8 +216,12 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
         settings = settings.model_copy(
             update={"kafka_bootstrap": f"127.0.0.1:{kafka.port}", "redis_url": f"redis://127.0.0.1:{redis.port}/0"}
         )
+        if engine is not None:
+            _rounds(config, report, settings, engine)
         _fleet_figures(config, report, settings, prefill)
     finally:
+        if engine is not None:
+            engine.close()
         kafka.stop()
         redis.stop()
 
@@ -236,7 +246,8 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     return report
 
 
-def _engine_loops(config: BenchConfig, report: BenchReport, settings: Settings) -> None:
+def _engine_loops(config: BenchConfig, report: BenchReport, settings: Settings) -> InferenceEngine:
+    """Load and warm the model, and run the engine loop at the small batch size (long enough to be steady)."""
     from consumer.engine.onnx_engine import load_engine
 
     with console.status("loading model (built-in models are generated on first use) and warming up…"):
@@ -246,18 +257,65 @@ def _engine_loops(config: BenchConfig, report: BenchReport, settings: Settings) 
         # treatment (warm-up plus a warm-up request), so neither side pays ONNX Runtime's first-shape cost.
         for b in config.batch_sizes:
             engine_loop(engine, batch_size=b, requests=b, prompt_words=config.prompt_words, new_tokens=2)
-    kw = {"requests": config.requests, "prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
+    lo = config.batch_sizes[0]
     with _progress() as progress:
-        for b in config.batch_sizes:
-            n = _repeats(config, b)
-            task = progress.add_task(f"engine loop, batch {b}" + (f" ×{n}" if n > 1 else ""), total=config.requests * n)
-            runs = [engine_loop(engine, batch_size=b, on_batch=_advance(progress, task), **kw) for _ in range(n)]
-            report.engine[b] = _keep(report, f"engine loop, batch {b}", runs)
-    engine.close()
+        task = progress.add_task(f"engine loop, batch {lo}", total=config.requests)
+        report.engine[lo] = engine_loop(
+            engine,
+            batch_size=lo,
+            requests=config.requests,
+            prompt_words=config.prompt_words,
+            new_tokens=config.new_tokens,
+            on_batch=_advance(progress, task),
+        )
+    return engine
 
 
-def _repeats(config: BenchConfig, batch_size: int) -> int:
-    return config.repeats if batch_size == config.batch_sizes[-1] else 1
+FLEET_RUNS = (("consumer", False, "batching"), ("pipeline", True, "pipeline"))  # (run, via HTTP, its figure)
+
+
+def _rounds(config: BenchConfig, report: BenchReport, settings: Settings, engine: InferenceEngine) -> None:
+    """The large batch size in rounds: engine loop, consumer via Kafka, HTTP path, back to back each round.
+
+    Each run lasts seconds, and on a shared machine the neighbours' load changes over minutes; ratios taken
+    within a round compare runs that saw the same machine, and the median round is reported.
+    """
+    hi, n, figures = config.batch_sizes[-1], config.repeats, config.figures
+    names = {
+        "engine": f"engine loop, batch {hi}",
+        "consumer": f"consumer via Kafka, batch {hi}",
+        "pipeline": f"HTTP → Kafka → worker → Redis, batch {hi}",
+    }
+    runs: dict[str, list[LoopResult]] = {k: [] for k in names}
+    fleet_runs = [(key, via_http) for key, via_http, figure in FLEET_RUNS if figure in figures]
+    requests, words, new_tokens = config.requests, config.prompt_words, config.new_tokens
+    with _progress() as progress:
+        total = n * (1 + len(fleet_runs))
+        task = progress.add_task(f"batch {hi}: {n} round(s) of {len(fleet_runs) + 1} runs", total=total)
+        for _ in range(n):
+            runs["engine"].append(
+                engine_loop(engine, batch_size=hi, requests=requests, prompt_words=words, new_tokens=new_tokens)
+            )
+            progress.advance(task)
+            for key, via_http in fleet_runs:
+                run = run_through_fleet(
+                    settings,
+                    via_http=via_http,
+                    batch_size=hi,
+                    requests=requests,
+                    prompt_words=words,
+                    new_tokens=new_tokens,
+                )
+                runs[key].append(asyncio.run(run))
+                progress.advance(task)
+    report.engine[hi] = _keep(report, names["engine"], runs["engine"])
+    if runs["consumer"]:
+        report.consumer[hi] = _keep(report, names["consumer"], runs["consumer"])
+    if runs["pipeline"]:
+        report.pipeline = _keep(report, names["pipeline"], runs["pipeline"])
+        report.paired["pipeline_efficiency"] = [
+            round(p.tokens_per_s / e.tokens_per_s, 3) for p, e in zip(runs["pipeline"], runs["engine"], strict=True)
+        ]
 
 
 def _keep(report: BenchReport, name: str, runs: list[LoopResult]) -> LoopResult:
@@ -282,30 +340,11 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
     figures = config.figures
     with _progress() as progress:
         if "batching" in figures:
-            for b in config.batch_sizes:
-                n = _repeats(config, b)
-                name = f"consumer via Kafka, batch {b}"
-                task = progress.add_task(name + (f" ×{n}" if n > 1 else ""), total=config.requests * n)
-                runs = [
-                    asyncio.run(
-                        run_through_fleet(
-                            settings, via_http=False, batch_size=b, on_final=_advance(progress, task), **kw
-                        )
-                    )
-                    for _ in range(n)
-                ]
-                report.consumer[b] = _keep(report, name, runs)
-        if "pipeline" in figures:
-            hi, n = config.batch_sizes[-1], config.repeats
-            name = f"HTTP → Kafka → worker → Redis, batch {hi}"
-            task = progress.add_task(name + (f" ×{n}" if n > 1 else ""), total=config.requests * n)
-            runs = [
-                asyncio.run(
-                    run_through_fleet(settings, via_http=True, batch_size=hi, on_final=_advance(progress, task), **kw)
-                )
-                for _ in range(n)
-            ]
-            report.pipeline = _keep(report, name, runs)
+            lo = config.batch_sizes[0]
+            task = progress.add_task(f"consumer via Kafka, batch {lo}", total=config.requests)
+            report.consumer[lo] = asyncio.run(
+                run_through_fleet(settings, via_http=False, batch_size=lo, on_final=_advance(progress, task), **kw)
+            )
         if "continuous" in figures:
             mix = config.mixed
             task = progress.add_task(
@@ -393,6 +432,12 @@ def print_report(report: BenchReport) -> None:
     if report.samples and any(len(v) > 1 for v in report.samples.values()):
         spread = "; ".join(f"{k}: {min(v):.1f}–{max(v):.1f}" for k, v in report.samples.items() if len(v) > 1)
         console.print(f"medians of {report.config.repeats} runs; tokens/s ranges: {spread}")
+    if report.paired.get("pipeline_efficiency"):
+        console.print(
+            "pipeline efficiency per round (HTTP path / engine loop, run back to back): "
+            + ", ".join(f"{r:.2f}" for r in report.paired["pipeline_efficiency"])
+            + "; the median is reported"
+        )
 
 
 def _print_mixed(r: MixedResult) -> None:
