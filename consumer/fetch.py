@@ -63,6 +63,8 @@ class Fetcher:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_interval_ms=600_000,  # a long batch must not make us leave the group while paused
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(100, settings.kafka_session_timeout_ms // 3),  # Kafka's advice: a third
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
         self._highwater: dict[TopicPartition, int] = {}
