@@ -33,6 +33,10 @@ from producer.stream_reader import Answer, AttemptFilter
 from schemas.events import parse_event
 from schemas.requests import InferenceRequest
 
+# GPT-2 small's compute (random weights, generated on first use): a batch of 4 x 48 tokens takes seconds on a
+# CPU, so a SIGTERM at its first token always lands mid-batch. builtin:tiny finishes 400 tokens in a quarter
+# of a second, inside the drain's own bookkeeping, and "abandoned" could not be told from "finished".
+SLOW_MODEL = "builtin:gpt2-small-shape"
 TURN_TIMEOUT_S = 120.0  # one conversation turn, a dead member's session expiry and a rebalance included
 
 
@@ -63,14 +67,20 @@ async def sigterm_mid_batch(
     *,
     requests: int = 8,
     max_batch_size: int = 4,
-    max_new_tokens: int = 400,
+    max_new_tokens: int = 48,
     drain_timeout_s: float = 30.0,
+    model: str = SLOW_MODEL,
     progress: Progress | None = None,
 ) -> Report:
     """SIGTERM the only worker once its first batch streams tokens; a second worker then takes over."""
     progress = progress or Progress()
     name = "sigterm-drain" if drain_timeout_s > 0 else "sigterm-abandon"
-    update = {"drain_timeout_s": drain_timeout_s, "max_batch_size": max_batch_size, "max_batch_wait_ms": 50.0}
+    update = {
+        "drain_timeout_s": drain_timeout_s,
+        "max_batch_size": max_batch_size,
+        "max_batch_wait_ms": 50.0,
+        "model": model,
+    }
     settings = stack.settings.model_copy(update=update)
     fleet = ProcessFleet(settings=settings, log_dir=stack.log_dir / name)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
