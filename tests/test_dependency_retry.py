@@ -11,13 +11,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, RequestTimedOutError, UnknownMemberIdError
+from prometheus_client import CollectorRegistry
 
 from brigade.devtools.process import Service, free_port, port_open
 from brigade.devtools.servers import redis_service
+from consumer.health import HealthServer
 from consumer.retry import NO_CLIENT_RETRY, Backoff, kafka_retryable, redis_retryable
 from consumer.sink import Outgoing, RedisSink
 from schemas.events import DoneEvent, FinishReason, TokenEvent, parse_event
@@ -133,3 +136,20 @@ def test_redis_errors_worth_retrying(error: Exception, retry: bool) -> None:
 )
 def test_kafka_errors_worth_retrying(error: Exception, retry: bool) -> None:
     assert kafka_retryable(error) is retry
+
+
+async def test_readiness_is_off_while_a_dependency_is_unreachable_and_names_it() -> None:
+    health = HealthServer(registry=CollectorRegistry(), host="127.0.0.1", port=0)
+    port = await health.start()
+    try:
+        health.ready = True
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            assert (await http.get("/readyz")).status_code == 200
+            health.dependency("redis", False)
+            down = await http.get("/readyz")
+            assert down.status_code == 503 and down.json()["unreachable"] == ["redis"]
+            assert (await http.get("/healthz")).status_code == 200, "alive: no restart while it waits"
+            health.dependency("redis", True)
+            assert (await http.get("/readyz")).json() == {"ready": True, "partitions": 0, "unreachable": []}
+    finally:
+        await health.stop()
