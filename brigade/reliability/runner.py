@@ -169,13 +169,17 @@ async def run_reliability(
     return reports
 
 
+COLUMNS = ("scenario", "sent", "acked", "completed", "lost", "dup finals", "attempts>1", "unacked answered", "wall s")
+
+
 def report_table(reports: list[Report]) -> Table:
     table = Table(title="brigade reliability")
-    for column in ("scenario", "sent", "acked", "completed", "lost", "dup finals", "attempts>1", "wall s"):
+    for column in COLUMNS:
         table.add_column(column, justify="left" if column == "scenario" else "right", no_wrap=True)
     for r in reports:
         t = r.tally
-        row = [r.name, t.sent, t.acknowledged, t.completed, t.lost, t.duplicated, t.retried, t.wall_s]
+        row = [r.name, t.sent, t.acknowledged, t.completed, t.lost, t.duplicated, t.retried]
+        row += [t.unacknowledged_answered, t.wall_s]
         table.add_row(*(str(v) for v in row), style=None if t.ok else "red")
     return table
 
