@@ -198,6 +198,67 @@ def bench(
 
 
 @app.command()
+def reliability(
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Scenarios (repeatable or comma list): kill9, broker-sigstop, redis-restart, sigterm, "
+            "conversation; default all."
+        ),
+    ] = None,
+    requests: Annotated[int, typer.Option(min=1, help="kill9: requests sent while workers are killed.")] = 500,
+    kill_every: Annotated[float, typer.Option(min=0.5, help="kill9: seconds between two SIGKILLs.")] = 3.0,
+    freeze: Annotated[float, typer.Option(min=0.0, help="broker-sigstop: seconds the broker stays stopped.")] = 10.0,
+    redis_down: Annotated[float, typer.Option(min=0.0, help="redis-restart: seconds Redis stays down.")] = 5.0,
+    outage_requests: Annotated[
+        int, typer.Option(min=1, help="broker-sigstop, redis-restart: requests sent around the outage.")
+    ] = 200,
+    out: Annotated[Path, typer.Option(help="Where the figures go, as JSON.")] = Path("reliability.json"),
+    log_dir: Annotated[Path | None, typer.Option(help="Process logs (default: a temp dir).")] = None,
+) -> None:
+    """Kill, freeze and restart parts of a real fleet under load; count lost, doubled and regenerated answers.
+
+    Starts its own broker and append-only redis-server (the 'dev' extra), and every ingress and worker as a
+    process. Prints per scenario: sent, acknowledged, completed, lost, duplicated finals, attempts > 1, wall time.
+    """
+    from rich.console import Console
+
+    from brigade.reliability.runner import (
+        SCENARIOS,
+        ReliabilityConfig,
+        fault_lines,
+        report_table,
+        reports_json,
+        run_reliability,
+    )
+
+    chosen = tuple(part.strip() for item in (scenario or SCENARIOS) for part in item.split(",") if part.strip())
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown:
+        raise typer.BadParameter(f"unknown {unknown}; pick from {', '.join(SCENARIOS)}", param_hint="--scenario")
+    settings = load_settings()
+    configure_logging(level="WARNING", fmt="text", component="reliability")
+    config = ReliabilityConfig(
+        scenarios=chosen,
+        requests=requests,
+        kill_every_s=kill_every,
+        freeze_s=freeze,
+        redis_down_s=redis_down,
+        requests_per_outage=outage_requests,
+    )
+    console = Console()
+    if not console.is_terminal:  # piped to a file: keep the table's columns whole
+        console = Console(width=120)
+    reports = asyncio.run(run_reliability(config, base=settings, log_dir=log_dir, console=console))
+    console.print(report_table(reports))
+    for line in fault_lines(reports):
+        console.print(line, highlight=False, soft_wrap=True)
+    out.write_text(reports_json(reports) + "\n")
+    console.print(f"figures written to {out}")
+    raise typer.Exit(0 if all(r.tally.ok for r in reports) else 1)
+
+
+@app.command()
 def top(
     ingress: Annotated[
         list[str] | None, typer.Option(help="Ingress base or /metrics URL (class lag); repeatable.")

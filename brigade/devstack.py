@@ -170,6 +170,6 @@ def stop_all(stack: DevStack) -> None:
     for svc in workers:
         svc.terminate()  # drain side by side
     for svc in workers:
-        svc.stop(timeout_s=stack.settings.drain_timeout_s + 5)
+        svc.wait_stopped(timeout_s=stack.settings.drain_timeout_s + 5)  # stop() would signal again: no drain
     for svc in reversed(infra):
         svc.stop()

@@ -26,6 +26,7 @@ from brigade.kafka_config import kafka_client_options
 from consumer.batcher import Batcher
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
+from consumer.retry import Backoff
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ Admit = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 FETCH_TIMEOUT_MS = 100  # how long one getmany may wait; also bounds how late a batched commit goes out
 COMMIT_INTERVAL_S = 0.2  # commits are batched: at most one per interval from the fetch loop
+COMMIT_ATTEMPT_S = 5.0  # one commit attempt's limit; a frozen broker otherwise holds it for request_timeout_ms
 
 
 class Fetcher:
@@ -49,6 +51,7 @@ class Fetcher:
         metrics: WorkerMetrics,
         admit: Admit,
         space: asyncio.Event,
+        retry: Backoff | None = None,
     ) -> None:
         self._settings = settings
         self._batcher = batcher
@@ -56,6 +59,7 @@ class Fetcher:
         self._metrics = metrics
         self._admit = admit
         self._space = space  # set by the worker whenever items leave the queue
+        self._retry = retry  # commits: each attempt bounded by COMMIT_ATTEMPT_S, retried with backoff
         self._topic = settings.names.request_topic(settings.worker_class)
         self._consumer = AIOKafkaConsumer(
             **kafka_client_options(settings),
@@ -63,6 +67,8 @@ class Fetcher:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_interval_ms=600_000,  # a long batch must not make us leave the group while paused
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(100, settings.kafka_session_timeout_ms // 3),  # Kafka's advice: a third
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
         self._highwater: dict[TopicPartition, int] = {}
@@ -172,12 +178,25 @@ class Fetcher:
             if not offsets:
                 return
             try:
-                await self._consumer.commit(offsets)
+                await self._commit_with_retries(offsets)
             except KafkaError as exc:
                 log.warning("commit failed (rebalance?); the new owner redelivers", extra={"error": repr(exc)})
                 return
+            except TimeoutError:
+                log.warning("commit gave up: broker unreachable; a later commit carries these offsets")
+                return
             self._offsets.committed(offsets)
             self._update_lag(offsets)
+
+    async def _commit_with_retries(self, offsets: dict[TopicPartition, int]) -> None:
+        """aiokafka retries a commit's retriable errors by itself, without end: each attempt gets a time limit,
+        and the retries between attempts are logged and bounded (``consumer/retry.py``)."""
+
+        async def attempt() -> None:
+            async with asyncio.timeout(COMMIT_ATTEMPT_S):
+                await self._consumer.commit(offsets)
+
+        await (attempt() if self._retry is None else self._retry.call("commit", attempt))
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The last high watermark a fetch response reported for ``tp``."""

@@ -3,6 +3,8 @@
 ``/readyz`` turns ready once the model is loaded and warmed, before the worker joins its group:
 Kubernetes then only counts a pod that can serve at once (cold start never takes partitions). Its
 body also says how many partitions the worker owns, so a supervisor can wait for the group join.
+It turns not-ready while a dependency is unreachable (the worker retries Redis and its commits with
+backoff meanwhile, ``consumer/retry.py``), and names it: ``{"unreachable": ["redis"]}``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class HealthServer:
         self.ready = False  # flipped by the worker after warm-up; back to False when draining
         self.live = True
         self.partitions: Callable[[], int] = lambda: 0  # partitions owned right now
+        self.unreachable: set[str] = set()  # dependencies whose calls are being retried right now
         app = Starlette(
             routes=[
                 Route("/healthz", self._healthz, methods=["GET"]),
@@ -58,9 +61,17 @@ class HealthServer:
     async def _healthz(self, _request: Request) -> Response:
         return PlainTextResponse("ok\n" if self.live else "stopping\n", status_code=200 if self.live else 503)
 
+    def dependency(self, name: str, reachable: bool) -> None:
+        """Called by the retry loops: ``name`` stopped answering, or answers again."""
+        if reachable:
+            self.unreachable.discard(name)
+        else:
+            self.unreachable.add(name)
+
     async def _readyz(self, _request: Request) -> Response:
-        body = {"ready": self.ready, "partitions": self.partitions()}
-        return JSONResponse(body, status_code=200 if self.ready else 503)
+        ready = self.ready and not self.unreachable
+        body = {"ready": ready, "partitions": self.partitions(), "unreachable": sorted(self.unreachable)}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def _metrics(self, _request: Request) -> Response:
         return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)

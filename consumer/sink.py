@@ -20,16 +20,20 @@ Cluster they would need one hash slot, which the key naming does not give today.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 
+from consumer.retry import Backoff
 from consumer.session import load_sessions
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent
 from schemas.naming import Names
 
 FINISHED = "finished"
+
+T = TypeVar("T")
 
 # KEYS[1] request key. ARGV[1] ttl. Returns 0 if already finished, else the new attempt number.
 _BEGIN = """
@@ -42,12 +46,18 @@ return attempt
 
 # KEYS[1] request key, KEYS[2] stream key, KEYS[3] session key (chat turns only). ARGV[1] ttl,
 # ARGV[2] final type, ARGV[3] attempt, ARGV[4] session ttl, ARGV[5] session patch JSON or '', ARGV[6..]
-# field/value pairs. Returns 1 if this call wrote the final, 0 if it lost: the request is already
-# finished, or a newer attempt started (readers follow the newest attempt, so its final must win).
-# Everything that can fail (decoding) runs before the first write: Redis does not roll a script back.
+# field/value pairs. Returns 1 if this attempt's final is in place, 0 if it lost: another attempt finished
+# the request, or a newer attempt started (readers follow the newest attempt, so its final must win).
+# Finished by this very attempt means the call is a retry whose first run Redis executed but whose reply
+# was lost: it writes nothing again and answers 1. Everything that can fail (decoding) runs before the
+# first write: Redis does not roll a script back.
 _FINAL = """
-if redis.call('HGET', KEYS[1], 'status') == 'finished' then return 0 end
-if tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') ~= tonumber(ARGV[3]) then return 0 end
+local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+if redis.call('HGET', KEYS[1], 'status') == 'finished' then
+  if current == tonumber(ARGV[3]) then return 1 end
+  return 0
+end
+if current ~= tonumber(ARGV[3]) then return 0 end
 local session = nil
 if KEYS[3] ~= nil and ARGV[5] ~= '' then
   local patch = cjson.decode(ARGV[5])
@@ -113,23 +123,37 @@ class SessionWrite:
 
 
 class RedisSink:
-    """Writes events; owns the scripts, not the connection (the worker closes that)."""
+    """Writes events; owns the scripts, not the connection (the worker closes that).
 
-    def __init__(self, redis: aioredis.Redis, *, names: Names, ttl_s: int) -> None:
+    With ``retry`` every operation is retried as a whole while Redis is unreachable (a restart, a
+    failover), bounded by its deadline; ``consumer/retry.py`` says why repeating each one is safe.
+    Without it (unit tests) the first Redis error propagates.
+    """
+
+    def __init__(self, redis: aioredis.Redis, *, names: Names, ttl_s: int, retry: Backoff | None = None) -> None:
         self._redis = redis
         self._names = names
         self._ttl = ttl_s
+        self._retry = retry
         self._begin = redis.register_script(_BEGIN)
         self._final = redis.register_script(_FINAL)
 
+    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        return await (op() if self._retry is None else self._retry.call(what, op))
+
     async def load_sessions(self, session_ids: Sequence[str], *, ttl_s: int) -> Mapping[str, str | None]:
         """Stored session documents (raw JSON, None where there is none), refreshing their TTL."""
-        return await load_sessions(self._redis, self._names, session_ids, ttl_s=ttl_s)
+        return await self._call(
+            "load_sessions", lambda: load_sessions(self._redis, self._names, session_ids, ttl_s=ttl_s)
+        )
 
     async def begin(self, request_ids: Sequence[str]) -> list[int]:
         """Per request: 0 if it already finished (skip it), else this run's attempt number."""
         if not request_ids:
             return []
+        return await self._call("begin", lambda: self._begin_once(request_ids))
+
+    async def _begin_once(self, request_ids: Sequence[str]) -> list[int]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for rid in request_ids:
                 await self._begin(keys=[self._names.request_key(rid)], args=[self._ttl], client=pipe)
@@ -144,6 +168,9 @@ class RedisSink:
         tokens = [o for o in events if not (isinstance(o.event, TokenEvent) and not o.event.text)]
         if not tokens:
             return []
+        return await self._call("write", lambda: self._write_once(tokens))
+
+    async def _write_once(self, tokens: Sequence[Outgoing]) -> list[str]:
         finals: list[str] = []
         streams: set[str] = set()
         async with self._redis.pipeline(transaction=False) as pipe:

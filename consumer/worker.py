@@ -39,6 +39,7 @@ from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
 from consumer.request_log import request_fields, worker_trace
+from consumer.retry import NO_CLIENT_RETRY, Backoff, kafka_retryable, redis_retryable
 from consumer.sink import RedisSink
 from schemas.settings import Settings
 
@@ -105,7 +106,7 @@ class Worker:
         self._started = True
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brigade-engine")
-        redis: aioredis.Redis = aioredis.from_url(self.settings.redis_url, decode_responses=True)
+        redis: aioredis.Redis = aioredis.from_url(self.settings.redis_url, decode_responses=True, retry=NO_CLIENT_RETRY)
         engine: InferenceEngine | None = None
         try:
             await self.health.start()
@@ -117,7 +118,12 @@ class Worker:
             runner = BatchExecutor(
                 settings=self.settings,
                 engine=engine,
-                sink=RedisSink(redis, names=self.settings.names, ttl_s=self.settings.stream_ttl_s),
+                sink=RedisSink(
+                    redis,
+                    names=self.settings.names,
+                    ttl_s=self.settings.stream_ttl_s,
+                    retry=self._backoff("redis", redis_retryable),
+                ),
                 metrics=self.metrics,
                 executor=executor,
             )
@@ -131,6 +137,11 @@ class Worker:
             await self.health.stop()
             self.state = State.STOPPED
             log.info("[shutdown] stopped")
+
+    def _backoff(self, dependency: str, retryable: Callable[[BaseException], bool]) -> Backoff:
+        """Retries for one dependency's calls; readiness is off while they fail (``consumer/retry.py``)."""
+        deadline_s = self.settings.dependency_retry_s
+        return Backoff(dependency, retryable=retryable, deadline_s=deadline_s, on_change=self.health.dependency)
 
     def _load(self) -> InferenceEngine:
         """Executor thread: load and warm the model at the largest batch we will run."""
@@ -150,6 +161,7 @@ class Worker:
             metrics=self.metrics,
             admit=self._admit,
             space=self._space,
+            retry=self._backoff("kafka", kafka_retryable),
         )
         self.health.partitions = lambda: len(fetcher.assignment())
         fetch_stop = asyncio.Event()

@@ -1,7 +1,10 @@
 """The ingress's Kafka producer: connects in the background, publishes with a deadline, remembers log ends.
 
 The ingress starts and answers (503) while the broker is down, and acknowledges a request only after the
-broker has (acks=all; idempotent where the broker supports it).
+broker has (acks=all; idempotent where the broker supports it). A 503 after the deadline means "unknown",
+not "refused": the message may still sit in the producer's buffer and reach the broker once it answers
+again (measured: every unacknowledged request of a 10 s broker freeze was answered later). Workers answer
+a request_id once, so a client that retries with its own request_id and session_id gets one answer.
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ class Publisher:
         except (TimeoutError, KafkaError) as exc:
             raise BrokerUnavailable(
                 f"Kafka at {self._settings.kafka_bootstrap} did not acknowledge within {timeout:g} s "
-                f"(BRIGADE_REQUEST_TIMEOUT_S): {type(exc).__name__}; the request was not accepted, retry it"
+                f"(BRIGADE_REQUEST_TIMEOUT_S): {type(exc).__name__}; the broker may still take it once it recovers, "
+                "so retry with the same request_id and session_id (a request already answered is not answered again)"
             ) from exc
         tp = (meta.topic, meta.partition)
         self.log_end[tp] = max(self.log_end.get(tp, 0), meta.offset + 1)

@@ -38,9 +38,15 @@ class Verdict(Enum):
 
 @dataclass
 class AttemptFilter:
-    """Per request: the newest attempt wins; nothing after the final event counts."""
+    """Per request: the newest attempt wins; nothing after the final event counts; no ``seq`` counts twice.
+
+    The last rule is for a worker's Redis write retried after a lost connection: when Redis ran the
+    write but the reply never came back, the retry adds the same token events again (same attempt, same
+    ``seq``). ``seq`` only grows within an attempt, so an event at or below the last kept one is a repeat.
+    """
 
     _attempt: dict[str, int] = field(default_factory=dict)
+    _seq: dict[str, int] = field(default_factory=dict)  # last kept seq of the current attempt
     _finished: set[str] = field(default_factory=set)
 
     def judge(self, event: AnyEvent) -> Verdict:
@@ -50,7 +56,10 @@ class AttemptFilter:
         current = self._attempt.get(rid)
         if current is not None and event.attempt < current:
             return Verdict.DROP
+        if current == event.attempt and event.seq <= self._seq[rid]:
+            return Verdict.DROP
         self._attempt[rid] = event.attempt
+        self._seq[rid] = event.seq
         if is_final(event):
             self._finished.add(rid)
         return Verdict.RESTART if current is not None and event.attempt > current else Verdict.KEEP

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
     queue_size: int = Field(default=256, ge=1)  # local queue bound; partitions pause when it is full
     drain_timeout_s: float = Field(default=30.0, ge=0.0)
+    # how long a worker keeps retrying an unreachable Redis (backing off exponentially) before it fails loudly;
+    # covers a Redis restart or failover without losing the running batch
+    dependency_retry_s: float = Field(default=60.0, ge=0.0)
+    # Kafka group session: a member silent this long (killed, frozen) loses its partitions to the others
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     metrics_port: int = Field(default=9100, ge=0, le=65535)
 
     # --- ingress ---
@@ -250,3 +255,21 @@ class Settings(BaseSettings):
     @property
     def names(self) -> Names:
         return Names(self.namespace)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the ``BRIGADE_*`` variables that read back to them (for child processes).
+
+        Unset optional values are left out; comma lists and booleans are written the way they are parsed.
+        """
+        env: dict[str, str] = self.per_class_env()
+        for name, value in self.model_dump().items():
+            if value is None or name in PER_CLASS_FIELDS:
+                continue
+            if isinstance(value, tuple):
+                text = ",".join(str(v) for v in value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[f"BRIGADE_{name.upper()}"] = text
+        return env

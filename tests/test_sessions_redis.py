@@ -179,7 +179,8 @@ async def test_the_session_append_lands_with_the_final_or_not_at_all(
     ]
     assert 0 < await redis_client.ttl(key) <= settings.session_ttl_s
 
-    assert await sink.write([_write(settings, "r1")]) == ["r1"], "a second final for a finished request loses"
+    assert await sink.write([_write(settings, "r1")]) == [], "the same attempt again (a retried write) is in place"
+    assert (await stored(redis_client, settings, "s"))["turns"] == 1, "and appends nothing twice"
     assert await sink.begin(["r2"]) == [1]
     assert await sink.begin(["r2"]) == [2]  # a rebalance: a newer attempt started
     assert await sink.write([_write(settings, "r2", attempt=1)]) == ["r2"], "the stale attempt loses"

@@ -112,3 +112,26 @@ def test_cli_names_the_per_class_variable() -> None:
     )
     assert proc.returncode == 2
     assert "  BRIGADE_CLASS_<NAME>_MODEL: Value error, BRIGADE_CLASS_HUGE_MODEL is set" in proc.stderr, proc.stderr
+
+
+def test_to_env_reads_back_to_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Child processes (``brigade reliability``, the fault tests) get their configuration this way."""
+    s = Settings(
+        _env_file=None,
+        classes=("fast", "slow"),
+        class_max_cost=(100,),
+        class_partitions=(3, 2),
+        class_max_lag=(10, 5),
+        worker_class="slow",
+        kafka_idempotence=False,
+        drain_timeout_s=2.5,
+        kafka_session_timeout_ms=6000,
+        class_models={"slow": "builtin:tiny-wide"},
+    )
+    env = s.to_env()
+    assert env["BRIGADE_CLASS_SLOW_MODEL"] == "builtin:tiny-wide" and "BRIGADE_CLASS_MODELS" not in env
+    assert env["BRIGADE_CLASS_PARTITIONS"] == "3,2" and env["BRIGADE_KAFKA_IDEMPOTENCE"] == "false"
+    assert "BRIGADE_KAFKA_SASL_USERNAME" not in env
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings(_env_file=None) == s

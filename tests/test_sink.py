@@ -72,3 +72,24 @@ async def test_a_stale_attempt_cannot_write_the_final(settings: Settings, redis_
     assert await s.write([Outgoing("s", done("r", 5, attempt=1))]) == ["r"]
     assert await s.write([Outgoing("s", done("r", 2, attempt=2))]) == []
     assert [(e.type, e.attempt) for e in await read(redis_client, settings.names.stream_key("s"))] == [("done", 2)]
+
+
+async def test_a_retried_step_writes_its_final_once_and_reports_no_loss(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """Redis ran the write but the reply was lost: the sink sends the same step again."""
+    s = sink(redis_client, settings)
+    assert await s.begin(["r"]) == [1]
+    step = [Outgoing("s", TokenEvent(request_id="r", seq=0, text="a")), Outgoing("s", done("r", 1))]
+    assert await s.write(step) == []
+    assert await s.write(step) == [], "the final already in place is this attempt's own: not a lost race"
+    events = await read(redis_client, settings.names.stream_key("s"))
+    assert [(e.type, e.seq) for e in events] == [("token", 0), ("done", 1), ("token", 0)]  # readers drop the repeat
+
+
+async def test_a_retried_begin_only_raises_the_attempt_number(settings: Settings, redis_client: aioredis.Redis) -> None:
+    s = sink(redis_client, settings)
+    assert await s.begin(["r"]) == [1]
+    assert await s.begin(["r"]) == [2]  # the retry: this run carries attempt 2
+    assert await s.write([Outgoing("s", done("r", 0, attempt=2))]) == []
+    assert await s.begin(["r"]) == [0]

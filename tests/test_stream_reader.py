@@ -22,7 +22,7 @@ def done(*, attempt: int = 1, rid: str = "r") -> DoneEvent:
 def test_newer_attempt_restarts_and_stale_events_drop() -> None:
     f = AttemptFilter()
     assert f.judge(tok("a")) is Verdict.KEEP
-    assert f.judge(tok("b")) is Verdict.KEEP
+    assert f.judge(tok("b", seq=1)) is Verdict.KEEP
     assert f.judge(tok("A", attempt=2)) is Verdict.RESTART
     assert f.judge(tok("late", attempt=1)) is Verdict.DROP
     assert f.judge(done(attempt=2)) is Verdict.KEEP
@@ -31,12 +31,24 @@ def test_newer_attempt_restarts_and_stale_events_drop() -> None:
 
 def test_answer_keeps_only_the_last_attempt() -> None:
     f, answer = AttemptFilter(), Answer()
-    events: list[TokenEvent | DoneEvent] = [tok("partial "), tok("answer "), tok("clean ", attempt=2)]
-    events += [tok("one", attempt=2), done(attempt=2)]
+    events: list[TokenEvent | DoneEvent] = [tok("partial "), tok("answer ", seq=1), tok("clean ", attempt=2)]
+    events += [tok("one", attempt=2, seq=1), done(attempt=2)]
     for event in events:
         answer.add(event, f.judge(event))
     assert "".join(answer.text) == "clean one"
     assert isinstance(answer.final, DoneEvent)
+
+
+def test_a_repeated_write_of_the_same_events_is_dropped() -> None:
+    """A token pipeline retried after Redis ran it but the reply was lost lands twice in the stream."""
+    f, answer = AttemptFilter(), Answer()
+    events: list[TokenEvent | DoneEvent] = [tok("a"), tok("b", seq=1), tok("a"), tok("b", seq=1), tok("c", seq=2)]
+    verdicts = [f.judge(e) for e in events]
+    assert verdicts == [Verdict.KEEP, Verdict.KEEP, Verdict.DROP, Verdict.DROP, Verdict.KEEP]
+    for event, verdict in zip(events, verdicts, strict=True):
+        answer.add(event, verdict)
+    assert "".join(answer.text) == "abc"
+    assert f.judge(tok("x", attempt=2)) is Verdict.RESTART, "a new attempt starts again at seq 0"
 
 
 def test_requests_are_judged_independently() -> None:

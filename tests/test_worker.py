@@ -281,7 +281,10 @@ async def test_stop_drains_the_running_batch_and_the_rest_is_redelivered(
 
 
 async def test_a_dead_redis_fails_the_worker_loudly(settings: Settings, topics: list[str]) -> None:
-    settings = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    """Past BRIGADE_DEPENDENCY_RETRY_S of retries an unreachable Redis takes the worker down, uncommitted."""
+    settings = settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "dependency_retry_s": 1.0}
+    )
     await publish_requests(settings, [request("lost", "nowhere")])
     worker = Worker(settings)
     with pytest.raises(redis.exceptions.ConnectionError):

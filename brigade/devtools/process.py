@@ -91,10 +91,17 @@ class Service:
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
         """SIGTERM, wait, then SIGKILL the whole process group if it overstays."""
+        self.terminate()
+        self.wait_stopped(timeout_s=timeout_s)
+
+    def wait_stopped(self, *, timeout_s: float = 10.0) -> None:
+        """Wait for an exit already asked for (``terminate``), then SIGKILL the group if it overstays.
+
+        Never signals twice: a brigade process takes a second SIGTERM as "exit now, skip the drain".
+        """
         proc = self.process
         if proc is None or proc.poll() is not None:
             return
-        self.terminate()
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -45,7 +45,9 @@ def kafka_service(*, port: int, log_dir: Path, host: str = "127.0.0.1") -> Servi
     return Service(name="kafka (tansu)", argv=argv, port=port, log_path=log_dir / "kafka.log")
 
 
-def redis_service(*, port: int, log_dir: Path, host: str = "127.0.0.1") -> Service:
+def redis_service(*, port: int, log_dir: Path, host: str = "127.0.0.1", appendonly: bool = False) -> Service:
+    """redis-server on ``port``; with ``appendonly`` it keeps an append-only file (fsync every second) in its
+    data directory and reloads it when restarted, as the compose file's Redis does."""
     data_dir = log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -53,7 +55,7 @@ def redis_service(*, port: int, log_dir: Path, host: str = "127.0.0.1") -> Servi
         "--port", str(port),
         "--bind", host,
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes" if appendonly else "no",
         "--dir", str(data_dir),
         "--protected-mode", "no",
     ]  # fmt: skip
