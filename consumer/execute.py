@@ -110,8 +110,9 @@ class BatchExecutor:
     ) -> None:
         """Step the engine to the end, writing step N while step N+1 computes.
 
-        An engine failure answers every unfinished request of the run with an ``internal`` error and
-        the worker goes on; a Redis failure propagates, so the worker fails loudly instead of committing.
+        An engine failure answers every unfinished request of the run with an ``internal`` error and the
+        worker goes on (out of memory: see ``_shrink``); a Redis failure that outlasts the sink's retries
+        (BRIGADE_DEPENDENCY_RETRY_S) propagates, so the worker fails loudly instead of committing.
         """
         loop = asyncio.get_running_loop()
         running = {r.item.request.request_id: r for r, _ in runnable}
