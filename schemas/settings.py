@@ -130,8 +130,9 @@ class Settings(BaseSettings):
     worker_class: str = "small"
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     max_batch_wait_ms: float = Field(default=10.0, ge=0.0)  # static batching only
-    # continuous: queued requests join the running batch at every decode step; static: a batch runs to its end
-    batching: Literal["continuous", "static"] = "continuous"
+    # continuous: queued requests join the running batch at every decode step; static: a batch runs to its end.
+    # Static is the default while continuous does not win tokens/s on the measured device (BENCHMARKS.md, figure 5)
+    batching: Literal["continuous", "static"] = "static"
     # continuous: free slots to wait for before queued requests join (capped at the batch size); each join is a
     # prefill and a cache copy of its own, which on a CPU cost more than a few idle slots (BENCHMARKS.md, figure 5)
     min_join: int = Field(default=8, ge=1)

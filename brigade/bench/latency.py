@@ -111,6 +111,9 @@ class LatencyConfig:
     # Real Kafka answers a fetch as soon as records arrive; the dev broker (Tansu) holds it for the whole
     # max wait, so the worker's default (50 ms) would measure Tansu's polling, not the hop.
     fetch_max_wait_ms: int = 5
+    # The hop brigade adds when it is asked for low latency: continuous batching starts a request at once
+    # (static batching adds up to BRIGADE_MAX_BATCH_WAIT_MS of batch window on top).
+    batching: str = "continuous"
 
     @classmethod
     def quick(cls) -> LatencyConfig:
@@ -190,7 +193,7 @@ async def run_latency(
         namespace=f"lat{tag}",
         batch_size=config.batch_size,
         queue_size=config.capacity_requests + config.max_arrivals + 1,
-    ).model_copy(update={"fetch_max_wait_ms": config.fetch_max_wait_ms})
+    ).model_copy(update={"fetch_max_wait_ms": config.fetch_max_wait_ms, "batching": config.batching})
     await ensure_topics(settings)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
     kw = {"prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
