@@ -64,10 +64,11 @@ async def test_workers_killed_repeatedly_lose_and_double_nothing(stack: Stack) -
 
 
 async def test_a_frozen_broker_loses_no_acknowledged_request(stack: Stack) -> None:
-    """SIGSTOP the broker for 6 s (over the ingress's 5 s publish deadline) under load, then SIGCONT."""
-    report = await broker_freeze(stack, requests=60, rate_per_s=6.0, freeze_s=6.0, workers=2, max_new_tokens=200)
+    """SIGSTOP the broker for 8 s under load, then SIGCONT: over the ingress's 5 s publish deadline and over one
+    5 s commit attempt of the worker, whose batch in flight finishes during the freeze."""
+    report = await broker_freeze(stack, requests=60, rate_per_s=6.0, freeze_s=8.0, workers=2, max_new_tokens=200)
     assert_every_acknowledged_request_answered_once(report)
-    assert report.fault["frozen_s"] >= 6.0 and report.fault["acked_before"] >= 20, report
+    assert report.fault["frozen_s"] >= 8.0 and report.fault["acked_before"] >= 20, report
     assert report.fault["busy_at_freeze"] and report.fault["commit_retries"] >= 1, (
         f"no commit met the frozen broker, so the retry path was not tested: {report}"
     )

@@ -128,15 +128,25 @@ async def sigterm_mid_batch(
         await fleet.close()
 
 
-async def served_by(http: httpx.AsyncClient, workers: list[Service], before: dict[str, int]) -> list[Service]:
-    """The workers whose answered-request count grew since ``before`` (updated in place)."""
-    grew = []
-    for w in workers:
-        now = await finished_requests(http, w)
-        if now > before.get(w.name, 0):
-            grew.append(w)
-        before[w.name] = now
-    return grew
+async def served_by(
+    http: httpx.AsyncClient, workers: list[Service], before: dict[str, int], *, timeout_s: float = 10.0
+) -> Service | None:
+    """The worker whose answered-request count grew since ``before`` (updated in place); None if none did in time.
+
+    Waited for: a worker counts a request just after its final event is in Redis, where the reader saw it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        grew = []
+        for w in workers:
+            now = await finished_requests(http, w)
+            if now > before.get(w.name, 0):
+                grew.append(w)
+            before[w.name] = now
+        if grew or loop.time() > deadline:
+            return grew[0] if grew else None
+        await asyncio.sleep(0.05)  # polling /metrics: HTTP offers nothing to wait on
 
 
 async def conversation_handover(
@@ -178,8 +188,7 @@ async def conversation_handover(
                 answer, done_tokens = await clean_answer(redis, settings.names.stream_key(session), sub.request_id)
                 replies.append(answer)
                 prompt_tokens.append(done_tokens)
-                grew = await served_by(http, fleet.live_workers, counts)
-                worker = grew[0] if grew else None
+                worker = await served_by(http, fleet.live_workers, counts)
                 served.append(worker.name if worker is not None else "?")
                 progress.advance()
                 if worker is not None and n < turns:
