@@ -30,7 +30,7 @@ from schemas.settings import Settings
 log = logging.getLogger(__name__)
 
 Done = Callable[[PendingItem], None]
-# continuous batching: (free slots, sessions still open) -> requests to join now, or None
+# continuous batching: (sequences still running, sessions still open) -> requests to join now, or None
 More = Callable[[int, Collection[str]], Batch | None]
 # out of memory: (requests to queue again, the new batch limit)
 Shrink = Callable[[Sequence[PendingItem], int], None]
@@ -59,7 +59,6 @@ class BatchExecutor:
         self._wall_clock = wall_clock
         self._intake = Intake(settings=settings, engine=engine, sink=sink, executor=executor)
         self._open: dict[str, int] = {}  # session -> requests admitted whose final is not yet written
-        self.max_running = settings.max_batch_size  # halved by each out-of-memory
 
     @property
     def open_sessions(self) -> Collection[str]:
@@ -140,7 +139,7 @@ class BatchExecutor:
                 if joining:
                     running.update((r.item.request.request_id, r) for r, _ in joining)
                     engine_run.join([g for _, g in joining])
-                self._metrics.set_running(sum(not r.finished for r in running.values()))
+                self._metrics.set_running(len(_unfinished(running)))
         if writing is not None:
             await writing
         if isinstance(failure, OutOfMemory) and shrink is not None and self._shrink(running, failure, shrink):
@@ -157,19 +156,19 @@ class BatchExecutor:
         No final was written for them, so they are not done: they run again, with the next attempt number
         (readers drop the cut-off attempt's tokens), and their offsets stay uncommitted until then.
         """
-        left = [r for r in running.values() if not r.finished]
+        left = _unfinished(running)
         if len(left) <= 1:
             return False
-        self.max_running = max(1, len(left) // 2)
+        limit = len(left) // 2
         self._metrics.add_out_of_memory()
         log.warning(
             "out of memory; halving the batch limit and running the batch again",
-            extra={"batch": len(left), "limit": self.max_running, "error": str(failure)},
+            extra={"batch": len(left), "limit": limit, "error": str(failure)},
         )
         for r in left:
             r.finished = True
             self._close(r.item)
-        shrink(sorted((r.item for r in left), key=lambda item: item.enqueued_at), self.max_running)
+        shrink(sorted((r.item for r in left), key=lambda item: item.enqueued_at), limit)
         return True
 
     async def _more(
@@ -177,13 +176,12 @@ class BatchExecutor:
     ) -> list[tuple[Running, GenerationInput]]:
         """Continuous batching: admit queued requests for the free slots while ``step`` computes.
 
-        Slots are counted from the writes seen so far, so a sequence ending in the running step frees
-        its slot one step later; an admission failure lets the step end before it propagates.
+        Running sequences are counted from the writes seen so far, so a sequence ending in the running
+        step frees its slot one step later; an admission failure lets the step end before it propagates.
         """
         if more is None:
             return []
-        slots = self.max_running - sum(not r.finished for r in running.values())
-        batch = more(slots, self.open_sessions) if slots > 0 else None
+        batch = more(len(_unfinished(running)), self.open_sessions)
         if batch is None:
             return []
         try:
@@ -241,7 +239,7 @@ class BatchExecutor:
         return SessionWrite(ttl_s=self._settings.session_ttl_s, patch=patch)
 
     async def _fail_unfinished(self, running: dict[str, Running], message: str, done: Done) -> None:
-        left = [r for r in running.values() if not r.finished]
+        left = _unfinished(running)
         if not left:
             return
         events = []
@@ -275,6 +273,10 @@ class BatchExecutor:
 
     def _finish_metrics(self, item: PendingItem) -> None:
         self._metrics.observe_e2e(self._clock() - item.enqueued_at)
+
+
+def _unfinished(running: dict[str, Running]) -> list[Running]:
+    return [r for r in running.values() if not r.finished]
 
 
 async def _settle(writing: asyncio.Task[None], step: asyncio.Future[list[TokenDelta]]) -> None:

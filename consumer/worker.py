@@ -243,9 +243,13 @@ class Worker:
             finally:
                 self._last_work = time.monotonic()
 
-    def _join(self, slots: int, open_sessions: Collection[str]) -> Batch | None:
-        """Continuous batching: queued requests for the running batch's free slots (none once draining)."""
-        if self._draining.is_set():
+    def _join(self, running: int, open_sessions: Collection[str]) -> Batch | None:
+        """Continuous batching: queued requests for the running batch's free slots (none once draining).
+
+        The batch limit is the batcher's, so an out-of-memory halving (``_shrink``) bounds joins too.
+        """
+        slots = self.batcher.max_batch_size - running
+        if self._draining.is_set() or slots <= 0:
             return None
         batch = self.batcher.take(
             time.monotonic(), slots=slots, running_sessions=open_sessions, min_join=self.settings.min_join
