@@ -1,8 +1,16 @@
-"""One bar chart per run: a person compares bars faster than table rows."""
+"""One figure per benchmark: a person compares bars and curves faster than table rows.
+
+``matplotlib.figure.Figure`` directly, as ``deploy/scaling/plot.py`` does: no pyplot state, no display backend.
+This module is imported only where a missing matplotlib (the dev extra) is caught.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
 
 from brigade.bench.latency import LatencyResult
 from brigade.bench.mixed import MixedResult
@@ -11,11 +19,6 @@ from brigade.bench.scaleout import ScaleoutResult
 
 
 def plot_report(report: BenchReport, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels: list[str] = []
     values: list[float] = []
     for b, r in report.engine.items():
@@ -27,7 +30,8 @@ def plot_report(report: BenchReport, path: Path) -> Path:
     if report.pipeline is not None:
         labels.append(f"HTTP→Kafka→worker→Redis\nbatch {report.pipeline.batch_size}")
         values.append(report.pipeline.tokens_per_s)
-    fig, ax = plt.subplots(figsize=(12.5, 4.8))
+    fig = Figure(figsize=(12.5, 4.8))
+    ax = fig.subplots()
     bars = ax.bar(
         labels, values, color=["#4c72b0"] * len(report.engine) + ["#dd8452"] * (len(values) - len(report.engine))
     )
@@ -36,24 +40,16 @@ def plot_report(report: BenchReport, path: Path) -> Path:
     ratios = report.ratios()
     subtitle = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in ratios.items())
     ax.set_title(f"brigade bench — {report.config.model} ({subtitle})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_latency(result: LatencyResult, path: Path) -> Path:
     """CDF of the per-request hop latency (TTFT through the whole path minus the engine's prefill)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    samples = sorted(result.hop_samples_ms)
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    samples = result.hop_samples_ms
+    fig = Figure(figsize=(8, 4.8))
+    ax = fig.subplots()
     if samples:
-        ys = [(i + 1) / len(samples) for i in range(len(samples))]
-        ax.step(samples, ys, where="post", color="#4c72b0")
+        _cdf(ax, samples, color="#4c72b0")
         for q, style in (("p50", "--"), ("p99", ":")):
             v = result.hop_ms[q]
             ax.axvline(v, color="#dd8452", linestyle=style, label=f"{q} {v:.1f} ms")
@@ -66,20 +62,13 @@ def plot_latency(result: LatencyResult, path: Path) -> Path:
         f"({result.offered_rps / result.capacity_rps:.0%} of {result.capacity_rps:.1f} req/s), n={len(samples)}"
     )
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_mixed(result: MixedResult, path: Path) -> Path:
     """Figure 5: tokens/s per scheduler, and the time-to-first-token CDF that shows what each costs the queue."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (bars_ax, cdf_ax) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    fig = Figure(figsize=(12.5, 4.8))
+    bars_ax, cdf_ax = fig.subplots(1, 2)
     modes = (result.static, result.continuous)
     colors = ("#dd8452", "#4c72b0")
     bars = bars_ax.bar([m.mode for m in modes], [m.tokens_per_s for m in modes], color=colors)
@@ -87,16 +76,9 @@ def plot_mixed(result: MixedResult, path: Path) -> Path:
     bars_ax.set_ylabel("tokens/s")
     bars_ax.set_title(f"throughput: continuous {result.speedup:.2f}× static")
     for m, color in zip(modes, colors, strict=True):
-        samples = sorted(m.ttft_samples_ms)
-        if samples:
-            ys = [(i + 1) / len(samples) for i in range(len(samples))]
-            cdf_ax.step(
-                [s / 1000 for s in samples],
-                ys,
-                where="post",
-                color=color,
-                label=f"{m.mode}, p50 {m.ttft_ms['p50'] / 1000:.1f} s",
-            )
+        if m.ttft_samples_ms:
+            label = f"{m.mode}, p50 {m.ttft_ms['p50'] / 1000:.1f} s"
+            _cdf(cdf_ax, [v / 1000 for v in m.ttft_samples_ms], color=color, label=label)
     cdf_ax.set_xlabel("time to first token from the burst, s")
     cdf_ax.set_ylabel("fraction of requests")
     cdf_ax.legend(loc="lower right")
@@ -106,22 +88,15 @@ def plot_mixed(result: MixedResult, path: Path) -> Path:
         f"continuous vs static batching — {result.model}, {c.requests} requests, "
         f"{c.min_new_tokens}–{c.max_new_tokens} new tokens, batch {c.batch_size}"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_scaleout(result: ScaleoutResult, path: Path) -> Path:
     """Tokens/s against consumer count, with the linear ideal for comparison."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     counts = [r.consumers for r in result.runs]
     values = [r.tokens_per_s for r in result.runs]
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig = Figure(figsize=(8, 4.8))
+    ax = fig.subplots()
     bars = ax.bar([str(c) for c in counts], values, color="#4c72b0", label="measured")
     ratios = result.ratios()
     ax.bar_label(bars, labels=[f"{v:.0f} ({ratios[c]:.2f}×)" for c, v in zip(counts, values, strict=True)])
@@ -135,7 +110,16 @@ def plot_scaleout(result: ScaleoutResult, path: Path) -> Path:
     ax.set_title(
         f"scale-out — {cfg.model}, {cfg.partitions} partitions, {cfg.requests} requests × {cfg.new_tokens} tokens"
     )
+    return _save(fig, path)
+
+
+def _cdf(ax: Any, values: Sequence[float], **style: Any) -> None:
+    """The empirical CDF of ``values`` as a step line."""
+    ordered = sorted(values)
+    ax.step(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], where="post", **style)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
