@@ -13,8 +13,10 @@ A chat turn's ``done`` also appends the new turns and the reply to ``brigade:ses
 in the same script (see ``consumer/session.py``), so no crash point leaves the reply in the stream but
 not in the session or the other way round, and a redelivered finished request appends nothing.
 
-Token events of one decode step go in one non-transactional pipeline (one round trip per step,
-whatever the batch size). The Lua scripts touch two or three keys (request, stream, session); on Redis
+Token events of one decode step go to Redis as one ``_TOKENS`` script call (one command, one reply and
+one round trip per step, whatever the batch size): on a two-core machine the client's per-command work
+(packing, reply parsing) competes with the model's threads, so the XADDs and the TTL refreshes of the
+whole step run inside Redis instead. The Lua scripts touch two or three keys (request, stream, session); on Redis
 Cluster they would need one hash slot, which the key naming does not give today.
 """
 
@@ -42,6 +44,19 @@ local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'status', 'running')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return attempt
+"""
+
+# KEYS: one stream key per event. ARGV[1] ttl, then per event: its field count n, then n field/value pairs.
+# Appends each event to its stream and refreshes the stream's TTL; returns the number of events written.
+_TOKENS = """
+local i = 2
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', key, '*', unpack(ARGV, i + 1, i + 2 * n))
+  redis.call('EXPIRE', key, ARGV[1])
+  i = i + 1 + 2 * n
+end
+return #KEYS
 """
 
 # KEYS[1] request key, KEYS[2] stream key, KEYS[3] session key (chat turns only). ARGV[1] ttl,
@@ -137,6 +152,7 @@ class RedisSink:
         self._retry = retry
         self._begin = redis.register_script(_BEGIN)
         self._final = redis.register_script(_FINAL)
+        self._tokens = redis.register_script(_TOKENS)
 
     async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         return await (op() if self._retry is None else self._retry.call(what, op))
@@ -165,28 +181,29 @@ class RedisSink:
 
         Token events with empty text are not written (the engine holds back partial characters).
         """
-        tokens = [o for o in events if not (isinstance(o.event, TokenEvent) and not o.event.text)]
-        if not tokens:
+        kept = [o for o in events if not (isinstance(o.event, TokenEvent) and not o.event.text)]
+        if not kept:
             return []
-        return await self._call("write", lambda: self._write_once(tokens))
+        return await self._call("write", lambda: self._write_once(kept))
 
-    async def _write_once(self, tokens: Sequence[Outgoing]) -> list[str]:
-        finals: list[str] = []
-        streams: set[str] = set()
+    async def _write_once(self, events: Sequence[Outgoing]) -> list[str]:
+        tokens = [o for o in events if isinstance(o.event, TokenEvent)]
+        finals = [(o, o.event) for o in events if not isinstance(o.event, TokenEvent)]
         async with self._redis.pipeline(transaction=False) as pipe:
-            for out in tokens:
-                key = self._names.stream_key(out.session_id)
-                if isinstance(out.event, TokenEvent):
-                    pipe.xadd(key, out.event.to_fields())  # type: ignore[arg-type]
-                    streams.add(key)
-                else:
-                    await self._final_call(out.session_id, out.event, out.session, pipe)
-                    finals.append(out.event.request_id)
-            for key in streams:
-                pipe.expire(key, self._ttl)
+            if tokens:  # before the finals: a request's last token and its ``done`` come in one step
+                keys = [self._names.stream_key(o.session_id) for o in tokens]
+                args: list[str | int] = [self._ttl]
+                for o in tokens:
+                    fields = o.event.to_fields()
+                    args.append(len(fields))
+                    for k, v in fields.items():
+                        args += [k, v]
+                await self._tokens(keys=keys, args=args, client=pipe)
+            for out, final in finals:
+                await self._final_call(out.session_id, final, out.session, pipe)
             replies = await pipe.execute()
-        final_replies = [r for o, r in zip(tokens, replies, strict=False) if not isinstance(o.event, TokenEvent)]
-        return [rid for rid, r in zip(finals, final_replies, strict=True) if int(r) == 0]
+        final_replies = replies[1:] if tokens else replies
+        return [final.request_id for (_, final), r in zip(finals, final_replies, strict=True) if int(r) == 0]
 
     async def _final_call(
         self, session_id: str, event: AnyFinal, session: SessionWrite | None, pipe: aioredis.client.Pipeline
