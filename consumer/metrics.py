@@ -46,7 +46,11 @@ class WorkerMetrics:
             c, registry=r, buckets=QUEUE_BUCKETS,
         )  # fmt: skip
         self.batch_size = Histogram(
-            "brigade_batch_size", "Requests per engine batch.", c, registry=r, buckets=BATCH_BUCKETS
+            "brigade_batch_size",
+            "Requests per batch started, or per group joining a running batch.",
+            c,
+            registry=r,
+            buckets=BATCH_BUCKETS,
         )
         self.running = Gauge("brigade_num_requests_running", "Requests in the running batch.", c, registry=r)
         self.waiting = Gauge("brigade_num_requests_waiting", "Requests in the local queue.", c, registry=r)
@@ -73,6 +77,10 @@ class WorkerMetrics:
             registry=r,
         )
         self._class = cost_class
+        # the per-token instruments, bound once: ``labels()`` costs a lock and a dict lookup per call
+        self._ttft = self.ttft.labels(cost_class)
+        self._tpot = self.tpot.labels(cost_class)
+        self._tokens = self.generation_tokens.labels(cost_class)
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.labels(self._class).observe(size)
@@ -93,17 +101,17 @@ class WorkerMetrics:
         self.queue_time.labels(self._class).observe(seconds)
 
     def observe_first_token(self, seconds: float) -> None:
-        self.ttft.labels(self._class).observe(seconds)
+        self._ttft.observe(seconds)
 
     def observe_token_gap(self, seconds: float) -> None:
-        self.tpot.labels(self._class).observe(seconds)
+        self._tpot.observe(seconds)
 
     def observe_e2e(self, seconds: float) -> None:
         self.e2e.labels(self._class).observe(seconds)
 
     def add_tokens(self, n: int) -> None:
         if n:
-            self.generation_tokens.labels(self._class).inc(n)
+            self._tokens.inc(n)
 
     def add_dlq(self) -> None:
         self.dlq.labels(self._class).inc()
