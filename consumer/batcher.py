@@ -12,7 +12,8 @@ Rules:
   answer, so a later turn waits for the next batch and queue order is preserved;
 - continuous batching: while a batch runs, ``take`` fills its free slots at once (the running step is
   the wait), with the same session rules;
-- the queue is bounded; ``full`` tells the fetcher to pause its partitions.
+- the queue is bounded; ``full`` tells the fetcher to pause its partitions, and ``holds_full_batch`` that
+  it may rest (a whole next batch is already queued).
 """
 
 from __future__ import annotations
@@ -100,6 +101,18 @@ class Batcher:
     def free(self) -> int:
         """How many more items fit; the fetcher asks Kafka for no more records than this."""
         return max(0, self.capacity - len(self._queue))
+
+    @property
+    def holds_full_batch(self) -> bool:
+        """A whole batch of distinct sessions is queued: the fetcher may rest until some of it runs.
+
+        Records fetched now could only wait behind it; left in Kafka they cost no fetch polling (the
+        dev broker burns CPU on every empty poll, beside the model) and a consumer added by a rebalance
+        can take them.
+        """
+        if len(self._queue) < self.max_batch_size:
+            return False
+        return len({item.session_id for item in self._queue}) >= self.max_batch_size
 
     def add(self, item: PendingItem) -> None:
         if self.full:

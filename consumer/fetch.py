@@ -78,7 +78,8 @@ class Fetcher:
         self._commit_lock = asyncio.Lock()
         self._last_commit = 0.0
         self._started = False
-        self.paused = False
+        self.paused = False  # the queue hit its bound (and has not drained to half since)
+        self._resting = False  # partitions paused, for either reason
         self.pause_count = 0  # how many times the queue filled up and partitions were paused (tests, logs)
         self.last_activity = time.monotonic()  # last record or assignment change, for run-until-idle
         self.assigned_once = asyncio.Event()  # the group gave us partitions at least once
@@ -126,10 +127,11 @@ class Fetcher:
     # --- the loop ---
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch until ``stop`` is set; pause while the queue is full, resume once it drained."""
+        """Fetch until ``stop`` is set; pause while the queue is full or already holds a whole next batch."""
         while not stop.is_set():
-            if self._batcher.full or (self.paused and len(self._batcher) > self._resume_at()):
-                self._pause()
+            full = self._batcher.full or (self.paused and len(self._batcher) > self._resume_at())
+            if full or self._batcher.holds_full_batch:
+                self._pause(full=full)
                 self._space.clear()
                 await wait_any(self._space, stop, at_most=1.0)
                 await self.maybe_commit()
@@ -151,18 +153,22 @@ class Fetcher:
         cap = self._batcher.capacity
         return cap - max(1, cap // 2)
 
-    def _pause(self) -> None:
-        if not self.paused:
+    def _pause(self, *, full: bool) -> None:
+        """Pause every partition: ``full`` (the bound; logged and counted) or resting ahead of the engine."""
+        if full and not self.paused:
             self.paused = True
             self.pause_count += 1
             log.info("queue full: pausing partitions", extra={"queued": len(self._batcher)})
         self.pause_all()  # also covers partitions assigned while paused
+        self._resting = True
 
     def _resume(self) -> None:
         if self.paused:
             self.paused = False
-            self._consumer.resume(*self._consumer.assignment())
             log.info("queue drained: resuming partitions", extra={"queued": len(self._batcher)})
+        if self._resting:
+            self._resting = False
+            self._consumer.resume(*self._consumer.assignment())
 
     # --- commits and lag ---
 
@@ -248,7 +254,7 @@ class Fetcher:
                 self._offsets.committed(start)
             except KafkaError as exc:
                 log.warning("initial commit failed", extra={"error": repr(exc)})
-        if self.paused:
+        if self._resting:
             self.pause_all()
         log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
         if assigned:

@@ -96,6 +96,18 @@ def test_full_counts_against_capacity_and_add_refuses_beyond_it() -> None:
         b.add(item("c"))
 
 
+def test_holds_full_batch_counts_distinct_sessions_not_items() -> None:
+    b = batcher(size=3)
+    for s in ("a", "a", "b"):
+        b.add(item(s))
+    assert not b.holds_full_batch  # three items, but a batch could take only two of them
+    b.add(item("c"))
+    assert b.holds_full_batch
+    plan = b.plan(0.0)
+    assert plan.batch is not None and sessions(plan.batch.items) == ["a", "b", "c"]
+    assert not b.holds_full_batch  # what is left ("a"'s second turn) is less than a batch: fetch again
+
+
 def test_revoked_partitions_lose_their_queued_items() -> None:
     b = batcher()
     keep, gone = item("a", partition=0), item("b", partition=1)
