@@ -10,15 +10,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from producer.errors import ApiError, error_body
 from producer.ingress import Ingress
 from producer.stream_reader import follow
 from schemas.events import is_final
 from schemas.requests import Identifier, InferenceRequest
 
 router = APIRouter()
+
+MAX_BATCH_REQUESTS = 1000  # requests per POST /v1/requests/batch; more is more than one HTTP body should carry
 
 
 class SubmitBody(InferenceRequest):
@@ -32,6 +35,14 @@ class SubmitBody(InferenceRequest):
         data.setdefault("request_id", uuid.uuid4().hex)
         data.setdefault("session_id", uuid.uuid4().hex)
         return InferenceRequest.model_validate(data)
+
+
+class BatchBody(BaseModel):
+    """Many requests in one POST: the HTTP cost is paid once, and their messages share produce batches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[SubmitBody] = Field(min_length=1, max_length=MAX_BATCH_REQUESTS)
 
 
 def ingress_of(request: Request) -> Ingress:
@@ -49,6 +60,46 @@ async def submit(
     """Publish a request to its cost class's topic; 202 once the broker has acknowledged it."""
     accepted = await ingress_of(request).submit(body.to_request(), traceparent=traceparent, tracestate=tracestate)
     return JSONResponse(accepted.model_dump(), status_code=202)
+
+
+@router.post("/v1/requests/batch", status_code=202, responses={207: {"description": "Some requests were refused"}})
+async def submit_batch(
+    body: BatchBody,
+    request: Request,
+    traceparent: Annotated[str | None, Header()] = None,
+    tracestate: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Publish each request as ``POST /v1/requests`` would; 202 when all were acknowledged, else 207.
+
+    A body that fails validation is refused whole (422, naming ``requests.<index>.<field>``), so nothing of a
+    malformed batch is published. What depends on the deployment (routing, limits, backlog, broker) is
+    answered per request, in order: ``{"status": 202, "accepted": {...}}`` or ``{"status": 4xx/5xx,
+    "error": {...}}``; the accepted ones are on Kafka whatever happened to the others.
+    """
+    ingress = ingress_of(request)
+    outcomes = await asyncio.gather(
+        *(ingress.submit(item.to_request(), traceparent=traceparent, tracestate=tracestate) for item in body.requests),
+        return_exceptions=True,
+    )
+    results: list[dict[str, object]] = []
+    retry_after: list[int] = []
+    for outcome in outcomes:
+        if isinstance(outcome, ApiError):
+            error = error_body(outcome.status, outcome.message, param=outcome.param, code=outcome.code)
+            results.append({"status": outcome.status, **error})
+            if "Retry-After" in outcome.headers:
+                retry_after.append(int(outcome.headers["Retry-After"]))
+        elif isinstance(outcome, BaseException):
+            raise outcome  # not the caller's doing (e.g. a bug): the one error shape, as on the single route
+        else:
+            results.append({"status": 202, "accepted": outcome.model_dump()})
+    refused = len(results) - sum(1 for r in results if r["status"] == 202)
+    headers = {"Retry-After": str(max(retry_after))} if retry_after else None
+    return JSONResponse(
+        {"accepted": len(results) - refused, "refused": refused, "results": results},
+        status_code=207 if refused else 202,
+        headers=headers,
+    )
 
 
 @router.get("/v1/sessions/{session_id}/events")

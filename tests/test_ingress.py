@@ -139,6 +139,48 @@ async def test_invalid_json_and_wrong_method(ingress: str) -> None:
     assert wrong.status_code == 405 and "GET is not allowed" in wrong.json()["error"]["message"]
 
 
+async def test_batch_publishes_every_valid_request_and_answers_each_in_order(settings: Settings, ingress: str) -> None:
+    body = {
+        "requests": [
+            {"session_id": "b-1", "request_id": "b-r1", "prompt": "hi", "max_new_tokens": 8},
+            {"session_id": "b-2", "prompt": "hi", "model": "gpt-9"},
+            {"session_id": "b-3", "request_id": "b-r3", "prompt": "hi", "max_new_tokens": 4},
+            {"session_id": "b-4", "prompt": "word " * 3000},
+        ]
+    }
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        mixed = await http.post("/v1/requests/batch", json=body)
+        clean = await http.post("/v1/requests/batch", json={"requests": [body["requests"][0]] * 2})
+    assert mixed.status_code == 207, mixed.text
+    answer = mixed.json()
+    assert (answer["accepted"], answer["refused"]) == (2, 2)
+    assert [r["status"] for r in answer["results"]] == [202, 404, 202, 413]
+    assert "gpt-9" in answer["results"][1]["error"]["message"]
+    assert "BRIGADE_MAX_PROMPT_TOKENS" in answer["results"][3]["error"]["message"]
+    assert [answer["results"][i]["accepted"]["request_id"] for i in (0, 2)] == ["b-r1", "b-r3"]
+    assert clean.status_code == 202 and clean.json()["accepted"] == 2
+
+    records = await read_records(settings.kafka_bootstrap, settings.names.request_topic("small"), count=4)
+    ids = sorted(InferenceRequest.from_bytes(r.value).request_id for r in records)
+    assert ids == ["b-r1", "b-r1", "b-r1", "b-r3"]  # the refused two never reached Kafka
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"requests": [{"prompt": "x"}, {"prompt": "x", "max_new_tokens": 0}]}, "requests.1.max_new_tokens"),
+        ({"requests": []}, "requests"),
+        ({"requests": [{"prompt": "x"}] * 1001}, "at most 1000"),
+        ({"prompt": "x"}, "requests"),
+    ],
+)
+async def test_a_malformed_batch_is_refused_whole(ingress: str, body: dict[str, object], needle: str) -> None:
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        resp = await http.post("/v1/requests/batch", json=body)
+    assert resp.status_code == 422, resp.text
+    assert needle in resp.json()["error"]["message"]
+
+
 async def test_class_over_its_backlog_gets_429_while_cheaper_classes_flow(
     settings: Settings, topics: list[str]
 ) -> None:

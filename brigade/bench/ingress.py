@@ -3,8 +3,12 @@
 Both sides send the same messages (the ingress's own encoding of the same request, keyed by session) to
 the same topic of the same broker, acks=all with the ingress's linger, and both keep the same number of
 requests in flight. The ingress runs in-process with no workers (``fleet(settings, classes=[])``) and
-is driven by httpx clients on the same event loop (one client and connection per in-flight request), so
+is driven by httpx clients on the same event loop (one client and connection per in-flight POST), so
 the ingress figure also pays for its HTTP clients; the bare producer has no clients to pay for.
+
+Measured twice: one request per ``POST /v1/requests``, and ``batch`` requests per ``POST /v1/requests/batch``
+(``concurrency / batch`` clients, so the same number of requests is in flight): the second is how a bulk
+publisher would use the ingress, and shows what the HTTP exchange itself costs per request.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class IngressConfig:
     concurrency: int = 64
     prompt_words: int = 24
     warmup: int = 64  # at least one request per client
+    batch: int = 16  # requests per POST /v1/requests/batch on the batched side
     one_cpu: bool = True  # pin this process (ingress + clients, or bare producer) to one CPU while measuring
 
     @classmethod
@@ -62,10 +67,18 @@ class IngressResult:
     cpu_affinity: list[int] | None
     ingress: ThroughputResult
     bare: ThroughputResult
+    batch: int = 1
+    batched: ThroughputResult | None = None  # POST /v1/requests/batch with ``batch`` requests each
 
     @property
     def ratio(self) -> float:
         return self.ingress.accepted_per_s / self.bare.accepted_per_s if self.bare.accepted_per_s > 0 else 0.0
+
+    @property
+    def batched_ratio(self) -> float | None:
+        if self.batched is None or self.bare.accepted_per_s <= 0:
+            return None
+        return self.batched.accepted_per_s / self.bare.accepted_per_s
 
 
 def chunks_of_work(n: int, workers: int) -> list[int]:
@@ -92,22 +105,28 @@ def one_cpu(enabled: bool) -> Iterator[list[int] | None]:
 
 
 async def _closed_loop(
-    jobs: Sequence[Job], workers: int, send: Callable[[int, Job], Awaitable[bool]], on_sent: Callable[[], None] | None
+    jobs: Sequence[Job],
+    workers: int,
+    send: Callable[[int, Sequence[Job]], Awaitable[int]],
+    on_sent: Callable[[int], None] | None,
+    *,
+    per_send: int = 1,
 ) -> ThroughputResult:
-    queue = iter(jobs)
+    """``workers`` senders, each sending ``per_send`` jobs at a time and waiting for the answer (closed loop)."""
+    groups = iter([jobs[i : i + per_send] for i in range(0, len(jobs), per_send)])
     accepted = 0
 
     async def worker(i: int, n: int) -> None:
         nonlocal accepted
         for _ in range(n):
-            job = next(queue)
-            if await send(i, job):
-                accepted += 1
+            group = next(groups)
+            accepted += await send(i, group)
             if on_sent is not None:
-                on_sent()
+                on_sent(len(group))
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(i, n) for i, n in enumerate(chunks_of_work(len(jobs), workers))))
+    n_groups = -(-len(jobs) // per_send)
+    await asyncio.gather(*(worker(i, n) for i, n in enumerate(chunks_of_work(n_groups, workers))))
     return ThroughputResult(sent=len(jobs), accepted=accepted, seconds=time.perf_counter() - t0)
 
 
@@ -116,11 +135,13 @@ def _settings(base: Settings, tag: str) -> Settings:
 
 
 async def run_ingress_side(
-    base: Settings, config: IngressConfig, *, on_sent: Callable[[], None] | None = None
+    base: Settings, config: IngressConfig, *, batch: int = 1, on_sent: Callable[[int], None] | None = None
 ) -> ThroughputResult:
+    """Closed-loop POSTs: one request each (``batch`` 1) or ``batch`` each to ``/v1/requests/batch``."""
     tag = uuid.uuid4().hex[:8]
     settings = _settings(base, tag)
     await ensure_topics(settings)
+    posters = max(1, config.concurrency // batch)
     # One client (one keep-alive connection) per closed-loop sender: a single shared httpx pool spends
     # more CPU assigning 32+ concurrent requests to connections than the ingress spends serving them.
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -128,21 +149,24 @@ async def run_ingress_side(
         f = await stack.enter_async_context(fleet(settings, classes=[]))
         clients = [
             await stack.enter_async_context(httpx.AsyncClient(base_url=f.url, timeout=30, limits=limits))
-            for _ in range(config.concurrency)
+            for _ in range(posters)
         ]
 
-        async def send(i: int, job: Job) -> bool:
-            resp = await clients[i].post("/v1/requests", json=job.body)
-            return resp.status_code == 202
+        async def send(i: int, group: Sequence[Job]) -> int:
+            if batch == 1:
+                resp = await clients[i].post("/v1/requests", json=group[0].body)
+                return 1 if resp.status_code == 202 else 0
+            resp = await clients[i].post("/v1/requests/batch", json={"requests": [j.body for j in group]})
+            return int(resp.json().get("accepted", 0)) if resp.status_code in (202, 207) else 0
 
         warm = make_jobs(config.warmup, prompt_words=config.prompt_words, new_tokens=8, tag=f"{tag}w")
-        await _closed_loop(warm, config.concurrency, send, None)
+        await _closed_loop(warm, posters, send, None, per_send=batch)
         jobs = make_jobs(config.requests, prompt_words=config.prompt_words, new_tokens=8, tag=tag)
-        return await _closed_loop(jobs, config.concurrency, send, on_sent)
+        return await _closed_loop(jobs, posters, send, on_sent, per_send=batch)
 
 
 async def run_bare_side(
-    base: Settings, config: IngressConfig, *, on_sent: Callable[[], None] | None = None
+    base: Settings, config: IngressConfig, *, on_sent: Callable[[int], None] | None = None
 ) -> ThroughputResult:
     tag = uuid.uuid4().hex[:8]
     settings = _settings(base, tag)
@@ -157,11 +181,12 @@ async def run_bare_side(
     await producer.start()
     try:
 
-        async def send(_i: int, job: Job) -> bool:
+        async def send(_i: int, group: Sequence[Job]) -> int:
+            (job,) = group
             # The bytes the ingress publishes for the same body (its model, its encoding).
             value = InferenceRequest.model_validate(job.body).to_bytes()
             await producer.send_and_wait(topic, value=value, key=job.session_id.encode())
-            return True
+            return 1
 
         warm = make_jobs(config.warmup, prompt_words=config.prompt_words, new_tokens=8, tag=f"{tag}w")
         await _closed_loop(warm, config.concurrency, send, None)
@@ -175,13 +200,25 @@ def run_ingress_figure(
     base: Settings,
     config: IngressConfig,
     *,
-    on_sent_ingress: Callable[[], None] | None = None,
-    on_sent_bare: Callable[[], None] | None = None,
+    on_sent_ingress: Callable[[int], None] | None = None,
+    on_sent_batched: Callable[[int], None] | None = None,
+    on_sent_bare: Callable[[int], None] | None = None,
 ) -> IngressResult:
-    """Both sides, one after the other, each in its own event loop, under the same CPU affinity."""
+    """Every side, one after the other, each in its own event loop, under the same CPU affinity."""
     with one_cpu(config.one_cpu) as cpus:
         ingress = asyncio.run(run_ingress_side(base, config, on_sent=on_sent_ingress))
+        batched = (
+            asyncio.run(run_ingress_side(base, config, batch=config.batch, on_sent=on_sent_batched))
+            if config.batch > 1
+            else None
+        )
         bare = asyncio.run(run_bare_side(base, config, on_sent=on_sent_bare))
     return IngressResult(
-        concurrency=config.concurrency, linger_ms=INGRESS_LINGER_MS, cpu_affinity=cpus, ingress=ingress, bare=bare
+        concurrency=config.concurrency,
+        linger_ms=INGRESS_LINGER_MS,
+        cpu_affinity=cpus,
+        ingress=ingress,
+        bare=bare,
+        batch=config.batch,
+        batched=batched,
     )
