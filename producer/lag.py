@@ -30,12 +30,15 @@ class LagMonitor:
         self._metrics = metrics
         self._interval_s = interval_s
         self._decisions: dict[str, Decision] = {}
+        self._limits = {c.name: c.max_lag for c in settings.cost_classes}  # read per request: built once
         self._last: dict[str, tuple[float, int]] = {}  # class → (monotonic time, Σ committed)
         self.samples = 0
 
     def decision(self, cost_class: str) -> Decision:
-        limit = self._settings.cost_class(cost_class).max_lag
-        return self._decisions.get(cost_class, Decision(admit=True, lag=0, limit=limit, retry_after_s=0))
+        decided = self._decisions.get(cost_class)
+        if decided is not None:
+            return decided
+        return Decision(admit=True, lag=0, limit=self._limits[cost_class], retry_after_s=0)
 
     async def run(self) -> None:
         """Sample until cancelled; reconnect with backoff when the broker goes away."""

@@ -60,6 +60,9 @@ class Router:
             raise ValueError(f"no tokenizer for served model(s) {sorted(missing)}")
         self._settings = settings
         self._tokenizers = tokenizers
+        # Built once: the settings rebuild these tuples on every access, which is per request here.
+        self._classes = settings.cost_classes
+        self._serving = {model: settings.classes_serving(model) for model in settings.served_models}
 
     async def route(self, request: InferenceRequest, *, max_tokens_field: str = "max_new_tokens") -> Routed:
         """The cheapest fitting class among those allowed; ``ApiError`` naming the field when there is none.
@@ -68,9 +71,9 @@ class Router:
         413 when the request is too costly for every class serving its ``model``.
         """
         s = self._settings
-        candidates = s.cost_classes
+        candidates = self._classes
         if request.model is not None:
-            candidates = s.classes_serving(request.model)
+            candidates = self._serving.get(request.model, ())
             if not candidates:
                 raise model_not_found(request.model, s.served_models)
         if request.cost_class is not None:
