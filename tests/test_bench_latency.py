@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from brigade.bench.ingress import chunks_of_work
 from brigade.bench.latency import LatencyConfig, arrival_schedule, hop_latencies, latency_prompts, percentile, summarize
+from brigade.bench.loadgen import chunks_of_work
 from brigade.bench.runner import FIGURES, parse_figures
 
 

@@ -391,16 +391,10 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
             report.coldstart = run_cold_starts(settings, cs, on_start=lambda _m, _s: progress.advance(task))
         if "ingress" in figures:
             ing = config.ingress
-            t_http = progress.add_task(f"ingress: POST → 202, {ing.concurrency} in flight", total=ing.requests)
-            t_batch = progress.add_task(f"ingress: {ing.batch} per POST /v1/requests/batch", total=ing.requests)
-            t_bare = progress.add_task(f"bare aiokafka producer, {ing.concurrency} in flight", total=ing.requests)
-            report.ingress = run_ingress_figure(
-                settings,
-                ing,
-                on_sent_ingress=_advance(progress, t_http),
-                on_sent_batched=_advance(progress, t_batch),
-                on_sent_bare=_advance(progress, t_bare),
+            sides = progress.add_task(
+                f"ingress: POST /v1/requests, {ing.batch} per POST /v1/requests/batch, bare producer", total=3
             )
+            report.ingress = run_ingress_figure(settings, ing, on_side=lambda _side: progress.advance(sides))
 
 
 def print_report(report: BenchReport) -> None:
