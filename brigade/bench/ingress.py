@@ -3,9 +3,9 @@
 Both sides send the same messages (the ingress's own encoding of the same request, keyed by session) to
 the same topic of the same broker, acks=all with the ingress's linger, and both keep the same number of
 requests in flight. The ingress runs in this process with no workers (``fleet(settings, classes=[])``),
-on the production event loop (``brigade/eventloop.py``), pinned to one CPU; its HTTP clients run in a child
-process pinned to another CPU (``brigade/bench/loadgen.py``), as a load generator would. The bare producer
-runs in this process on the same CPU and the same loop.
+pinned to one CPU; its HTTP clients run in a child process pinned to another CPU
+(``brigade/bench/loadgen.py``), as a load generator would. The bare producer runs in this process on the
+same CPU.
 
 Measured twice: one request per ``POST /v1/requests``, and ``batch`` requests per ``POST /v1/requests/batch``
 (``concurrency / batch`` clients, so the same number of requests is in flight): the second is how a bulk
@@ -14,6 +14,7 @@ publisher would use the ingress, and shows what the HTTP exchange itself costs p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
-from brigade import eventloop
 from brigade.bench.loadgen import HttpLoad, ThroughputResult, closed_loop, http_load
 from brigade.bench.pipeline import Job, make_jobs
 from brigade.inprocess import fleet
@@ -154,13 +154,13 @@ def run_ingress_figure(
 ) -> IngressResult:
     """Every side, one after the other, each on its own event loop, under the same CPU affinity."""
     with one_cpu(config.one_cpu) as cpus:
-        ingress = eventloop.run(run_ingress_side(base, config))
+        ingress = asyncio.run(run_ingress_side(base, config))
         if on_side is not None:
             on_side("ingress")
-        batched = eventloop.run(run_ingress_side(base, config, batch=config.batch)) if config.batch > 1 else None
+        batched = asyncio.run(run_ingress_side(base, config, batch=config.batch)) if config.batch > 1 else None
         if on_side is not None:
             on_side("batched")
-        bare = eventloop.run(run_bare_side(base, config))
+        bare = asyncio.run(run_bare_side(base, config))
         if on_side is not None:
             on_side("bare")
     return IngressResult(
