@@ -207,6 +207,28 @@ class BrigadeClient:
         _raise_for(resp)
         return Submitted.model_validate(resp.json())
 
+    async def submit_many(
+        self, requests: Sequence[Mapping[str, Any]], *, traceparent: str | None = None
+    ) -> list[Submitted | BrigadeError]:
+        """Publish up to 1000 requests in one ``POST /v1/requests/batch``; one answer per request, in order.
+
+        Each mapping is a ``POST /v1/requests`` body (``prompt`` or ``messages``, ``max_new_tokens``, …). A
+        request the ingress refused comes back as its ``BrigadeError`` (the others are on Kafka regardless); a
+        body that fails validation raises ``InvalidRequest`` for the whole call, with nothing published.
+        """
+        headers = {"traceparent": traceparent} if traceparent else {}
+        resp = await self._http.post("/v1/requests/batch", json={"requests": list(requests)}, headers=headers)
+        if resp.status_code not in (202, 207):
+            _raise_for(resp)
+        out: list[Submitted | BrigadeError] = []
+        for result in resp.json()["results"]:
+            if result["status"] == 202:
+                out.append(Submitted.model_validate(result["accepted"]))
+            else:
+                err = result["error"]
+                out.append(error_for(result["status"], err["message"], code=err.get("code"), param=err.get("param")))
+        return out
+
     async def stream(
         self, session_id: str, *, request_id: str | None = None, last_event_id: str | None = None
     ) -> AsyncIterator[AnyEvent]:

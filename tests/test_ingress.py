@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from brigade.inprocess import fleet
-from producer.client import BrigadeClient, BrigadeError
+from producer.client import BrigadeClient, BrigadeError, InvalidRequest, NotFound
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
@@ -243,6 +243,13 @@ async def test_client_generate_and_errors(settings: Settings, ingress: str, redi
         with pytest.raises(BrigadeError) as err:
             await client.submit("x", max_new_tokens=100_000)
         assert err.value.status == 422 and "max_new_tokens" in err.value.message
+
+        many = await client.submit_many([{"prompt": "a"}, {"prompt": "b", "model": "gpt-9"}, {"prompt": "c"}])
+        assert [type(m).__name__ for m in many] == ["RequestAccepted", "NotFound", "RequestAccepted"]
+        assert isinstance(many[1], NotFound) and "gpt-9" in many[1].message
+        with pytest.raises(InvalidRequest) as bad:
+            await client.submit_many([{"prompt": "a", "max_new_tokens": 0}])
+        assert "requests.0.max_new_tokens" in bad.value.message
 
 
 async def test_openai_sdk_completions_and_chat(settings: Settings, ingress: str, redis_client: aioredis.Redis) -> None:
