@@ -118,9 +118,7 @@ def _other_cpu() -> int | None:
     return others[0] if others else None
 
 
-async def run_bare_side(
-    base: Settings, config: IngressConfig, *, on_sent: Callable[[int], None] | None = None
-) -> ThroughputResult:
+async def run_bare_side(base: Settings, config: IngressConfig) -> ThroughputResult:
     tag = uuid.uuid4().hex[:8]
     settings = _settings(base, tag)
     await ensure_topics(settings)
@@ -144,7 +142,7 @@ async def run_bare_side(
         warm = make_jobs(config.warmup, prompt_words=config.prompt_words, new_tokens=8, tag=f"{tag}w")
         await closed_loop(warm, config.concurrency, send)
         jobs = make_jobs(config.requests, prompt_words=config.prompt_words, new_tokens=8, tag=tag)
-        return await closed_loop(jobs, config.concurrency, send, on_sent)
+        return await closed_loop(jobs, config.concurrency, send)
     finally:
         await producer.stop()
 
