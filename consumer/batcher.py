@@ -40,6 +40,8 @@ class PendingItem:
     offset: int  # its offset in ``tp``; committed once it and everything below it are complete
     enqueued_at: float  # monotonic seconds when it entered the local queue (queue time, batch wait)
     trace: TraceContext | None = None  # the worker's span for this request (W3C), for its logs and final event
+    published_at_ms: int | None = None  # the Kafka record's timestamp (epoch ms), for the final event's stage times
+    fetched_at_ms: int | None = None  # wall clock (epoch ms) when it entered the queue
 
     @property
     def session_id(self) -> str:

@@ -192,6 +192,7 @@ class BatchExecutor:
 
     async def _write_step(self, running: dict[str, Running], deltas: Sequence[TokenDelta], done: Done) -> None:
         now = self._clock()
+        now_ms = int(self._wall_clock().timestamp() * 1000)
         events: list[Outgoing] = []
         finished: list[Running] = []
         for delta in deltas:
@@ -199,6 +200,8 @@ class BatchExecutor:
             if r is None or r.finished:
                 continue
             self._token_metrics(r, delta, now)
+            if r.first_token_at_ms is None and delta.completion_tokens > 0:
+                r.first_token_at_ms = now_ms
             request = r.item.request
             if delta.text:
                 token = TokenEvent(request_id=request.request_id, seq=r.next_seq(), attempt=r.attempt, text=delta.text)
@@ -216,6 +219,10 @@ class BatchExecutor:
                     completion_tokens=delta.completion_tokens,
                     traceparent=r.item.traceparent,
                     model=self._engine.model_name,
+                    published_at_ms=r.item.published_at_ms,
+                    fetched_at_ms=r.item.fetched_at_ms,
+                    scheduled_at_ms=r.scheduled_at_ms,
+                    first_token_at_ms=r.first_token_at_ms,
                 )
                 events.append(Outgoing(request.session_id, final, session=self._session_write(r, final)))
                 finished.append(r)

@@ -43,6 +43,8 @@ class Running:
     seq: int = 0  # next event's seq within this attempt
     completion_tokens: int = 0
     last_token_at: float | None = None  # monotonic time of the previous delta (TPOT)
+    scheduled_at_ms: int | None = None  # wall clock (epoch ms) when its admission began
+    first_token_at_ms: int | None = None  # wall clock (epoch ms) when the step with its first token ended
     finished: bool = False
     turn: TurnPlan | None = None  # a chat turn: its session append, and the reply collected so far
 
@@ -72,6 +74,7 @@ class Intake:
     async def admit(self, items: Sequence[PendingItem], attempts: Sequence[int], *, now: datetime) -> Admission:
         """Sort ``items`` (with the attempt numbers ``RedisSink.begin`` gave them) into run, reject and skip."""
         out = Admission()
+        now_ms = int(now.timestamp() * 1000)
         to_encode: list[tuple[PendingItem, int]] = []
         for item, attempt in zip(items, attempts, strict=True):
             if attempt == 0:
@@ -99,7 +102,7 @@ class Intake:
             if problem is not None:
                 out.rejected.append((item, error_event(item, attempt, *problem)))
                 continue
-            run = Running(item=item, attempt=attempt, prompt_tokens=len(ids), turn=turn)
+            run = Running(item=item, attempt=attempt, prompt_tokens=len(ids), turn=turn, scheduled_at_ms=now_ms)
             gen = GenerationInput(
                 request_id=request.request_id,
                 prompt_ids=ids,

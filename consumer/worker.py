@@ -311,6 +311,14 @@ class Worker:
             return
         trace = worker_trace(record.headers)
         self.batcher.add(
-            PendingItem(request=parsed, tp=tp, offset=record.offset, enqueued_at=time.monotonic(), trace=trace)
+            PendingItem(
+                request=parsed,
+                tp=tp,
+                offset=record.offset,
+                enqueued_at=time.monotonic(),
+                trace=trace,
+                published_at_ms=record.timestamp if record.timestamp >= 0 else None,
+                fetched_at_ms=time.time_ns() // 1_000_000,
+            )
         )
         self._arrived.set()

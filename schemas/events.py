@@ -6,7 +6,8 @@ higher attempt for a request drops what it collected from the lower one.
 
 ``traceparent`` on ``done`` / ``error`` is optional (W3C trace context of the worker's span for the request,
 see ``schemas/tracing.py``): events written before it existed, or by a publisher of its own, parse without it.
-``model`` on ``done`` is optional for the same reason.
+``model`` on ``done`` is optional for the same reason, and so are its four ``*_at_ms`` stage times (see
+``DoneEvent``): published to Kafka, fetched by the worker, scheduled, first token.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class DoneEvent(_EventBase):
     completion_tokens: int = Field(ge=0)
     traceparent: str | None = None  # the worker's span: same trace id as the request's traceparent header
     model: str | None = None  # the model that answered (each class may serve its own); absent on older events
+    # Where the time went, in epoch milliseconds (absent on older events and on events of other publishers):
+    published_at_ms: int | None = None  # the Kafka record's timestamp (producer CreateTime, or LogAppendTime)
+    fetched_at_ms: int | None = None  # the worker took it off Kafka into its queue
+    scheduled_at_ms: int | None = None  # its batch (or its join into a running batch) began admission
+    first_token_at_ms: int | None = None  # the engine step that made its first token ended
 
 
 class ErrorEvent(_EventBase):

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from brigade.bench.latency import LatencyConfig, arrival_schedule, hop_latencies, latency_prompts, percentile, summarize
+from brigade.bench.latency import (
+    LatencyConfig,
+    arrival_schedule,
+    hop_latencies,
+    latency_prompts,
+    percentile,
+    stage_times,
+    summarize,
+)
 from brigade.bench.loadgen import chunks_of_work
 from brigade.bench.runner import FIGURES, parse_figures
+from schemas.events import DoneEvent, FinishReason
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -78,3 +87,15 @@ def test_chunks_of_work() -> None:
     assert chunks_of_work(2, 4) == [1, 1]
     assert chunks_of_work(0, 4) == []
     assert sum(chunks_of_work(500, 32)) == 500
+
+
+def test_stage_times_split_the_time_to_first_token() -> None:
+    stamps = {"published_at_ms": 1003, "fetched_at_ms": 1010, "scheduled_at_ms": 1012, "first_token_at_ms": 1020}
+    done = DoneEvent(request_id="r", seq=3, finish_reason=FinishReason.LENGTH, prompt_tokens=4, completion_tokens=2,
+                     **stamps)  # fmt: skip
+    split = stage_times(1000.0, done, 1021.0)
+    assert split is not None
+    assert list(split.values()) == [3.0, 7.0, 2.0, 8.0, 1.0]
+    assert sum(split.values()) == 21.0  # the stages add up to the TTFT
+    older = DoneEvent(request_id="r", seq=3, finish_reason=FinishReason.LENGTH, prompt_tokens=4, completion_tokens=2)
+    assert stage_times(1000.0, older, 1021.0) is None

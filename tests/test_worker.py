@@ -116,6 +116,9 @@ async def test_every_request_gets_one_final_and_offsets_reach_the_log_end(
         assert isinstance(final, DoneEvent), final
         assert final.completion_tokens == r.max_new_tokens and final.prompt_tokens > 0
         assert [e.seq for e in evs] == list(range(len(evs))) and {e.attempt for e in evs} == {1}
+        stamps = (final.published_at_ms, final.fetched_at_ms, final.scheduled_at_ms, final.first_token_at_ms)
+        stages = [t for t in stamps if t is not None]
+        assert len(stages) == 4 and stages == sorted(stages), stamps  # where its time went, in order
     for s in sessions:  # a session's turns are answered in publish order
         order = [e.request_id for e in await stream(redis_client, settings, s) if is_final(e)]
         assert order == [r.request_id for r in reqs if r.session_id == s]

@@ -33,6 +33,7 @@ from brigade.bench.pipeline import Job, await_finals, isolated_settings, make_jo
 from brigade.inprocess import fleet
 from consumer.engine.interface import GenerationInput, InferenceEngine
 from producer.topics import ensure_topics
+from schemas.events import DoneEvent, parse_event
 from schemas.requests import SamplingParams
 from schemas.settings import Settings
 
@@ -95,6 +96,28 @@ def hop_latencies(ttft_s: Mapping[str, float], prefill_s: Mapping[str, float]) -
     return [t - prefill_s[rid] for rid, t in ttft_s.items() if rid in prefill_s]
 
 
+STAGES = (
+    ("ingress: POST → Kafka record", "published_at_ms"),
+    ("Kafka: record → worker queue", "fetched_at_ms"),
+    ("worker queue → scheduled", "scheduled_at_ms"),
+    ("scheduled → first token (admit, join, prefill)", "first_token_at_ms"),
+    ("first token → in Redis (write)", None),
+)
+
+
+def stage_times(sent_ms: float, done: DoneEvent, first_event_ms: float) -> dict[str, float] | None:
+    """Milliseconds spent in each stage of one request's time to first token, from its ``done`` event's stage
+    times; None when the event lacks them (an older worker). The stages add up to the TTFT."""
+    marks = [sent_ms]
+    for _, attr in STAGES[:-1]:
+        value = getattr(done, attr)
+        if value is None:
+            return None
+        marks.append(float(value))
+    marks.append(first_event_ms)
+    return {name: b - a for (name, _), a, b in zip(STAGES, marks[:-1], marks[1:], strict=True)}
+
+
 # --- measurement ---------------------------------------------------------------------------------------------
 
 
@@ -135,6 +158,7 @@ class LatencyResult:
     prefill_ms: dict[str, float] = field(default_factory=dict)
     hop_ms: dict[str, float] = field(default_factory=dict)
     hop_samples_ms: list[float] = field(default_factory=list)
+    stages_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> summary; see ``stage_times``
 
 
 def measure_prefill(engine: InferenceEngine, prompts: Sequence[str], *, repeats: int = 3) -> dict[str, float]:
@@ -161,21 +185,28 @@ async def _submit(http: httpx.AsyncClient, job: Job) -> float:
     return sent
 
 
-async def first_event_ms(redis: aioredis.Redis, settings: Settings, jobs: Sequence[Job]) -> dict[str, float]:
-    """Each request's first event time, read from its stream entry id (the server's clock, in ms).
+async def first_event_ms(
+    redis: aioredis.Redis, settings: Settings, jobs: Sequence[Job]
+) -> tuple[dict[str, float], dict[str, DoneEvent]]:
+    """Each request's first event time, read from its stream entry id (the server's clock, in ms), and its
+    ``done`` event (for the stage times).
 
     Reading the ids after the run, rather than blocking a reader per request while it runs, keeps
     the client's own work off the event loop that the ingress and worker under test share with it;
     the bench's redis-server runs on this machine, so its clock is the client's clock.
     """
-    out: dict[str, float] = {}
+    first: dict[str, float] = {}
+    finals: dict[str, DoneEvent] = {}
     for job in jobs:
         entries = cast(list[tuple[str, dict[str, str]]], await redis.xrange(settings.names.stream_key(job.session_id)))
         for entry_id, fields in entries:
-            if fields.get("request_id") == job.request_id:
-                out[job.request_id] = float(entry_id.split("-")[0])
-                break
-    return out
+            if fields.get("request_id") != job.request_id:
+                continue
+            first.setdefault(job.request_id, float(entry_id.split("-")[0]))
+            event = parse_event(fields)
+            if isinstance(event, DoneEvent):
+                finals[job.request_id] = event
+    return first, finals
 
 
 async def run_latency(
@@ -235,7 +266,7 @@ async def run_latency(
             await asyncio.gather(*tasks)
             await await_finals(redis, settings, jobs, timeout_s=600)  # every request also ran to its final
             elapsed = time.perf_counter() - start
-            first_ms = await first_event_ms(redis, settings, jobs)
+            first_ms, finals = await first_event_ms(redis, settings, jobs)
     finally:
         await redis.aclose()
 
@@ -246,6 +277,15 @@ async def run_latency(
 
     def ms(values: Sequence[float]) -> dict[str, float]:
         return {k: (v * 1000 if k != "n" else v) for k, v in summarize(values).items()}
+
+    split = [
+        t
+        for rid in sent
+        if rid in first_ms
+        and rid in finals
+        and (t := stage_times(sent[rid] * 1000, finals[rid], first_ms[rid])) is not None
+    ]
+    stages = {name: summarize([t[name] for t in split]) for name, _ in STAGES} if split else {}
 
     return LatencyResult(
         model=settings.model,
@@ -261,6 +301,7 @@ async def run_latency(
         prefill_ms=ms(list(per_request_prefill.values())),
         hop_ms=ms(hops),
         hop_samples_ms=[h * 1000 for h in hops],
+        stages_ms=stages,
     )
 
 

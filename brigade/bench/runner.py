@@ -474,7 +474,7 @@ def _print_latency(r: LatencyResult) -> None:
         ("engine prefill, batch of one", r.prefill_ms),
         ("hop = TTFT − prefill", r.hop_ms),
     )
-    for name, d in rows:
+    for name, d in (*rows, *((f"  {stage}", d) for stage, d in r.stages_ms.items())):
         if d.get("n"):
             table.add_row(name, f"{d['n']:.0f}", *(f"{d[k]:.1f}" for k in ("p50", "p90", "p99", "max")))
     console.print(table)
