@@ -71,10 +71,14 @@ class Intake:
         self._sink = sink
         self._executor = executor
 
-    async def admit(self, items: Sequence[PendingItem], attempts: Sequence[int], *, now: datetime) -> Admission:
-        """Sort ``items`` (with the attempt numbers ``RedisSink.begin`` gave them) into run, reject and skip."""
+    async def admit(
+        self, items: Sequence[PendingItem], attempts: Sequence[int], *, now: datetime, scheduled_at_ms: int
+    ) -> Admission:
+        """Sort ``items`` (with the attempt numbers ``RedisSink.begin`` gave them) into run, reject and skip.
+
+        ``scheduled_at_ms`` (epoch ms, when their admission began) goes on each runnable request's final event.
+        """
         out = Admission()
-        now_ms = int(now.timestamp() * 1000)
         to_encode: list[tuple[PendingItem, int]] = []
         for item, attempt in zip(items, attempts, strict=True):
             if attempt == 0:
@@ -102,7 +106,9 @@ class Intake:
             if problem is not None:
                 out.rejected.append((item, error_event(item, attempt, *problem)))
                 continue
-            run = Running(item=item, attempt=attempt, prompt_tokens=len(ids), turn=turn, scheduled_at_ms=now_ms)
+            run = Running(
+                item=item, attempt=attempt, prompt_tokens=len(ids), turn=turn, scheduled_at_ms=scheduled_at_ms
+            )
             gen = GenerationInput(
                 request_id=request.request_id,
                 prompt_ids=ids,
