@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from brigade.bench.ingress import one_cpu
 from brigade.bench.latency import (
     LatencyConfig,
     arrival_schedule,
@@ -99,3 +102,15 @@ def test_stage_times_split_the_time_to_first_token() -> None:
     assert sum(split.values()) == 21.0  # the stages add up to the TTFT
     older = DoneEvent(request_id="r", seq=3, finish_reason=FinishReason.LENGTH, prompt_tokens=4, completion_tokens=2)
     assert stage_times(1000.0, older, 1021.0) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux-only")
+def test_one_cpu_pins_and_offers_a_spare_from_the_allowed_set() -> None:
+    allowed = os.sched_getaffinity(0)
+    with one_cpu(True) as pinned:
+        assert pinned.cpus is not None and os.sched_getaffinity(0) == set(pinned.cpus) <= allowed
+        if len(allowed) > 1:
+            assert pinned.spare in allowed and pinned.spare not in pinned.cpus
+        else:
+            assert pinned.spare is None
+    assert os.sched_getaffinity(0) == allowed

@@ -70,17 +70,25 @@ class IngressResult:
         return self.batched.accepted_per_s / self.bare.accepted_per_s
 
 
+@dataclass(frozen=True, slots=True)
+class Pinning:
+    cpus: list[int] | None  # what this process is pinned to (None: not pinned)
+    spare: int | None  # another CPU this process may use, for the load generator (None: none, or not pinned)
+
+
 @contextlib.contextmanager
-def one_cpu(enabled: bool) -> Iterator[list[int] | None]:
-    """Pin the process to one of its allowed CPUs (Linux) for the duration; yields the affinity used."""
+def one_cpu(enabled: bool) -> Iterator[Pinning]:
+    """Pin the process to one of its allowed CPUs (Linux) for the duration; the spare comes from the same
+    allowed set (a container's cpuset need not start at CPU 0)."""
     if not enabled or not hasattr(os, "sched_setaffinity"):
-        yield None
+        yield Pinning(cpus=None, spare=None)
         return
     before = os.sched_getaffinity(0)
     cpu = min(before)
+    others = sorted(before - {cpu})
     os.sched_setaffinity(0, {cpu})
     try:
-        yield [cpu]
+        yield Pinning(cpus=[cpu], spare=others[0] if others else None)
     finally:
         os.sched_setaffinity(0, before)
 
@@ -89,9 +97,12 @@ def _settings(base: Settings, tag: str) -> Settings:
     return base.model_copy(update={"namespace": f"ing{tag}", "class_max_lag": (10**9,) * len(base.classes)})
 
 
-async def run_ingress_side(base: Settings, config: IngressConfig, *, batch: int = 1) -> ThroughputResult:
-    """Closed-loop POSTs from the load generator: one request each (``batch`` 1) or ``batch`` each to
-    ``/v1/requests/batch``, with ``concurrency // batch`` senders so the same requests are in flight."""
+async def run_ingress_side(
+    base: Settings, config: IngressConfig, *, batch: int = 1, load_cpu: int | None = None
+) -> ThroughputResult:
+    """Closed-loop POSTs from the load generator (pinned to ``load_cpu``): one request each (``batch`` 1) or
+    ``batch`` each to ``/v1/requests/batch``, with ``concurrency // batch`` senders so the same requests are in
+    flight."""
     tag = uuid.uuid4().hex[:8]
     settings = _settings(base, tag)
     await ensure_topics(settings)
@@ -104,18 +115,9 @@ async def run_ingress_side(base: Settings, config: IngressConfig, *, batch: int 
             batch=batch,
             prompt_words=config.prompt_words,
             tag=tag,
-            cpu=_other_cpu(),
+            cpu=load_cpu,
         )
         return await http_load(load)
-
-
-def _other_cpu() -> int | None:
-    """A CPU for the load generator other than the one this process is pinned to, if there is one."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    mine = os.sched_getaffinity(0)
-    others = sorted(set(range(os.cpu_count() or 1)) - mine)
-    return others[0] if others else None
 
 
 async def run_bare_side(base: Settings, config: IngressConfig) -> ThroughputResult:
@@ -151,11 +153,15 @@ def run_ingress_figure(
     base: Settings, config: IngressConfig, *, on_side: Callable[[str], None] | None = None
 ) -> IngressResult:
     """Every side, one after the other, each on its own event loop, under the same CPU affinity."""
-    with one_cpu(config.one_cpu) as cpus:
-        ingress = asyncio.run(run_ingress_side(base, config))
+    with one_cpu(config.one_cpu) as pinned:
+        ingress = asyncio.run(run_ingress_side(base, config, load_cpu=pinned.spare))
         if on_side is not None:
             on_side("ingress")
-        batched = asyncio.run(run_ingress_side(base, config, batch=config.batch)) if config.batch > 1 else None
+        batched = (
+            asyncio.run(run_ingress_side(base, config, batch=config.batch, load_cpu=pinned.spare))
+            if config.batch > 1
+            else None
+        )
         if on_side is not None:
             on_side("batched")
         bare = asyncio.run(run_bare_side(base, config))
@@ -164,7 +170,7 @@ def run_ingress_figure(
     return IngressResult(
         concurrency=config.concurrency,
         linger_ms=INGRESS_LINGER_MS,
-        cpu_affinity=cpus,
+        cpu_affinity=pinned.cpus,
         ingress=ingress,
         bare=bare,
         batch=config.batch,
