@@ -185,7 +185,7 @@ async def _submit(http: httpx.AsyncClient, job: Job) -> float:
     return sent
 
 
-async def first_event_ms(
+async def first_events_and_finals(
     redis: aioredis.Redis, settings: Settings, jobs: Sequence[Job]
 ) -> tuple[dict[str, float], dict[str, DoneEvent]]:
     """Each request's first event time, read from its stream entry id (the server's clock, in ms), and its
@@ -266,7 +266,7 @@ async def run_latency(
             await asyncio.gather(*tasks)
             await await_finals(redis, settings, jobs, timeout_s=600)  # every request also ran to its final
             elapsed = time.perf_counter() - start
-            first_ms, finals = await first_event_ms(redis, settings, jobs)
+            first_ms, finals = await first_events_and_finals(redis, settings, jobs)
     finally:
         await redis.aclose()
 
