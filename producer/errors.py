@@ -63,10 +63,12 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
     parts = []
     first: str | None = None
     for err in errors:
-        field = _field(tuple(err.get("loc", ())))
+        invalid_json = err.get("type") == "json_invalid"
+        # A JSON error's location is ("body", <character offset>): the offset is not a field.
+        field = "body" if invalid_json else _field(tuple(err.get("loc", ())))
         first = first or field
         msg = err.get("msg", "invalid")
-        if err.get("type") == "json_invalid":
+        if invalid_json:
             parts.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', msg)}); send a JSON object")
         else:
             parts.append(f"{field}: {msg}")

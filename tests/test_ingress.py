@@ -136,6 +136,7 @@ async def test_invalid_json_and_wrong_method(ingress: str) -> None:
         bad = await http.post("/v1/requests", content=b"{nope", headers={"content-type": "application/json"})
         wrong = await http.get("/v1/requests")
     assert bad.status_code == 422 and "not valid JSON" in bad.json()["error"]["message"]
+    assert bad.json()["error"]["param"] == "body"  # not the character offset pydantic puts in the location
     assert wrong.status_code == 405 and "GET is not allowed" in wrong.json()["error"]["message"]
 
 
