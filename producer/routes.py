@@ -32,8 +32,10 @@ class SubmitBody(InferenceRequest):
 
     def to_request(self) -> InferenceRequest:
         data = self.model_dump(exclude_none=True)
-        data.setdefault("request_id", uuid.uuid4().hex)
-        data.setdefault("session_id", uuid.uuid4().hex)
+        if "request_id" not in data:
+            data["request_id"] = uuid.uuid4().hex
+        if "session_id" not in data:
+            data["session_id"] = uuid.uuid4().hex
         return InferenceRequest.model_validate(data)
 
 
