@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
+from aiokafka.structs import RecordMetadata
 
 from producer.errors import ApiError
 from producer.lag import LagMonitor
 from producer.metrics import IngressMetrics
-from producer.publisher import BrokerUnavailable, Publisher
+from producer.publisher import BrokerUnavailable, Publisher, Record
 from producer.routing import Router
 from schemas.requests import InferenceRequest, RequestAccepted
 from schemas.settings import Settings
-from schemas.tracing import TRACEPARENT, TRACESTATE, continue_or_start
+from schemas.tracing import TRACEPARENT, TRACESTATE, TraceContext, parse_traceparent
 
 
 @dataclass
@@ -68,20 +71,77 @@ class Ingress:
         passed through as a proxy would (the ingress records no span of its own); without a valid one the
         request starts a new trace, so every request has a trace id the worker's logs and final event repeat.
         """
+        (outcome,) = await self.submit_many(
+            [request], traceparent=traceparent, tracestate=tracestate, max_tokens_field=max_tokens_field
+        )
+        if isinstance(outcome, ApiError):
+            raise outcome
+        return outcome
+
+    async def submit_many(
+        self,
+        requests: Sequence[InferenceRequest],
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+        max_tokens_field: str = "max_new_tokens",
+    ) -> list[RequestAccepted | ApiError]:
+        """``submit`` for each request, in order, each answered on its own; the accepted share produce requests.
+
+        A valid ``traceparent`` is the parent of every request; without one each request starts its own trace.
+        """
+        caller = parse_traceparent(traceparent)
+        trace_headers: list[tuple[str, bytes]] = []
+        if caller is not None:
+            trace_headers.append((TRACEPARENT, caller.traceparent.encode()))
+            if tracestate:
+                trace_headers.append((TRACESTATE, tracestate.encode()))
+        planned: list[_Planned | ApiError] = []
+        for request in requests:
+            try:
+                plan = await self._plan(request, max_tokens_field=max_tokens_field)
+            except ApiError as exc:
+                planned.append(exc)
+                continue
+            trace = caller or TraceContext.start()
+            headers = trace_headers or [(TRACEPARENT, trace.traceparent.encode())]
+            planned.append(plan._replace(traceparent=trace.traceparent, headers=tuple(headers)))
+        to_send = [p for p in planned if not isinstance(p, ApiError)]
+        t0 = time.perf_counter()
+        acks = iter(await self.publisher.publish_many([p.record() for p in to_send]))
+        elapsed = time.perf_counter() - t0
+        out: list[RequestAccepted | ApiError] = []
+        for item in planned:
+            if isinstance(item, ApiError):
+                out.append(item)
+                continue
+            ack = next(acks)
+            name = item.cost_class
+            if isinstance(ack, BrokerUnavailable):
+                self.metrics.count(name, "unavailable")
+                out.append(ApiError(503, str(ack), code="broker_unavailable", headers={"Retry-After": "1"}))
+                continue
+            self.metrics.publish_seconds.labels(name).observe(elapsed)
+            self.metrics.count(name, "accepted")
+            out.append(item.accepted(ack, self.settings))
+        return out
+
+    async def _plan(self, request: InferenceRequest, *, max_tokens_field: str) -> _Planned:
+        """Route, check and admit one request: where it goes and what it weighs, or the ``ApiError`` why not."""
         try:
             routed = await self.router.route(request, max_tokens_field=max_tokens_field)
         except ApiError:
-            self.metrics.requests.labels("none", "rejected").inc()
+            self.metrics.count("none", "rejected")
             raise
         cls, prompt_tokens = routed.cost_class, routed.prompt_tokens
         try:
             self.check_limits(request, prompt_tokens, max_tokens_field=max_tokens_field)
         except ApiError:
-            self.metrics.requests.labels(cls.name, "rejected").inc()
+            self.metrics.count(cls.name, "rejected")
             raise
         decision = self.lag.decision(cls.name)
         if not decision.admit:
-            self.metrics.requests.labels(cls.name, "throttled").inc()
+            self.metrics.count(cls.name, "throttled")
             raise ApiError(
                 429,
                 f"class {cls.name!r} has a backlog of {decision.lag} requests, over its limit {decision.limit} "
@@ -91,30 +151,33 @@ class Ingress:
             )
         if request.cost_class != cls.name:
             request = request.model_copy(update={"cost_class": cls.name})
-        topic = self.settings.names.request_topic(cls.name)
-        trace, continued = continue_or_start(traceparent)
-        headers = [(TRACEPARENT, trace.traceparent.encode())]
-        if continued and tracestate:
-            headers.append((TRACESTATE, tracestate.encode()))
-        t0 = time.perf_counter()
-        try:
-            meta = await self.publisher.publish(
-                topic, key=request.session_id.encode(), value=request.to_bytes(), headers=headers
-            )
-        except BrokerUnavailable as exc:
-            self.metrics.requests.labels(cls.name, "unavailable").inc()
-            raise ApiError(503, str(exc), code="broker_unavailable", headers={"Retry-After": "1"}) from None
-        self.metrics.publish_seconds.labels(cls.name).observe(time.perf_counter() - t0)
-        self.metrics.requests.labels(cls.name, "accepted").inc()
+        return _Planned(request, cls.name, prompt_tokens, self.settings.names.request_topic(cls.name))
+
+
+class _Planned(NamedTuple):
+    """A request that passed routing, limits and admission, and the record it becomes."""
+
+    request: InferenceRequest
+    cost_class: str
+    prompt_tokens: int
+    topic: str
+    traceparent: str = ""
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def record(self) -> Record:
+        return Record(self.topic, self.request.session_id.encode(), self.request.to_bytes(), self.headers)
+
+    def accepted(self, meta: RecordMetadata, settings: Settings) -> RequestAccepted:
+        r = self.request
         return RequestAccepted(
-            request_id=request.request_id,
-            session_id=request.session_id,
-            cost_class=cls.name,
-            topic=topic,
+            request_id=r.request_id,
+            session_id=r.session_id,
+            cost_class=self.cost_class,
+            topic=self.topic,
             partition=meta.partition,
             offset=meta.offset,
-            stream=self.settings.names.stream_key(request.session_id),
-            prompt_tokens=prompt_tokens,
-            events_url=f"/v1/sessions/{request.session_id}/events?request_id={request.request_id}",
-            traceparent=trace.traceparent,
+            stream=settings.names.stream_key(r.session_id),
+            prompt_tokens=self.prompt_tokens,
+            events_url=f"/v1/sessions/{r.session_id}/events?request_id={r.request_id}",
+            traceparent=self.traceparent,
         )

@@ -27,3 +27,11 @@ class IngressMetrics:
             ["class"],
             registry=self.registry,
         )
+        self._counters: dict[tuple[str, str], Counter] = {}
+
+    def count(self, cost_class: str, outcome: str) -> None:
+        """One request of ``cost_class`` ended in ``outcome``; each labelled child is looked up once."""
+        child = self._counters.get((cost_class, outcome))
+        if child is None:
+            child = self._counters[(cost_class, outcome)] = self.requests.labels(cost_class, outcome)
+        child.inc()

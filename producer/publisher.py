@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 
 class BrokerUnavailable(Exception):
     """The broker did not take the message within the request timeout."""
+
+
+class Record(NamedTuple):
+    topic: str
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class Publisher:
@@ -52,7 +60,7 @@ class Publisher:
                 **kafka_client_options(self._settings),
                 acks="all",
                 enable_idempotence=self._settings.kafka_idempotence,
-                linger_ms=2,
+                linger_ms=self._settings.kafka_linger_ms,
                 request_timeout_ms=int(self._settings.request_timeout_s * 1000),
             )
             try:
@@ -69,28 +77,64 @@ class Publisher:
             log.info("connected to kafka", extra={"bootstrap": self._settings.kafka_bootstrap})
             return
 
-    async def publish(
-        self, topic: str, *, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
-    ) -> RecordMetadata:
+    def _not_acknowledged(self, exc: BaseException | None) -> BrokerUnavailable:
         timeout = self._settings.request_timeout_s
+        cause = type(exc).__name__ if exc is not None else "TimeoutError"
+        return BrokerUnavailable(
+            f"Kafka at {self._settings.kafka_bootstrap} did not acknowledge within {timeout:g} s "
+            f"(BRIGADE_REQUEST_TIMEOUT_S): {cause}; the broker may still take it once it recovers, "
+            "so retry with the same request_id and session_id (a request already answered is not answered again)"
+        )
+
+    async def publish_many(self, records: Sequence[Record]) -> list[RecordMetadata | BrokerUnavailable]:
+        """Hand every record to the producer, then wait for their acks under one deadline; an ack or the reason
+        there is none, per record, in order.
+
+        One coroutine sends them all, so a batch of requests costs one deadline and no task per record, and
+        the records share produce requests. A record the broker has not acknowledged by the deadline, or that
+        could not be handed over, is ``BrokerUnavailable``.
+        """
+        if not records:
+            return []
         if self._producer is None:
-            raise BrokerUnavailable(
+            unreachable = BrokerUnavailable(
                 f"Kafka at {self._settings.kafka_bootstrap} is not reachable yet; retry shortly "
                 "(BRIGADE_KAFKA_BOOTSTRAP)"
             )
+            return [unreachable] * len(records)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.request_timeout_s
+        acks: list[asyncio.Future[RecordMetadata]] = []
+        handover: BaseException | None = None
         try:
-            async with asyncio.timeout(timeout):
-                ack = await self._producer.send(topic, value=value, key=key, headers=list(headers))
-                meta: RecordMetadata = await ack
+            async with asyncio.timeout_at(deadline):
+                for r in records:
+                    acks.append(await self._producer.send(r.topic, value=r.value, key=r.key, headers=list(r.headers)))
         except (TimeoutError, KafkaError) as exc:
-            raise BrokerUnavailable(
-                f"Kafka at {self._settings.kafka_bootstrap} did not acknowledge within {timeout:g} s "
-                f"(BRIGADE_REQUEST_TIMEOUT_S): {type(exc).__name__}; the broker may still take it once it recovers, "
-                "so retry with the same request_id and session_id (a request already answered is not answered again)"
-            ) from exc
-        tp = (meta.topic, meta.partition)
-        self.log_end[tp] = max(self.log_end.get(tp, 0), meta.offset + 1)
-        return meta
+            handover = exc  # the rest were never handed to the producer
+        if acks:
+            await asyncio.wait(acks, timeout=max(0.0, deadline - loop.time()))
+        out: list[RecordMetadata | BrokerUnavailable] = []
+        for i in range(len(records)):
+            if i >= len(acks):
+                out.append(self._not_acknowledged(handover))
+                continue
+            ack = acks[i]
+            if not ack.done():
+                ack.cancel()  # nobody will read it; the record may still reach the broker
+                out.append(self._not_acknowledged(None))
+                continue
+            error = ack.exception()
+            if error is not None:
+                if not isinstance(error, KafkaError):
+                    raise error  # not the broker's answer: a bug, answered as the one error shape
+                out.append(self._not_acknowledged(error))
+                continue
+            meta = ack.result()
+            tp = (meta.topic, meta.partition)
+            self.log_end[tp] = max(self.log_end.get(tp, 0), meta.offset + 1)
+            out.append(meta)
+        return out
 
     async def stop(self) -> None:
         if self._connector is not None:

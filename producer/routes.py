@@ -24,19 +24,18 @@ router = APIRouter()
 MAX_BATCH_REQUESTS = 1000  # requests per POST /v1/requests/batch; more is more than one HTTP body should carry
 
 
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
 class SubmitBody(InferenceRequest):
-    """``InferenceRequest`` with ``request_id`` and ``session_id`` optional: the ingress generates them."""
+    """``InferenceRequest`` with ``request_id`` and ``session_id`` optional: the ingress generates them.
 
-    request_id: Identifier | None = Field(default=None)  # type: ignore[assignment]
-    session_id: Identifier | None = Field(default=None)  # type: ignore[assignment]
+    Being an ``InferenceRequest`` once validated, it is published as it is, with no second validation.
+    """
 
-    def to_request(self) -> InferenceRequest:
-        data = self.model_dump(exclude_none=True)
-        if "request_id" not in data:
-            data["request_id"] = uuid.uuid4().hex
-        if "session_id" not in data:
-            data["session_id"] = uuid.uuid4().hex
-        return InferenceRequest.model_validate(data)
+    request_id: Identifier = Field(default_factory=_new_id)
+    session_id: Identifier = Field(default_factory=_new_id)
 
 
 class BatchBody(BaseModel):
@@ -60,7 +59,7 @@ async def submit(
     tracestate: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Publish a request to its cost class's topic; 202 once the broker has acknowledged it."""
-    accepted = await ingress_of(request).submit(body.to_request(), traceparent=traceparent, tracestate=tracestate)
+    accepted = await ingress_of(request).submit(body, traceparent=traceparent, tracestate=tracestate)
     return JSONResponse(accepted.model_dump(), status_code=202)
 
 
@@ -78,10 +77,8 @@ async def submit_batch(
     answered per request, in order: ``{"status": 202, "accepted": {...}}`` or ``{"status": 4xx/5xx,
     "error": {...}}``; the accepted ones are on Kafka whatever happened to the others.
     """
-    ingress = ingress_of(request)
-    outcomes = await asyncio.gather(
-        *(ingress.submit(item.to_request(), traceparent=traceparent, tracestate=tracestate) for item in body.requests),
-        return_exceptions=True,
+    outcomes = await ingress_of(request).submit_many(
+        body.requests, traceparent=traceparent, tracestate=tracestate
     )
     results: list[dict[str, object]] = []
     retry_after: list[int] = []
@@ -91,8 +88,6 @@ async def submit_batch(
             results.append({"status": outcome.status, **error})
             if "Retry-After" in outcome.headers:
                 retry_after.append(int(outcome.headers["Retry-After"]))
-        elif isinstance(outcome, BaseException):
-            raise outcome  # not the caller's doing (e.g. a bug): the one error shape, as on the single route
         else:
             results.append({"status": 202, "accepted": outcome.model_dump()})
     refused = len(results) - sum(1 for r in results if r["status"] == 202)

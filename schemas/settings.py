@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
     request_timeout_s: float = Field(default=5.0, gt=0.0)  # broker ack deadline before a 503
+    # the ingress producer's linger.ms: how long a record waits for others to share its produce request. Every
+    # request waits for its ack, so this adds straight to time to first token; under load records batch anyway,
+    # behind the produce request already in flight
+    kafka_linger_ms: int = Field(default=2, ge=0, le=1000)
 
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -93,12 +93,6 @@ def parse_traceparent(value: str | bytes | None) -> TraceContext | None:
     return TraceContext(trace_id=trace_id, span_id=span_id, flags=int(flags, 16))
 
 
-def continue_or_start(value: str | bytes | None) -> tuple[TraceContext, bool]:
-    """The caller's context when its header is valid (True), else a new trace (False)."""
-    parsed = parse_traceparent(value)
-    return (parsed, True) if parsed is not None else (TraceContext.start(), False)
-
-
 def from_headers(headers: Iterable[tuple[str, bytes]] | None) -> TraceContext | None:
     """The context in Kafka record headers (the first ``traceparent``), or None when absent or invalid."""
     for key, value in headers or ():

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, parse_event
-from schemas.tracing import TraceContext, continue_or_start, from_headers, parse_traceparent
+from schemas.tracing import TraceContext, from_headers, parse_traceparent
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 TRACE_ID, SPAN_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -58,12 +58,6 @@ def test_new_traces_and_child_spans() -> None:
     assert child.span_id != SPAN_ID and HEADER.fullmatch(child.traceparent)
     assert len({TraceContext.start().trace_id for _ in range(100)}) == 100
     assert child.log_fields() == {"trace_id": TRACE_ID, "span_id": child.span_id, "parent_span_id": SPAN_ID}
-
-
-def test_continue_or_start() -> None:
-    assert continue_or_start(VALID) == (parse_traceparent(VALID), True)
-    started, continued = continue_or_start("garbage")
-    assert not continued and HEADER.fullmatch(started.traceparent)
 
 
 def test_kafka_headers() -> None:

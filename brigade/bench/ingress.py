@@ -1,9 +1,9 @@
 """Ingress throughput: accepted requests/s (POST /v1/requests → 202, i.e. the broker acked) against a bare producer.
 
 Both sides send the same messages (the ingress's own encoding of the same request, keyed by session) to
-the same topic of the same broker, acks=all with the ingress's linger, and both keep the same number of
-requests in flight. The ingress runs in this process with no workers (``fleet(settings, classes=[])``),
-pinned to one CPU; its HTTP clients run in a child process pinned to another CPU
+the same topic of the same broker, acks=all with the ingress's linger (``BRIGADE_KAFKA_LINGER_MS``), and both
+keep the same number of requests in flight. The ingress runs in this process with no workers
+(``fleet(settings, classes=[])``), pinned to one CPU; its HTTP clients run in a child process pinned to another CPU
 (``brigade/bench/loadgen.py``), as a load generator would. The bare producer runs in this process on the
 same CPU.
 
@@ -30,9 +30,6 @@ from brigade.kafka_config import kafka_client_options
 from producer.topics import ensure_topics
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
-
-# The ingress's producer (producer/publisher.py) lingers 2 ms; the bare producer must match it.
-INGRESS_LINGER_MS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +126,7 @@ async def run_bare_side(base: Settings, config: IngressConfig) -> ThroughputResu
         **kafka_client_options(settings),
         acks="all",
         enable_idempotence=settings.kafka_idempotence,
-        linger_ms=INGRESS_LINGER_MS,
+        linger_ms=settings.kafka_linger_ms,
     )
     await producer.start()
     try:
@@ -169,7 +166,7 @@ def run_ingress_figure(
             on_side("bare")
     return IngressResult(
         concurrency=config.concurrency,
-        linger_ms=INGRESS_LINGER_MS,
+        linger_ms=base.kafka_linger_ms,
         cpu_affinity=pinned.cpus,
         ingress=ingress,
         bare=bare,
