@@ -140,6 +140,8 @@ class Settings(BaseSettings):
     # but the dev broker (Tansu) holds a fetch for the whole wait, which adds straight to time to first token
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
     queue_size: int = Field(default=256, ge=1)  # local queue bound; partitions pause when it is full
+    # ONNX Runtime's session.intra_op.allow_spinning: turn it off where the worker shares its CPUs
+    ort_allow_spinning: bool = True
     drain_timeout_s: float = Field(default=30.0, ge=0.0)
     # how long a worker keeps retrying an unreachable Redis (backing off exponentially) before it fails loudly;
     # covers a Redis restart or failover without losing the running batch
@@ -155,7 +157,7 @@ class Settings(BaseSettings):
     # the ingress producer's linger.ms: how long a record waits for others to share its produce request. Every
     # request waits for its ack, so this adds straight to time to first token; under load records batch anyway,
     # behind the produce request already in flight
-    kafka_linger_ms: int = Field(default=2, ge=0, le=1000)
+    kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
 
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

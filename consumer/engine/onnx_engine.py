@@ -47,13 +47,17 @@ def execution_providers(device: str) -> list[str]:
     raise ValueError(f"BRIGADE_DEVICE={device!r} is not supported yet; use 'cpu' or 'auto'")
 
 
-def session_options() -> ort.SessionOptions:
+def session_options(*, allow_spinning: bool = True) -> ort.SessionOptions:
+    """``allow_spinning``: intra-op threads busy-wait between operators. That saves their wake-up on every
+    operator, but the CPU they burn is taken from whatever shares the cores: on the dev stack it doubled
+    the queue hop's p99 (BENCHMARKS.md, figure 3)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     opts.intra_op_num_threads = cores
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     # ERROR and up: the built-in models' optional logits_to_keep input (an overridable initializer) makes
     # every session print a WARNING that reads like a fault but is the intended design.
     opts.log_severity_level = 3
@@ -304,14 +308,14 @@ class OnnxBatchRun:
 
 
 class OnnxEngine:
-    def __init__(self, model_dir: Path, *, model_name: str, device: str = "cpu") -> None:
+    def __init__(self, model_dir: Path, *, model_name: str, device: str = "cpu", allow_spinning: bool = True) -> None:
         self._name = model_name
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.files: ModelFiles = read_model_files(model_dir, self.tokenizer)
         self._chat = ChatRenderer(self.files)
         providers = execution_providers(device)
         self._session: ort.InferenceSession | None = ort.InferenceSession(
-            str(model_file(model_dir)), sess_options=session_options(), providers=providers
+            str(model_file(model_dir)), sess_options=session_options(allow_spinning=allow_spinning), providers=providers
         )
         self.layout = kv_layout(self._session, self.files.config)
         model_vocab = self._session.get_outputs()[0].shape[-1]
@@ -373,4 +377,9 @@ def load_engine(settings: Settings) -> OnnxEngine:
     """Resolve (and on first use generate) the worker's class's model, then open its session."""
     model = settings.model_for(settings.worker_class)
     model_dir = resolve_model(model, cache_dir=settings.model_cache_dir)
-    return OnnxEngine(model_dir, model_name=model, device=settings.device_for(settings.worker_class))
+    return OnnxEngine(
+        model_dir,
+        model_name=model,
+        device=settings.device_for(settings.worker_class),
+        allow_spinning=settings.ort_allow_spinning,
+    )
