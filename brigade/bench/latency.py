@@ -1,9 +1,10 @@
 """Queue hop latency: time to first token through the whole path minus the engine's own prefill.
 
-The whole path is HTTP submit → ingress → Kafka ack → worker fetch → (batch window, static batching
-only) → prefill → first token event written to Redis. The clock starts at the client's wall-clock time
-just before the POST and stops at the first event's stream entry id, which is the redis-server's
-wall-clock time of the XADD in milliseconds (same machine, same clock): the event became readable
+The ingress and the worker run as their own processes (``brigade ingress``, ``brigade worker``), as in
+production; the client runs here. The whole path is HTTP submit → ingress → Kafka ack → worker fetch →
+(batch window, static batching only) → prefill → first token event written to Redis. The clock starts at
+the client's wall-clock time just before the POST and stops at the first event's stream entry id, which
+is the redis-server's wall-clock time of the XADD in milliseconds (same machine, same clock): the event became readable
 then, whatever the client was doing, and no reader per request loads the process under test. The
 engine's prefill for the same prompt (first ``step()`` of a batch of one) is measured
 in-process beforehand and subtracted per request, which leaves the hop: everything brigade adds.
@@ -30,7 +31,7 @@ import redis.asyncio as aioredis
 
 from brigade.bench.engine_loop import bench_prompt
 from brigade.bench.pipeline import Job, await_finals, isolated_settings, make_jobs
-from brigade.inprocess import fleet
+from brigade.bench.replicas import process_fleet
 from consumer.engine.interface import GenerationInput, InferenceEngine
 from producer.topics import ensure_topics
 from schemas.events import DoneEvent, parse_event
@@ -137,6 +138,9 @@ class LatencyConfig:
     # The hop brigade adds when it is asked for low latency: continuous batching starts a request at once
     # (static batching adds up to BRIGADE_MAX_BATCH_WAIT_MS of batch window on top).
     batching: str = "continuous"
+    # The worker shares two cores with the ingress, the broker, Redis and this client: spinning ORT threads
+    # took the CPU the others needed (TTFT p99 50–86 ms with it, 27–31 ms without, at 120 requests/s).
+    ort_allow_spinning: bool = False
 
     @classmethod
     def quick(cls) -> LatencyConfig:
@@ -154,6 +158,8 @@ class LatencyResult:
     max_batch_wait_ms: float
     batching: str
     fetch_max_wait_ms: int
+    kafka_linger_ms: int
+    ort_allow_spinning: bool
     ttft_ms: dict[str, float] = field(default_factory=dict)
     prefill_ms: dict[str, float] = field(default_factory=dict)
     hop_ms: dict[str, float] = field(default_factory=dict)
@@ -224,49 +230,53 @@ async def run_latency(
         namespace=f"lat{tag}",
         batch_size=config.batch_size,
         queue_size=config.capacity_requests + config.max_arrivals + 1,
-    ).model_copy(update={"fetch_max_wait_ms": config.fetch_max_wait_ms, "batching": config.batching})
+    ).model_copy(
+        update={
+            "fetch_max_wait_ms": config.fetch_max_wait_ms,
+            "batching": config.batching,
+            "ort_allow_spinning": config.ort_allow_spinning,
+        }
+    )
     await ensure_topics(settings)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
     kw = {"prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
     try:
-        async with (
-            fleet(settings, classes=["small"]) as f,
-            httpx.AsyncClient(base_url=f.url, timeout=60) as http,
-        ):
-            warm = make_jobs(3, tag=f"{tag}w", **kw)  # group join, connections, first shapes
-            for job in warm:
-                await _submit(http, job)
-                await await_finals(redis, settings, [job], timeout_s=120)
+        with process_fleet(settings, cost_class="small") as url:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+                warm = make_jobs(3, tag=f"{tag}w", **kw)  # group join, connections, first shapes
+                for job in warm:
+                    await _submit(http, job)
+                    await await_finals(redis, settings, [job], timeout_s=120)
 
-            burst = make_jobs(config.capacity_requests, tag=f"{tag}c", **kw)
-            t0 = time.perf_counter()
-            await asyncio.gather(*(http.post("/v1/requests", json=j.body) for j in burst))
-            await await_finals(redis, settings, burst, timeout_s=600)
-            capacity = len(burst) / (time.perf_counter() - t0)
+                burst = make_jobs(config.capacity_requests, tag=f"{tag}c", **kw)
+                t0 = time.perf_counter()
+                await asyncio.gather(*(http.post("/v1/requests", json=j.body) for j in burst))
+                await await_finals(redis, settings, burst, timeout_s=600)
+                capacity = len(burst) / (time.perf_counter() - t0)
 
-            rate = capacity * config.load
-            schedule = arrival_schedule(rate, max_count=config.max_arrivals, max_seconds=config.max_seconds, seed=6)
-            if on_capacity is not None:
-                on_capacity(capacity, len(schedule))
-            jobs = make_jobs(len(schedule), tag=f"{tag}o", **kw)
-            sent: dict[str, float] = {}
+                rate = capacity * config.load
+                schedule = arrival_schedule(rate, max_count=config.max_arrivals, max_seconds=config.max_seconds, seed=6)
+                if on_capacity is not None:
+                    on_capacity(capacity, len(schedule))
+                jobs = make_jobs(len(schedule), tag=f"{tag}o", **kw)
+                sent: dict[str, float] = {}
 
-            async def timed(job: Job) -> None:
-                sent[job.request_id] = await _submit(http, job)
-                if on_done is not None:
-                    on_done()
+                async def timed(job: Job) -> None:
+                    sent[job.request_id] = await _submit(http, job)
+                    if on_done is not None:
+                        on_done()
 
-            tasks: list[asyncio.Task[None]] = []
-            start = time.perf_counter()
-            for offset, job in zip(schedule, jobs, strict=True):
-                delay = start + offset - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)  # the open-loop arrival schedule itself
-                tasks.append(asyncio.create_task(timed(job)))
-            await asyncio.gather(*tasks)
-            await await_finals(redis, settings, jobs, timeout_s=600)  # every request also ran to its final
-            elapsed = time.perf_counter() - start
-            first_ms, finals = await first_events_and_finals(redis, settings, jobs)
+                tasks: list[asyncio.Task[None]] = []
+                start = time.perf_counter()
+                for offset, job in zip(schedule, jobs, strict=True):
+                    delay = start + offset - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)  # the open-loop arrival schedule itself
+                    tasks.append(asyncio.create_task(timed(job)))
+                await asyncio.gather(*tasks)
+                await await_finals(redis, settings, jobs, timeout_s=600)  # every request also ran to its final
+                elapsed = time.perf_counter() - start
+                first_ms, finals = await first_events_and_finals(redis, settings, jobs)
     finally:
         await redis.aclose()
 
@@ -297,6 +307,8 @@ async def run_latency(
         max_batch_wait_ms=settings.max_batch_wait_ms,
         batching=settings.batching,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        kafka_linger_ms=settings.kafka_linger_ms,
+        ort_allow_spinning=settings.ort_allow_spinning,
         ttft_ms=ms(list(ttft.values())),
         prefill_ms=ms(list(per_request_prefill.values())),
         hop_ms=ms(hops),

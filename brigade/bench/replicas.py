@@ -17,24 +17,45 @@ from pathlib import Path
 
 import httpx
 
-from brigade.devstack import DevStack
 from brigade.devtools.process import Service, ServiceFailed, free_port
 from schemas.settings import Settings
 
 POLL_S = 0.02  # readiness poll interval: the resolution of the cold-start figure, as a kubelet probe would see it
 
 
-def worker_service(settings: Settings, *, name: str, log_dir: Path, **env: str) -> Service:
-    """``brigade worker --class <settings.worker_class>`` on a free metrics port, configured only by env vars."""
-    stack = DevStack(settings=settings, kafka_port=0, redis_port=0, ingress_port=0, workers_per_class=1,
-                     log_dir=log_dir)  # fmt: skip
+def _service(settings: Settings, *, name: str, command: Sequence[str], log_dir: Path, **env: str) -> Service:
+    """``brigade <command>`` on a free port, configured only by ``BRIGADE_*`` variables (all of ``settings``)."""
     port = free_port()
-    cls = settings.worker_class
-    variables = stack.child_env(BRIGADE_METRICS_PORT=str(port), BRIGADE_WORKER_CLASS=cls, **env)
-    variables["BRIGADE_QUEUE_SIZE"] = str(settings.queue_size)
-    variables["BRIGADE_MAX_BATCH_SIZE"] = str(settings.max_batch_size)
-    argv = [sys.executable, "-m", "brigade", "worker", "--class", cls]
+    variables = settings.to_env() | {"BRIGADE_METRICS_PORT": str(port), "BRIGADE_PORT": str(port),
+                                     "BRIGADE_HOST": "127.0.0.1"} | env  # fmt: skip
+    argv = [sys.executable, "-m", "brigade", *command]
     return Service(name=name, argv=argv, port=port, log_path=log_dir / f"{name}.log", env=variables)
+
+
+def worker_service(settings: Settings, *, name: str, log_dir: Path, **env: str) -> Service:
+    """``brigade worker --class <settings.worker_class>`` on a free metrics port."""
+    return _service(settings, name=name, command=("worker", "--class", settings.worker_class), log_dir=log_dir, **env)
+
+
+@contextmanager
+def process_fleet(settings: Settings, *, cost_class: str, timeout_s: float = 180) -> Iterator[str]:
+    """``brigade ingress`` and one ``brigade worker`` of ``cost_class``, each its own process as in production;
+    yields the ingress URL once both are ready and the worker owns every partition of its class."""
+    log_dir = Path(tempfile.mkdtemp(prefix="brigade-fleet-"))
+    ingress = _service(settings, name="ingress", command=("ingress",), log_dir=log_dir)
+    worker = worker_service(settings.model_copy(update={"worker_class": cost_class}), name=f"worker-{cost_class}",
+                            log_dir=log_dir)  # fmt: skip
+    try:
+        for svc in (ingress, worker):
+            svc.start(timeout_s=timeout_s, wait=False)
+        for svc in (ingress, worker):
+            svc.wait_port(timeout_s=timeout_s)
+        partitions = settings.class_partitions[settings.classes.index(cost_class)]
+        wait_balanced([worker], partitions=partitions, timeout_s=timeout_s)
+        yield f"http://127.0.0.1:{ingress.port}"
+    finally:
+        ingress.stop()
+        worker.stop(timeout_s=settings.drain_timeout_s + 5)
 
 
 def readyz(client: httpx.Client, svc: Service) -> dict[str, object] | None:

@@ -485,7 +485,9 @@ def _print_latency(r: LatencyResult) -> None:
             f"req/s offered = {r.offered_rps / r.capacity_rps:.0%} of the {r.capacity_rps:.1f} req/s measured; "
             f"{r.completed}/{r.arrivals} completed; {r.batching} batching"
             + (f" (includes the {r.max_batch_wait_ms:g} ms batch window)" if r.batching == "static" else "")
-            + f", fetch max wait {r.fetch_max_wait_ms} ms; target p50 ≤ 5 ms, p99 ≤ 25 ms"
+            + f", fetch max wait {r.fetch_max_wait_ms} ms, linger {r.kafka_linger_ms} ms, ORT spinning "
+            + ("on" if r.ort_allow_spinning else "off")
+            + "; ingress and worker in their own processes; target p50 ≤ 5 ms, p99 ≤ 25 ms"
         )
 
 
