@@ -77,9 +77,7 @@ async def submit_batch(
     answered per request, in order: ``{"status": 202, "accepted": {...}}`` or ``{"status": 4xx/5xx,
     "error": {...}}``; the accepted ones are on Kafka whatever happened to the others.
     """
-    outcomes = await ingress_of(request).submit_many(
-        body.requests, traceparent=traceparent, tracestate=tracestate
-    )
+    outcomes = await ingress_of(request).submit_many(body.requests, traceparent=traceparent, tracestate=tracestate)
     results: list[dict[str, object]] = []
     retry_after: list[int] = []
     for outcome in outcomes:
