@@ -333,7 +333,10 @@ def _prefill(lat: LatencyConfig, settings: Settings) -> dict[str, float]:
     from consumer.engine.onnx_engine import load_engine
 
     with console.status(f"latency: the engine's own prefill on {lat.model}, batch of one, per prompt…"):
-        engine = load_engine(settings.model_copy(update={"model": lat.model}))
+        # the worker's own engine settings: its prefill is what the figure subtracts
+        engine = load_engine(
+            settings.model_copy(update={"model": lat.model, "ort_allow_spinning": lat.ort_allow_spinning})
+        )
         engine.warmup(batch_size=1)
         try:
             return measure_prefill(engine, latency_prompts(lat))
