@@ -23,18 +23,21 @@ from schemas.settings import Settings
 POLL_S = 0.02  # readiness poll interval: the resolution of the cold-start figure, as a kubelet probe would see it
 
 
-def _service(settings: Settings, *, name: str, command: Sequence[str], log_dir: Path, **env: str) -> Service:
-    """``brigade <command>`` on a free port, configured only by ``BRIGADE_*`` variables (all of ``settings``)."""
+def _service(
+    settings: Settings, *, name: str, command: Sequence[str], port_variable: str, log_dir: Path, **env: str
+) -> Service:
+    """``brigade <command>`` serving HTTP on a free port (given in ``port_variable``), configured only by
+    ``BRIGADE_*`` variables (all of ``settings``)."""
     port = free_port()
-    variables = settings.to_env() | {"BRIGADE_METRICS_PORT": str(port), "BRIGADE_PORT": str(port),
-                                     "BRIGADE_HOST": "127.0.0.1"} | env  # fmt: skip
+    variables = settings.to_env() | {port_variable: str(port), "BRIGADE_HOST": "127.0.0.1"} | env
     argv = [sys.executable, "-m", "brigade", *command]
     return Service(name=name, argv=argv, port=port, log_path=log_dir / f"{name}.log", env=variables)
 
 
 def worker_service(settings: Settings, *, name: str, log_dir: Path, **env: str) -> Service:
     """``brigade worker --class <settings.worker_class>`` on a free metrics port."""
-    return _service(settings, name=name, command=("worker", "--class", settings.worker_class), log_dir=log_dir, **env)
+    command = ("worker", "--class", settings.worker_class)
+    return _service(settings, name=name, command=command, port_variable="BRIGADE_METRICS_PORT", log_dir=log_dir, **env)
 
 
 @contextmanager
@@ -42,7 +45,7 @@ def process_fleet(settings: Settings, *, cost_class: str, timeout_s: float = 180
     """``brigade ingress`` and one ``brigade worker`` of ``cost_class``, each its own process as in production;
     yields the ingress URL once both are ready and the worker owns every partition of its class."""
     log_dir = Path(tempfile.mkdtemp(prefix="brigade-fleet-"))
-    ingress = _service(settings, name="ingress", command=("ingress",), log_dir=log_dir)
+    ingress = _service(settings, name="ingress", command=("ingress",), port_variable="BRIGADE_PORT", log_dir=log_dir)
     worker = worker_service(settings.model_copy(update={"worker_class": cost_class}), name=f"worker-{cost_class}",
                             log_dir=log_dir)  # fmt: skip
     try:
