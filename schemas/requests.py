@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -23,6 +23,19 @@ Identifier = Annotated[
 ]
 
 
+def _encodable(text: str) -> str:
+    """Refuse lone surrogates: JSON's ``\\ud800`` escapes can smuggle them into a str, and no tokenizer,
+    Kafka record or Redis stream can carry them."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode text (a lone surrogate at character {exc.start}); send UTF-8") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -33,7 +46,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class SamplingParams(BaseModel):
@@ -44,7 +57,7 @@ class SamplingParams(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+    stop: list[Annotated[Text, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=MAX_STOP_STRINGS
     )
     ignore_eos: bool = False  # keep generating past end-of-sequence, as vLLM's flag: fixed-length benchmarks
@@ -58,7 +71,7 @@ class InferenceRequest(SamplingParams):
     schema_version: Literal[1] = SCHEMA_VERSION
     request_id: Identifier
     session_id: Identifier
-    prompt: str | None = None
+    prompt: Text | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     max_new_tokens: int = Field(default=64, ge=1)  # deployments cap it: BRIGADE_MAX_NEW_TOKENS_LIMIT
     model: str | None = None
@@ -105,7 +118,9 @@ class RequestAccepted(BaseModel):
     partition: int
     offset: int
     stream: str  # the Redis stream key, for readers that go straight to Redis
-    prompt_tokens: int
+    # The ingress's count of the text it received, or None where an upper bound (its UTF-8 length) already
+    # settled the class and the prompt limit. The done event's prompt_tokens is the engine's exact count.
+    prompt_tokens: int | None
     events_url: str  # the SSE endpoint for this request
     # W3C trace context the request travels with: the caller's header when valid, else a new trace
     traceparent: str | None = None

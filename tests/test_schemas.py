@@ -37,6 +37,9 @@ def test_minimal_raw_message_is_a_valid_request() -> None:
         ({"request_id": "r", "session_id": "s", "prompt": "x", "temperature": 9}, "temperature"),
         ({"request_id": "r", "session_id": "s", "prompt": "x", "surprise": 1}, "surprise"),
         ({"request_id": "r w", "session_id": "s", "prompt": "x"}, "request_id"),
+        ({"request_id": "r", "session_id": "s", "prompt": "a\ud800"}, "prompt"),  # a lone surrogate
+        ({"request_id": "r", "session_id": "s", "messages": [{"role": "user", "content": "\udfff"}]}, "content"),
+        ({"request_id": "r", "session_id": "s", "prompt": "x", "stop": ["\ud800"]}, "stop.0"),
     ],
 )
 def test_invalid_requests_name_the_field(body: dict[str, object], field: str) -> None:
