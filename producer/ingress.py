@@ -37,8 +37,11 @@ class Ingress:
     def served_models(self) -> tuple[str, ...]:
         return self.settings.served_models
 
-    def check_limits(self, request: InferenceRequest, prompt_tokens: int, *, max_tokens_field: str) -> None:
-        """Refuse what the deployment will not serve; ``max_tokens_field`` is the name the caller used."""
+    def check_limits(self, request: InferenceRequest, prompt_tokens: int | None, *, max_tokens_field: str) -> None:
+        """Refuse what the deployment will not serve; ``max_tokens_field`` is the name the caller used.
+
+        ``prompt_tokens`` is None when the router proved the prompt under the limit without counting it.
+        """
         s = self.settings
         if request.max_new_tokens > s.max_new_tokens_limit:
             raise ApiError(
@@ -48,7 +51,7 @@ class Ingress:
                 param=max_tokens_field,
                 code="max_new_tokens_over_limit",
             )
-        if prompt_tokens > s.max_prompt_tokens:
+        if prompt_tokens is not None and prompt_tokens > s.max_prompt_tokens:
             raise ApiError(
                 413,
                 f"the prompt is {prompt_tokens} tokens, over the limit {s.max_prompt_tokens} "
@@ -159,7 +162,7 @@ class _Planned(NamedTuple):
 
     request: InferenceRequest
     cost_class: str
-    prompt_tokens: int
+    prompt_tokens: int | None
     topic: str
     traceparent: str = ""
     headers: tuple[tuple[str, bytes], ...] = ()

@@ -5,6 +5,10 @@ into different numbers of tokens, so a request's cost depends on the class it is
 weighs it class by class, cheapest first, counting once per distinct model: with one model for every class
 that is one count, as before. A request naming a ``model`` is weighed only against the classes that serve
 that model; one naming a ``cost_class`` is weighed only against that class.
+
+Where the model's tokenizer allows it, the prompt's byte length stands in for its count
+(``producer/prompt_bound.py``): the router tokenizes only when that bound cannot decide the class and the
+prompt limit, which for short prompts is never.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 
 from producer.errors import ApiError
+from producer.prompt_bound import TokenBound, byte_bound
 from schemas.costs import CostClass, estimate_cost
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
@@ -28,7 +33,8 @@ _MESSAGE_OVERHEAD_TOKENS = 4  # role markers a chat template adds per turn, roug
 class Routed:
     cost_class: CostClass
     model: str  # the model that class serves
-    prompt_tokens: int  # counted with that model's tokenizer
+    # Counted with that model's tokenizer; None when an upper bound under every limit made counting needless.
+    prompt_tokens: int | None
 
 
 def model_not_found(model: str, served: tuple[str, ...]) -> ApiError:
@@ -40,10 +46,17 @@ def model_not_found(model: str, served: tuple[str, ...]) -> ApiError:
     )
 
 
+def prompt_texts(request: InferenceRequest) -> tuple[list[str], int]:
+    """The texts the model will read, and the tokens a chat template adds: a few per turn for role markers."""
+    if request.prompt is not None:
+        return [request.prompt], 0
+    texts = [m.content for m in request.messages or ()]
+    return texts, _MESSAGE_OVERHEAD_TOKENS * len(texts)
+
+
 async def count_tokens(tokenizer: Tokenizer, request: InferenceRequest) -> int:
-    """Prompt tokens, or the messages' tokens plus a few per turn for the chat template's role markers."""
-    texts = [request.prompt] if request.prompt is not None else [m.content for m in request.messages or ()]
-    overhead = 0 if request.prompt is not None else _MESSAGE_OVERHEAD_TOKENS * len(texts)
+    """Prompt tokens, or the messages' tokens plus the chat template's per-turn overhead."""
+    texts, overhead = prompt_texts(request)
     if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
         encodings = await asyncio.to_thread(tokenizer.encode_batch, texts)
     else:
@@ -60,6 +73,7 @@ class Router:
             raise ValueError(f"no tokenizer for served model(s) {sorted(missing)}")
         self._settings = settings
         self._tokenizers = tokenizers
+        self._bounds: dict[str, TokenBound | None] = {model: byte_bound(tokenizers[model]) for model in tokenizers}
         # Built once: the settings rebuild these tuples on every access, which is per request here.
         self._classes = settings.cost_classes
         self._serving = {model: settings.classes_serving(model) for model in settings.served_models}
@@ -82,6 +96,8 @@ class Router:
         for cls in candidates:
             model = s.model_for(cls.name)
             if model not in counted:
+                if self._bound_decides(request, model, cls):
+                    return Routed(cost_class=cls, model=model, prompt_tokens=None)
                 counted[model] = await count_tokens(self._tokenizers[model], request)
             cost = estimate_cost(prompt_tokens=counted[model], max_new_tokens=request.max_new_tokens)
             if cost <= cls.max_cost or request.cost_class is not None:
@@ -97,6 +113,21 @@ class Router:
             param="model",
             code="too_costly_for_model",
         )
+
+    def _bound_decides(self, request: InferenceRequest, model: str, cls: CostClass) -> bool:
+        """Would the exact count land in ``cls`` and pass the prompt limit? True only when its bound proves it.
+
+        ``cls`` is the cheapest candidate not yet ruled out, so landing there is what the exact count does too.
+        """
+        bound_of = self._bounds.get(model)
+        if bound_of is None:
+            return False
+        texts, overhead = prompt_texts(request)
+        bound = bound_of(texts) + overhead
+        if bound > self._settings.max_prompt_tokens:
+            return False
+        fits = estimate_cost(prompt_tokens=bound, max_new_tokens=request.max_new_tokens) <= cls.max_cost
+        return fits or request.cost_class is not None
 
     def _explicit(self, request: InferenceRequest, candidates: tuple[CostClass, ...]) -> tuple[CostClass, ...]:
         """An explicit ``cost_class`` wins over the estimate, if it exists and serves the requested model."""

@@ -44,9 +44,23 @@ async def test_the_count_is_the_landing_class_models(router: Router, model_cache
     routed = await router.route(request(prompt, max_new_tokens=8))
     assert (routed.cost_class.name, routed.model, routed.prompt_tokens) == ("large", WORDS, 1500)  # ... counted there
     small = await router.route(request("a short order", max_new_tokens=8))
-    assert (small.cost_class.name, small.prompt_tokens) == ("small", len(tiny.encode("a short order").ids))
+    assert (small.cost_class.name, small.prompt_tokens) == ("small", None)  # its 13 bytes decided: not counted
     explicit = await router.route(request(prompt, cost_class="small"))  # an explicit class is not re-weighed
     assert (explicit.cost_class.name, explicit.prompt_tokens) == ("small", tiny_count)
+
+
+async def test_the_byte_bound_decides_only_what_the_exact_count_would(router: Router, model_cache_dir: Path) -> None:
+    tiny = load_tokenizer("builtin:tiny", cache_dir=model_cache_dir)
+    prompt = " ".join(["mise-en-place"] * 40)  # 559 bytes: over small's 512 by its bytes, not by its tokens
+    count = len(tiny.encode(prompt).ids)
+    assert count + 8 <= 512 < len(prompt.encode()) + 8
+    routed = await router.route(request(prompt, max_new_tokens=8))
+    assert (routed.cost_class.name, routed.prompt_tokens) == ("small", count)
+    # Under the prompt limit by bytes, an explicit class takes it uncounted; over it, the count is needed.
+    settings = Settings(_env_file=None, max_prompt_tokens=len(prompt.encode()) - 1, model_cache_dir=model_cache_dir)
+    strict = Router(settings, {"builtin:tiny": tiny})
+    assert (await strict.route(request(prompt, cost_class="small"))).prompt_tokens == count
+    assert (await router.route(request(prompt, cost_class="small"))).prompt_tokens is None
 
 
 async def test_a_request_too_costly_for_every_class_serving_its_model_is_413(router: Router) -> None:
