@@ -6,10 +6,10 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -46,30 +46,53 @@ class BatchBody(BaseModel):
     requests: list[SubmitBody] = Field(min_length=1, max_length=MAX_BATCH_REQUESTS)
 
 
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the route parses itself, with every ``$ref`` inlined (there is no ``$defs`` there).
+
+    The two publish routes read their body with ``model_validate_json`` rather than as a FastAPI parameter:
+    one parse in pydantic's own JSON reader, instead of ``json.loads`` and then a validation of the Python
+    objects, and no dependency solving for the headers. That was about a tenth of the ingress's CPU per
+    request. Errors still come out as pydantic's, which the error handlers answer as 422 naming the field.
+    """
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+
+
 def ingress_of(request: Request) -> Ingress:
     ingress: Ingress = request.app.state.ingress
     return ingress
 
 
-@router.post("/v1/requests", status_code=202)
-async def submit(
-    body: SubmitBody,
-    request: Request,
-    traceparent: Annotated[str | None, Header()] = None,
-    tracestate: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
-    """Publish a request to its cost class's topic; 202 once the broker has acknowledged it."""
-    accepted = await ingress_of(request).submit(body, traceparent=traceparent, tracestate=tracestate)
-    return JSONResponse(accepted.model_dump(), status_code=202)
+@router.post("/v1/requests", status_code=202, openapi_extra=json_body(SubmitBody))
+async def submit(request: Request) -> Response:
+    """Publish a request to its cost class's topic; 202 once the broker has acknowledged it.
+
+    A W3C ``traceparent`` header (with ``tracestate``) makes the request part of the caller's trace.
+    """
+    body = SubmitBody.model_validate_json(await request.body())
+    h = request.headers
+    accepted = await ingress_of(request).submit(body, traceparent=h.get("traceparent"), tracestate=h.get("tracestate"))
+    return Response(accepted.model_dump_json(), status_code=202, media_type="application/json")
 
 
-@router.post("/v1/requests/batch", status_code=202, responses={207: {"description": "Some requests were refused"}})
-async def submit_batch(
-    body: BatchBody,
-    request: Request,
-    traceparent: Annotated[str | None, Header()] = None,
-    tracestate: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
+@router.post(
+    "/v1/requests/batch",
+    status_code=202,
+    responses={207: {"description": "Some requests were refused"}},
+    openapi_extra=json_body(BatchBody),
+)
+async def submit_batch(request: Request) -> JSONResponse:
     """Publish each request as ``POST /v1/requests`` would; 202 when all were acknowledged, else 207.
 
     A body that fails validation is refused whole (422, naming ``requests.<index>.<field>``), so nothing of a
@@ -77,7 +100,11 @@ async def submit_batch(
     answered per request, in order: ``{"status": 202, "accepted": {...}}`` or ``{"status": 4xx/5xx,
     "error": {...}}``; the accepted ones are on Kafka whatever happened to the others.
     """
-    outcomes = await ingress_of(request).submit_many(body.requests, traceparent=traceparent, tracestate=tracestate)
+    body = BatchBody.model_validate_json(await request.body())
+    h = request.headers
+    outcomes = await ingress_of(request).submit_many(
+        body.requests, traceparent=h.get("traceparent"), tracestate=h.get("tracestate")
+    )
     results: list[dict[str, object]] = []
     retry_after: list[int] = []
     for outcome in outcomes:

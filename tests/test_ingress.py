@@ -140,6 +140,20 @@ async def test_invalid_json_and_wrong_method(ingress: str) -> None:
     assert wrong.status_code == 405 and "GET is not allowed" in wrong.json()["error"]["message"]
 
 
+async def test_the_publish_routes_document_their_bodies(ingress: str) -> None:
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        doc = (await http.get("/openapi.json")).json()
+    paths = doc["paths"]
+    one = paths["/v1/requests"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    many = paths["/v1/requests/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"prompt", "messages", "max_new_tokens", "session_id"} <= set(one["properties"])
+    assert "request_id" not in one.get("required", [])  # the ingress generates it
+    item = many["properties"]["requests"]["items"]
+    assert item["properties"].keys() == one["properties"].keys()
+    # Inlined: a $ref into $defs would point nowhere inside an OpenAPI document.
+    assert "$ref" not in json.dumps(one) and "$ref" not in json.dumps(many)
+
+
 async def test_batch_publishes_every_valid_request_and_answers_each_in_order(settings: Settings, ingress: str) -> None:
     body = {
         "requests": [
