@@ -100,13 +100,14 @@ class Ingress:
             if tracestate:
                 trace_headers.append((TRACESTATE, tracestate.encode()))
         planned: list[_Planned | ApiError] = []
+        fresh = iter(TraceContext.start_many(0 if caller else len(requests)))
         for request in requests:
             try:
                 plan = await self._plan(request, max_tokens_field=max_tokens_field)
             except ApiError as exc:
                 planned.append(exc)
                 continue
-            trace = caller or TraceContext.start()
+            trace = caller or next(fresh)
             headers = trace_headers or [(TRACEPARENT, trace.traceparent.encode())]
             planned.append(plan._replace(traceparent=trace.traceparent, headers=tuple(headers)))
         to_send = [p for p in planned if not isinstance(p, ApiError)]

@@ -58,6 +58,17 @@ class TraceContext:
         """A new trace whose root is this span (sampled off: we record nothing)."""
         return cls(trace_id=_new_id(16, _ZERO_TRACE), span_id=_new_id(8, _ZERO_SPAN))
 
+    @classmethod
+    def start_many(cls, n: int) -> list[TraceContext]:
+        """``n`` new traces from one draw of random bytes: a batch of requests costs one system call, not 2n."""
+        digits = os.urandom(24 * n).hex()
+        out = []
+        for i in range(0, 48 * n, 48):
+            trace_id, span_id = digits[i : i + 32], digits[i + 32 : i + 48]
+            valid = trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN
+            out.append(cls(trace_id=trace_id, span_id=span_id) if valid else cls.start())
+        return out
+
     def child(self) -> TraceContext:
         """A new span of the same trace, caused by this one, with the same flags."""
         span_id = _new_id(8, _ZERO_SPAN)

@@ -60,6 +60,13 @@ def test_new_traces_and_child_spans() -> None:
     assert child.log_fields() == {"trace_id": TRACE_ID, "span_id": child.span_id, "parent_span_id": SPAN_ID}
 
 
+def test_traces_started_together_are_each_valid_and_distinct() -> None:
+    many = TraceContext.start_many(100)
+    assert len(many) == 100 and TraceContext.start_many(0) == []
+    assert all(parse_traceparent(t.traceparent) == t for t in many)
+    assert len({t.trace_id for t in many}) == 100 and len({t.span_id for t in many}) == 100
+
+
 def test_kafka_headers() -> None:
     assert from_headers([("other", b"x"), ("traceparent", VALID.encode())]) == parse_traceparent(VALID)
     assert from_headers([("traceparent", b"nonsense")]) is None
