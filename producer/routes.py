@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from producer.errors import ApiError, error_body
@@ -21,6 +22,7 @@ from schemas.requests import Identifier, InferenceRequest
 
 router = APIRouter()
 
+_JSON = "application/json"
 MAX_BATCH_REQUESTS = 1000  # requests per POST /v1/requests/batch; more is more than one HTTP body should carry
 
 
@@ -83,7 +85,7 @@ async def submit(request: Request) -> Response:
     body = SubmitBody.model_validate_json(await request.body())
     h = request.headers
     accepted = await ingress_of(request).submit(body, traceparent=h.get("traceparent"), tracestate=h.get("tracestate"))
-    return Response(accepted.model_dump_json(), status_code=202, media_type="application/json")
+    return Response(accepted.model_dump_json(), status_code=202, media_type=_JSON)
 
 
 @router.post(
@@ -92,7 +94,7 @@ async def submit(request: Request) -> Response:
     responses={207: {"description": "Some requests were refused"}},
     openapi_extra=json_body(BatchBody),
 )
-async def submit_batch(request: Request) -> JSONResponse:
+async def submit_batch(request: Request) -> Response:
     """Publish each request as ``POST /v1/requests`` would; 202 when all were acknowledged, else 207.
 
     A body that fails validation is refused whole (422, naming ``requests.<index>.<field>``), so nothing of a
@@ -105,7 +107,7 @@ async def submit_batch(request: Request) -> JSONResponse:
     outcomes = await ingress_of(request).submit_many(
         body.requests, traceparent=h.get("traceparent"), tracestate=h.get("tracestate")
     )
-    results: list[dict[str, object]] = []
+    results: list[dict[str, Any]] = []
     retry_after: list[int] = []
     for outcome in outcomes:
         if isinstance(outcome, ApiError):
@@ -114,14 +116,12 @@ async def submit_batch(request: Request) -> JSONResponse:
             if "Retry-After" in outcome.headers:
                 retry_after.append(int(outcome.headers["Retry-After"]))
         else:
-            results.append({"status": 202, "accepted": outcome.model_dump()})
+            results.append({"status": 202, "accepted": outcome})
     refused = len(results) - sum(1 for r in results if r["status"] == 202)
     headers = {"Retry-After": str(max(retry_after))} if retry_after else None
-    return JSONResponse(
-        {"accepted": len(results) - refused, "refused": refused, "results": results},
-        status_code=207 if refused else 202,
-        headers=headers,
-    )
+    answer = {"accepted": len(results) - refused, "refused": refused, "results": results}
+    # pydantic's serializer writes the models and dicts in one pass; json.dumps needed model_dump first.
+    return Response(to_json(answer), status_code=207 if refused else 202, headers=headers, media_type=_JSON)
 
 
 @router.get("/v1/sessions/{session_id}/events")
