@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import Callable
 
+from brigade import eventloop
 from consumer.gpu.capacity import DeviceTooSmall
 from consumer.gpu.pynvml_api import load_nvml
 from consumer.gpu.start_capacity import export_plan, plan_start
@@ -73,7 +74,7 @@ def main(settings: Settings) -> None:
     names the device, its free memory and the need (no traceback: it is a configuration problem).
     """
     try:
-        asyncio.run(_main(settings))
+        eventloop.run(_main(settings), loop=settings.event_loop)
     except DeviceTooSmall as exc:
         log.error("[start] %s", exc, extra={"device": exc.device})
         raise SystemExit(EXIT_DEVICE_TOO_SMALL) from None

@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import Callable
 
+from brigade import eventloop
 from brigade.httpserver import AsgiServer
 from producer.app import create_app
 from schemas.settings import Settings
@@ -52,4 +53,4 @@ def main(settings: Settings) -> None:
             loop.add_signal_handler(sig, on_signal)
         await serve(settings, stop=stop)
 
-    asyncio.run(run())
+    eventloop.run(run(), loop=settings.event_loop)

@@ -91,6 +91,9 @@ class _ClassEnvSource(EnvSettingsSource):
         return super().prepare_field_value(field_name, field, value, value_is_complex)
 
 
+EventLoop = Literal["uvloop", "asyncio"]
+
+
 class Settings(BaseSettings):
     """Every knob of the fleet. Documented, one row each, in the README's configuration table."""
 
@@ -162,6 +165,10 @@ class Settings(BaseSettings):
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+
+    # --- process ---
+    # the ingress's and the worker's event loop: uvloop's libuv loop costs less per socket event than asyncio's
+    event_loop: EventLoop = "uvloop"
 
     @classmethod
     def settings_customise_sources(

@@ -14,7 +14,6 @@ publisher would use the ingress, and shows what the HTTP exchange itself costs p
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
+from brigade import eventloop
 from brigade.bench.loadgen import HttpLoad, ThroughputResult, closed_loop, http_load
 from brigade.bench.pipeline import Job, make_jobs
 from brigade.inprocess import fleet
@@ -55,6 +55,7 @@ class IngressResult:
     bare: ThroughputResult
     batch: int = 1
     batched: ThroughputResult | None = None  # POST /v1/requests/batch with ``batch`` requests each
+    event_loop: str = "asyncio"  # BRIGADE_EVENT_LOOP: every side ran on it
 
     @property
     def ratio(self) -> float:
@@ -149,19 +150,23 @@ async def run_bare_side(base: Settings, config: IngressConfig) -> ThroughputResu
 def run_ingress_figure(
     base: Settings, config: IngressConfig, *, on_side: Callable[[str], None] | None = None
 ) -> IngressResult:
-    """Every side, one after the other, each on its own event loop, under the same CPU affinity."""
+    """Every side, one after the other, each on its own event loop, under the same CPU affinity.
+
+    Each loop is the one ``brigade ingress`` runs on (``BRIGADE_EVENT_LOOP``), the bare producer's too.
+    """
+    loop = base.event_loop
     with one_cpu(config.one_cpu) as pinned:
-        ingress = asyncio.run(run_ingress_side(base, config, load_cpu=pinned.spare))
+        ingress = eventloop.run(run_ingress_side(base, config, load_cpu=pinned.spare), loop=loop)
         if on_side is not None:
             on_side("ingress")
         batched = (
-            asyncio.run(run_ingress_side(base, config, batch=config.batch, load_cpu=pinned.spare))
+            eventloop.run(run_ingress_side(base, config, batch=config.batch, load_cpu=pinned.spare), loop=loop)
             if config.batch > 1
             else None
         )
         if on_side is not None:
             on_side("batched")
-        bare = asyncio.run(run_bare_side(base, config))
+        bare = eventloop.run(run_bare_side(base, config), loop=loop)
         if on_side is not None:
             on_side("bare")
     return IngressResult(
@@ -172,4 +177,5 @@ def run_ingress_figure(
         bare=bare,
         batch=config.batch,
         batched=batched,
+        event_loop=loop,
     )

@@ -163,6 +163,7 @@ def _ingress_json(r: IngressResult) -> dict[str, Any]:
     return {
         "concurrency": r.concurrency,
         "linger_ms": r.linger_ms,
+        "event_loop": r.event_loop,
         "cpu_affinity": r.cpu_affinity,
         "ingress_http": side(r.ingress),
         "bare_aiokafka_producer": side(r.bare),
@@ -500,7 +501,7 @@ def _print_ingress(r: IngressResult) -> None:
         f"ingress throughput: [bold]{r.ratio:.2f}[/] of a bare aiokafka producer "
         f"({r.ingress.accepted_per_s:.0f} vs {r.bare.accepted_per_s:.0f} accepted requests/s; "
         f"{r.ingress.accepted}/{r.ingress.sent} got 202; {r.concurrency} in flight, acks=all, linger {r.linger_ms} ms, "
-        f"{pinned}; target ≥ 0.5)"
+        f"{r.event_loop} loop, {pinned}; target ≥ 0.5)"
     )
     if r.batched is not None and r.batched_ratio is not None:
         console.print(
