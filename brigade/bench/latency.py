@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-import httpx
+import aiohttp
 import redis.asyncio as aioredis
 
 from brigade.bench.engine_loop import bench_prompt
@@ -160,6 +160,7 @@ class LatencyResult:
     fetch_max_wait_ms: int
     kafka_linger_ms: int
     ort_allow_spinning: bool
+    event_loop: str  # the ingress's and the worker's (BRIGADE_EVENT_LOOP)
     ttft_ms: dict[str, float] = field(default_factory=dict)
     prefill_ms: dict[str, float] = field(default_factory=dict)
     hop_ms: dict[str, float] = field(default_factory=dict)
@@ -183,11 +184,15 @@ def measure_prefill(engine: InferenceEngine, prompts: Sequence[str], *, repeats:
     return out
 
 
-async def _submit(http: httpx.AsyncClient, job: Job) -> float:
-    """POST one request; return the wall-clock time (seconds) just before it was sent."""
+async def _submit(http: aiohttp.ClientSession, job: Job) -> float:
+    """POST one request; return the wall-clock time (seconds) just before it was sent.
+
+    aiohttp, not httpx: the client shares two cores with the fleet under test, and httpx spent about three
+    times aiohttp's CPU per request (see ``loadgen``), time the ingress and the worker then waited for.
+    """
     sent = time.time()
-    resp = await http.post("/v1/requests", json=job.body)
-    resp.raise_for_status()
+    async with http.post("/v1/requests", json=job.body, raise_for_status=True) as resp:
+        await resp.read()
     return sent
 
 
@@ -242,7 +247,7 @@ async def run_latency(
     kw = {"prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
     try:
         with process_fleet(settings, cost_class="small") as url:
-            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=60)) as http:
                 warm = make_jobs(3, tag=f"{tag}w", **kw)  # group join, connections, first shapes
                 for job in warm:
                     await _submit(http, job)
@@ -250,7 +255,7 @@ async def run_latency(
 
                 burst = make_jobs(config.capacity_requests, tag=f"{tag}c", **kw)
                 t0 = time.perf_counter()
-                await asyncio.gather(*(http.post("/v1/requests", json=j.body) for j in burst))
+                await asyncio.gather(*(_submit(http, j) for j in burst))
                 await await_finals(redis, settings, burst, timeout_s=600)
                 capacity = len(burst) / (time.perf_counter() - t0)
 
@@ -309,6 +314,7 @@ async def run_latency(
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         kafka_linger_ms=settings.kafka_linger_ms,
         ort_allow_spinning=settings.ort_allow_spinning,
+        event_loop=settings.event_loop,
         ttft_ms=ms(list(ttft.values())),
         prefill_ms=ms(list(per_request_prefill.values())),
         hop_ms=ms(hops),

@@ -491,7 +491,7 @@ def _print_latency(r: LatencyResult) -> None:
             + (f" (includes the {r.max_batch_wait_ms:g} ms batch window)" if r.batching == "static" else "")
             + f", fetch max wait {r.fetch_max_wait_ms} ms, linger {r.kafka_linger_ms} ms, ORT spinning "
             + ("on" if r.ort_allow_spinning else "off")
-            + "; ingress and worker in their own processes; target p50 ≤ 5 ms, p99 ≤ 25 ms"
+            + f"; ingress and worker in their own processes on the {r.event_loop} loop; target p50 ≤ 5 ms, p99 ≤ 25 ms"
         )
 
 
