@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.routing import Route
 
 from producer.errors import ApiError, error_body
 from producer.ingress import Ingress
@@ -122,6 +123,14 @@ async def submit_batch(request: Request) -> Response:
     answer = {"accepted": len(results) - refused, "refused": refused, "results": results}
     # pydantic's serializer writes the models and dicts in one pass; json.dumps needed model_dump first.
     return Response(to_json(answer), status_code=207 if refused else 202, headers=headers, media_type=_JSON)
+
+
+def publish_routes() -> list[Route]:
+    """``submit`` and ``submit_batch`` as plain Starlette routes (``create_app`` says why)."""
+    return [
+        Route("/v1/requests", submit, methods=["POST"]),
+        Route("/v1/requests/batch", submit_batch, methods=["POST"]),
+    ]
 
 
 @router.get("/v1/sessions/{session_id}/events")

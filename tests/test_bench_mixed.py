@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from brigade.bench.engine_loop import LoopResult
 from brigade.bench.mixed import MixedConfig, run_mode
-from brigade.bench.runner import median_run
+from brigade.bench.rounds import median_run
 from schemas.settings import Settings
 
 
@@ -21,8 +21,8 @@ def test_the_length_mix_is_seeded_and_spans_the_range() -> None:
 
 def test_median_run_keeps_the_middle_one() -> None:
     runs = [LoopResult(batch_size=32, requests=1, tokens=t, seconds=1.0) for t in (300, 100, 200)]
-    assert median_run(runs).tokens == 200
-    assert median_run(runs[:2]).tokens == 100  # an even count keeps the lower middle
+    assert median_run(runs, lambda r: r.tokens_per_s).tokens == 200
+    assert median_run(runs[:2], lambda r: r.tokens_per_s).tokens == 100  # an even count keeps the lower middle
 
 
 async def test_one_mode_runs_the_whole_backlog_through_a_worker(settings: Settings, topics: list[str]) -> None:

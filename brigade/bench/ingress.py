@@ -17,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from brigade import eventloop
 from brigade.bench.loadgen import HttpLoad, ThroughputResult, closed_loop, http_load
 from brigade.bench.pipeline import Job, make_jobs
+from brigade.bench.rounds import median_run
 from brigade.inprocess import fleet
 from brigade.kafka_config import kafka_client_options
 from producer.topics import ensure_topics
@@ -34,16 +36,17 @@ from schemas.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class IngressConfig:
-    requests: int = 2000
+    requests: int = 10_000  # per side and round: at 13 000 requests/s, 2000 was 0.15 s, too short on a noisy box
     concurrency: int = 64
     prompt_words: int = 24
     warmup: int = 64  # at least one request per client
     batch: int = 16  # requests per POST /v1/requests/batch on the batched side
     one_cpu: bool = True  # pin this process (the ingress, or the bare producer) to one CPU while measuring
+    rounds: int = 3  # the sides take turns, round after round; each side's median round is reported
 
     @classmethod
     def quick(cls) -> IngressConfig:
-        return cls(requests=500, concurrency=32, prompt_words=16)
+        return cls(requests=500, concurrency=32, prompt_words=16, rounds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ class IngressResult:
     batch: int = 1
     batched: ThroughputResult | None = None  # POST /v1/requests/batch with ``batch`` requests each
     event_loop: str = "asyncio"  # BRIGADE_EVENT_LOOP: every side ran on it
+    rounds: dict[str, list[float]] = field(default_factory=dict)  # side -> accepted requests/s of each round
 
     @property
     def ratio(self) -> float:
@@ -150,32 +154,37 @@ async def run_bare_side(base: Settings, config: IngressConfig) -> ThroughputResu
 def run_ingress_figure(
     base: Settings, config: IngressConfig, *, on_side: Callable[[str], None] | None = None
 ) -> IngressResult:
-    """Every side, one after the other, each on its own event loop, under the same CPU affinity.
+    """Every side in turn, ``config.rounds`` times, each on its own event loop, under the same CPU affinity.
 
     Each loop is the one ``brigade ingress`` runs on (``BRIGADE_EVENT_LOOP``), the bare producer's too.
+    Taking turns spreads the machine's slow spells over all sides instead of charging them to one.
     """
     loop = base.event_loop
+    sides: dict[str, Callable[[Pinning], Coroutine[Any, Any, ThroughputResult]]] = {
+        "ingress": lambda pinned: run_ingress_side(base, config, load_cpu=pinned.spare),
+        "bare": lambda _pinned: run_bare_side(base, config),
+    }
+    if config.batch > 1:
+        sides["batched"] = lambda pinned: run_ingress_side(base, config, batch=config.batch, load_cpu=pinned.spare)
+    runs: dict[str, list[ThroughputResult]] = {name: [] for name in sides}
     with one_cpu(config.one_cpu) as pinned:
-        ingress = eventloop.run(run_ingress_side(base, config, load_cpu=pinned.spare), loop=loop)
-        if on_side is not None:
-            on_side("ingress")
-        batched = (
-            eventloop.run(run_ingress_side(base, config, batch=config.batch, load_cpu=pinned.spare), loop=loop)
-            if config.batch > 1
-            else None
-        )
-        if on_side is not None:
-            on_side("batched")
-        bare = eventloop.run(run_bare_side(base, config), loop=loop)
-        if on_side is not None:
-            on_side("bare")
+        for _ in range(config.rounds):
+            for name, side in sides.items():
+                runs[name].append(eventloop.run(side(pinned), loop=loop))
+                if on_side is not None:
+                    on_side(name)
     return IngressResult(
         concurrency=config.concurrency,
         linger_ms=base.kafka_linger_ms,
         cpu_affinity=pinned.cpus,
-        ingress=ingress,
-        bare=bare,
+        ingress=_median(runs["ingress"]),
+        bare=_median(runs["bare"]),
         batch=config.batch,
-        batched=batched,
+        batched=_median(runs["batched"]) if "batched" in runs else None,
         event_loop=loop,
+        rounds={name: [r.accepted_per_s for r in results] for name, results in runs.items()},
     )
+
+
+def _median(runs: Sequence[ThroughputResult]) -> ThroughputResult:
+    return median_run(runs, lambda r: r.accepted_per_s)

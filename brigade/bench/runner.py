@@ -25,6 +25,7 @@ from brigade.bench.ingress import IngressConfig, IngressResult, run_ingress_figu
 from brigade.bench.latency import LatencyConfig, LatencyResult, latency_prompts, measure_prefill, run_latency
 from brigade.bench.mixed import MixedConfig, MixedResult, run_mixed
 from brigade.bench.pipeline import run_through_fleet
+from brigade.bench.rounds import median_run
 from brigade.bench.scaleout import (
     ColdStartConfig,
     ColdStartResult,
@@ -150,12 +151,6 @@ def _mixed_json(r: MixedResult) -> dict[str, Any]:
     return {"model": r.model, "config": asdict(r.config), "static": side(r.static), "continuous": side(r.continuous)}
 
 
-def median_run(runs: list[LoopResult]) -> LoopResult:
-    """The run with the median tokens/s (the lower middle one of an even count)."""
-    ordered = sorted(runs, key=lambda r: r.tokens_per_s)
-    return ordered[(len(ordered) - 1) // 2]
-
-
 def _ingress_json(r: IngressResult) -> dict[str, Any]:
     def side(t: Any) -> dict[str, Any]:
         return {**asdict(t), "accepted_per_s": t.accepted_per_s}
@@ -165,6 +160,7 @@ def _ingress_json(r: IngressResult) -> dict[str, Any]:
         "linger_ms": r.linger_ms,
         "event_loop": r.event_loop,
         "cpu_affinity": r.cpu_affinity,
+        "rounds_accepted_per_s": r.rounds,
         "ingress_http": side(r.ingress),
         "bare_aiokafka_producer": side(r.bare),
         "ratio": r.ratio,
@@ -327,7 +323,7 @@ def _rounds(config: BenchConfig, report: BenchReport, settings: Settings, engine
 
 def _keep(report: BenchReport, name: str, runs: list[LoopResult]) -> LoopResult:
     report.samples[name] = [round(r.tokens_per_s, 2) for r in runs]
-    return median_run(runs)
+    return median_run(runs, lambda r: r.tokens_per_s)
 
 
 def _prefill(lat: LatencyConfig, settings: Settings) -> dict[str, float]:
@@ -396,7 +392,8 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
         if "ingress" in figures:
             ing = config.ingress
             sides = progress.add_task(
-                f"ingress: POST /v1/requests, {ing.batch} per POST /v1/requests/batch, bare producer", total=3
+                f"ingress: POST /v1/requests, {ing.batch} per POST /v1/requests/batch, bare producer",
+                total=(3 if ing.batch > 1 else 2) * ing.rounds,
             )
             report.ingress = run_ingress_figure(settings, ing, on_side=lambda _side: progress.advance(sides))
 
@@ -501,7 +498,7 @@ def _print_ingress(r: IngressResult) -> None:
         f"ingress throughput: [bold]{r.ratio:.2f}[/] of a bare aiokafka producer "
         f"({r.ingress.accepted_per_s:.0f} vs {r.bare.accepted_per_s:.0f} accepted requests/s; "
         f"{r.ingress.accepted}/{r.ingress.sent} got 202; {r.concurrency} in flight, acks=all, linger {r.linger_ms} ms, "
-        f"{r.event_loop} loop, {pinned}; target ≥ 0.5)"
+        f"{r.event_loop} loop, {pinned}; median of {len(r.rounds.get('bare', [])) or 1} rounds; target ≥ 0.5)"
     )
     if r.batched is not None and r.batched_ratio is not None:
         console.print(
