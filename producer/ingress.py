@@ -15,6 +15,7 @@ from producer.lag import LagMonitor
 from producer.metrics import IngressMetrics
 from producer.publisher import BrokerUnavailable, Publisher, Record
 from producer.routing import Router
+from schemas.naming import Names
 from schemas.requests import InferenceRequest, RequestAccepted
 from schemas.settings import Settings
 from schemas.tracing import TRACEPARENT, TRACESTATE, TraceContext, parse_traceparent
@@ -28,6 +29,9 @@ class Ingress:
     router: Router
     lag: LagMonitor
     metrics: IngressMetrics
+
+    def __post_init__(self) -> None:
+        self._names = self.settings.names  # built once: the property makes a new one per access
 
     async def require_redis(self) -> None:
         """Fail fast (RedisError → 503) before work whose answer would have to be read from Redis."""
@@ -125,9 +129,8 @@ class Ingress:
                 self.metrics.count(name, "unavailable")
                 out.append(ApiError(503, str(ack), code="broker_unavailable", headers={"Retry-After": "1"}))
                 continue
-            self.metrics.publish_seconds.labels(name).observe(elapsed)
-            self.metrics.count(name, "accepted")
-            out.append(item.accepted(ack, self.settings))
+            self.metrics.accepted(name, elapsed)
+            out.append(item.accepted(ack, self._names))
         return out
 
     async def _plan(self, request: InferenceRequest, *, max_tokens_field: str) -> _Planned:
@@ -155,7 +158,7 @@ class Ingress:
             )
         if request.cost_class != cls.name:
             request = request.model_copy(update={"cost_class": cls.name})
-        return _Planned(request, cls.name, prompt_tokens, self.settings.names.request_topic(cls.name))
+        return _Planned(request, cls.name, prompt_tokens, self._names.request_topic(cls.name))
 
 
 class _Planned(NamedTuple):
@@ -171,7 +174,7 @@ class _Planned(NamedTuple):
     def record(self) -> Record:
         return Record(self.topic, self.request.session_id.encode(), self.request.to_bytes(), self.headers)
 
-    def accepted(self, meta: RecordMetadata, settings: Settings) -> RequestAccepted:
+    def accepted(self, meta: RecordMetadata, names: Names) -> RequestAccepted:
         r = self.request
         return RequestAccepted(
             request_id=r.request_id,
@@ -180,7 +183,7 @@ class _Planned(NamedTuple):
             topic=self.topic,
             partition=meta.partition,
             offset=meta.offset,
-            stream=settings.names.stream_key(r.session_id),
+            stream=names.stream_key(r.session_id),
             prompt_tokens=self.prompt_tokens,
             events_url=f"/v1/sessions/{r.session_id}/events?request_id={r.request_id}",
             traceparent=self.traceparent,

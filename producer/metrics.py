@@ -28,6 +28,7 @@ class IngressMetrics:
             registry=self.registry,
         )
         self._counters: dict[tuple[str, str], Counter] = {}
+        self._publish: dict[str, Histogram] = {}
 
     def count(self, cost_class: str, outcome: str) -> None:
         """One request of ``cost_class`` ended in ``outcome``; each labelled child is looked up once."""
@@ -35,3 +36,11 @@ class IngressMetrics:
         if child is None:
             child = self._counters[(cost_class, outcome)] = self.requests.labels(cost_class, outcome)
         child.inc()
+
+    def accepted(self, cost_class: str, publish_seconds: float) -> None:
+        """One request of ``cost_class`` acknowledged by the broker ``publish_seconds`` after it was valid."""
+        child = self._publish.get(cost_class)
+        if child is None:
+            child = self._publish[cost_class] = self.publish_seconds.labels(cost_class)
+        child.observe(publish_seconds)
+        self.count(cost_class, "accepted")
