@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from brigade import eventloop
 from brigade.bench.engine_loop import LoopResult, engine_loop
 from brigade.bench.ingress import IngressConfig, IngressResult, run_ingress_figure
 from brigade.bench.latency import LatencyConfig, LatencyResult, latency_prompts, measure_prefill, run_latency
@@ -309,7 +310,7 @@ def _rounds(config: BenchConfig, report: BenchReport, settings: Settings, engine
                     prompt_words=words,
                     new_tokens=new_tokens,
                 )
-                runs[key].append(asyncio.run(run))
+                runs[key].append(eventloop.run(run, loop=settings.event_loop))
                 progress.advance(task)
     report.engine[hi] = _keep(report, names["engine"], runs["engine"])
     if runs["consumer"]:
@@ -348,8 +349,9 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
         if "batching" in figures:
             lo = config.batch_sizes[0]
             task = progress.add_task(f"consumer via Kafka, batch {lo}", total=config.requests)
-            report.consumer[lo] = asyncio.run(
-                run_through_fleet(settings, via_http=False, batch_size=lo, on_final=_advance(progress, task), **kw)
+            report.consumer[lo] = eventloop.run(
+                run_through_fleet(settings, via_http=False, batch_size=lo, on_final=_advance(progress, task), **kw),
+                loop=settings.event_loop,
             )
         if "continuous" in figures:
             mix = config.mixed
@@ -358,7 +360,9 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
                 "new tokens",
                 total=2 * mix.requests,
             )
-            report.mixed = asyncio.run(run_mixed(settings, mix, on_final=_advance(progress, task)))
+            report.mixed = eventloop.run(
+                run_mixed(settings, mix, on_final=_advance(progress, task)), loop=settings.event_loop
+            )
         if "latency" in figures:
             lat = config.latency
             task = progress.add_task(f"latency on {lat.model}: capacity burst, then open loop", total=None)
