@@ -1,34 +1,51 @@
 """Run a process's main coroutine on the event loop the settings name (``BRIGADE_EVENT_LOOP``).
 
-One place, so the ingress, the worker and the ingress figure (which measures the ingress in process) all
-run on the same loop.
+``auto`` picks per role, on measurements (BENCHMARKS.md, figures 2 and 4): uvloop for the ingress, whose work
+is all sockets (16–29 % more accepted requests/s than asyncio's loop), and asyncio's loop for the worker,
+whose event loop shares the GIL with the model's thread (with uvloop the HTTP → Kafka → worker → Redis
+pipeline made 9 % fewer tokens/s, in two five-round runs). One place, so the processes and the benchmarks
+that stand for them run on the same loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from schemas.settings import EventLoop
 
 T = TypeVar("T")
 
+Role = Literal["ingress", "worker"]
+Loop = Literal["uvloop", "asyncio"]
+_AUTO: dict[Role, Loop] = {"ingress": "uvloop", "worker": "asyncio"}
 
-def loop_factory(name: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
+
+def resolve(setting: EventLoop, role: Role) -> Loop:
+    """The loop a process of ``role`` runs on under ``setting``."""
+    return _AUTO[role] if setting == "auto" else setting
+
+
+def describe(setting: EventLoop) -> str:
+    """Each role's loop under ``setting``, e.g. ``ingress uvloop, worker asyncio``."""
+    return f"ingress {resolve(setting, 'ingress')}, worker {resolve(setting, 'worker')}"
+
+
+def loop_factory(name: Loop) -> Callable[[], asyncio.AbstractEventLoop]:
     if name == "asyncio":
         return asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:
         raise RuntimeError(
-            "BRIGADE_EVENT_LOOP=uvloop but uvloop is not installed (it is a dependency on Linux and macOS); "
+            "BRIGADE_EVENT_LOOP asks for uvloop but it is not installed (it is a dependency on Linux and macOS); "
             "install it, or set BRIGADE_EVENT_LOOP=asyncio"
         ) from None
     return uvloop.new_event_loop
 
 
-def run(main: Coroutine[Any, Any, T], *, loop: EventLoop) -> T:
-    """``asyncio.run`` on the named loop."""
-    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+def run(main: Coroutine[Any, Any, T], *, loop: EventLoop, role: Role) -> T:
+    """``asyncio.run`` on the loop ``loop`` names for ``role``."""
+    with asyncio.Runner(loop_factory=loop_factory(resolve(loop, role))) as runner:
         return runner.run(main)

@@ -74,7 +74,7 @@ def main(settings: Settings) -> None:
     names the device, its free memory and the need (no traceback: it is a configuration problem).
     """
     try:
-        eventloop.run(_main(settings), loop=settings.event_loop)
+        eventloop.run(_main(settings), loop=settings.event_loop, role="worker")
     except DeviceTooSmall as exc:
         log.error("[start] %s", exc, extra={"device": exc.device})
         raise SystemExit(EXIT_DEVICE_TOO_SMALL) from None

@@ -53,4 +53,4 @@ def main(settings: Settings) -> None:
             loop.add_signal_handler(sig, on_signal)
         await serve(settings, stop=stop)
 
-    eventloop.run(run(), loop=settings.event_loop)
+    eventloop.run(run(), loop=settings.event_loop, role="ingress")

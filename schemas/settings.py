@@ -91,7 +91,7 @@ class _ClassEnvSource(EnvSettingsSource):
         return super().prepare_field_value(field_name, field, value, value_is_complex)
 
 
-EventLoop = Literal["uvloop", "asyncio"]
+EventLoop = Literal["auto", "uvloop", "asyncio"]
 
 
 class Settings(BaseSettings):
@@ -167,8 +167,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
 
     # --- process ---
-    # the ingress's and the worker's event loop: uvloop's libuv loop costs less per socket event than asyncio's
-    event_loop: EventLoop = "uvloop"
+    # the processes' event loop; auto: uvloop for the ingress, asyncio's for the worker (brigade/eventloop.py)
+    event_loop: EventLoop = "auto"
 
     @classmethod
     def settings_customise_sources(

@@ -1,4 +1,4 @@
-"""The processes' event loop is the one BRIGADE_EVENT_LOOP names."""
+"""The processes' event loop is the one BRIGADE_EVENT_LOOP names; ``auto`` picks per role."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ async def _loop_type() -> type:
     return type(asyncio.get_running_loop())
 
 
-def test_the_setting_picks_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings(_env_file=None).event_loop == "uvloop"
-    monkeypatch.setenv("BRIGADE_EVENT_LOOP", "asyncio")
-    assert Settings(_env_file=None).event_loop == "asyncio"
-    assert eventloop.run(_loop_type(), loop="uvloop") is uvloop.Loop
-    assert not issubclass(eventloop.run(_loop_type(), loop="asyncio"), uvloop.Loop)
+def test_auto_gives_the_ingress_uvloop_and_the_worker_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(_env_file=None).event_loop == "auto"
+    assert eventloop.run(_loop_type(), loop="auto", role="ingress") is uvloop.Loop
+    assert not issubclass(eventloop.run(_loop_type(), loop="auto", role="worker"), uvloop.Loop)
+    assert eventloop.describe("auto") == "ingress uvloop, worker asyncio"
+    monkeypatch.setenv("BRIGADE_EVENT_LOOP", "uvloop")
+    chosen = Settings(_env_file=None).event_loop
+    assert eventloop.run(_loop_type(), loop=chosen, role="worker") is uvloop.Loop  # an explicit choice wins
+    assert not issubclass(eventloop.run(_loop_type(), loop="asyncio", role="ingress"), uvloop.Loop)
 
 
 def test_a_missing_uvloop_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,7 +58,7 @@ class IngressResult:
     bare: ThroughputResult
     batch: int = 1
     batched: ThroughputResult | None = None  # POST /v1/requests/batch with ``batch`` requests each
-    event_loop: str = "asyncio"  # BRIGADE_EVENT_LOOP: every side ran on it
+    event_loop: str = "asyncio"  # the ingress's loop under BRIGADE_EVENT_LOOP: every side ran on it
     rounds: dict[str, list[float]] = field(default_factory=dict)  # side -> accepted requests/s of each round
 
     @property
@@ -159,7 +159,7 @@ def run_ingress_figure(
     Each loop is the one ``brigade ingress`` runs on (``BRIGADE_EVENT_LOOP``), the bare producer's too.
     Taking turns spreads the machine's slow spells over all sides instead of charging them to one.
     """
-    loop = base.event_loop
+    loop = eventloop.resolve(base.event_loop, "ingress")
     sides: dict[str, Callable[[Pinning], Coroutine[Any, Any, ThroughputResult]]] = {
         "ingress": lambda pinned: run_ingress_side(base, config, load_cpu=pinned.spare),
         "bare": lambda _pinned: run_bare_side(base, config),
@@ -170,7 +170,7 @@ def run_ingress_figure(
     with one_cpu(config.one_cpu) as pinned:
         for _ in range(config.rounds):
             for name, side in sides.items():
-                runs[name].append(eventloop.run(side(pinned), loop=loop))
+                runs[name].append(eventloop.run(side(pinned), loop=loop, role="ingress"))
                 if on_side is not None:
                     on_side(name)
     return IngressResult(

@@ -29,6 +29,7 @@ from typing import cast
 import aiohttp
 import redis.asyncio as aioredis
 
+from brigade import eventloop
 from brigade.bench.engine_loop import bench_prompt
 from brigade.bench.pipeline import Job, await_finals, isolated_settings, make_jobs
 from brigade.bench.replicas import process_fleet
@@ -160,7 +161,7 @@ class LatencyResult:
     fetch_max_wait_ms: int
     kafka_linger_ms: int
     ort_allow_spinning: bool
-    event_loop: str  # the ingress's and the worker's (BRIGADE_EVENT_LOOP)
+    event_loop: str  # the ingress's and the worker's, e.g. "ingress uvloop, worker asyncio" (BRIGADE_EVENT_LOOP)
     ttft_ms: dict[str, float] = field(default_factory=dict)
     prefill_ms: dict[str, float] = field(default_factory=dict)
     hop_ms: dict[str, float] = field(default_factory=dict)
@@ -314,7 +315,9 @@ async def run_latency(
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         kafka_linger_ms=settings.kafka_linger_ms,
         ort_allow_spinning=settings.ort_allow_spinning,
-        event_loop=settings.event_loop,
+        event_loop=", ".join(
+            f"{role} {eventloop.resolve(settings.event_loop, role)}" for role in ("ingress", "worker")
+        ),
         ttft_ms=ms(list(ttft.values())),
         prefill_ms=ms(list(per_request_prefill.values())),
         hop_ms=ms(hops),

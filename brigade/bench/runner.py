@@ -310,7 +310,7 @@ def _rounds(config: BenchConfig, report: BenchReport, settings: Settings, engine
                     prompt_words=words,
                     new_tokens=new_tokens,
                 )
-                runs[key].append(eventloop.run(run, loop=settings.event_loop))
+                runs[key].append(eventloop.run(run, loop=settings.event_loop, role="worker"))
                 progress.advance(task)
     report.engine[hi] = _keep(report, names["engine"], runs["engine"])
     if runs["consumer"]:
@@ -352,6 +352,7 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
             report.consumer[lo] = eventloop.run(
                 run_through_fleet(settings, via_http=False, batch_size=lo, on_final=_advance(progress, task), **kw),
                 loop=settings.event_loop,
+                role="worker",
             )
         if "continuous" in figures:
             mix = config.mixed
@@ -361,7 +362,7 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
                 total=2 * mix.requests,
             )
             report.mixed = eventloop.run(
-                run_mixed(settings, mix, on_final=_advance(progress, task)), loop=settings.event_loop
+                run_mixed(settings, mix, on_final=_advance(progress, task)), loop=settings.event_loop, role="worker"
             )
         if "latency" in figures:
             lat = config.latency
@@ -492,7 +493,7 @@ def _print_latency(r: LatencyResult) -> None:
             + (f" (includes the {r.max_batch_wait_ms:g} ms batch window)" if r.batching == "static" else "")
             + f", fetch max wait {r.fetch_max_wait_ms} ms, linger {r.kafka_linger_ms} ms, ORT spinning "
             + ("on" if r.ort_allow_spinning else "off")
-            + f"; ingress and worker in their own processes on the {r.event_loop} loop; target p50 ≤ 5 ms, p99 ≤ 25 ms"
+            + f"; ingress and worker in their own processes ({r.event_loop}); target p50 ≤ 5 ms, p99 ≤ 25 ms"
         )
 
 

@@ -121,7 +121,9 @@ def run_scaleout(
                 svc.wait_port(timeout_s=300)
             owned = wait_balanced(workers, partitions=config.partitions)
             run = eventloop.run(
-                _timed_backlog(settings, config, consumers=n, owned=owned, tag=f"{tag}n{n}"), loop=settings.event_loop
+                _timed_backlog(settings, config, consumers=n, owned=owned, tag=f"{tag}n{n}"),
+                loop=settings.event_loop,
+                role="worker",
             )
             result.runs.append(run)
             if on_run is not None:
