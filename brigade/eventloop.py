@@ -1,10 +1,11 @@
 """Run a process's main coroutine on the event loop the settings name (``BRIGADE_EVENT_LOOP``).
 
-``auto`` picks per role, on measurements (BENCHMARKS.md, figures 2 and 4): uvloop for the ingress, whose work
+``auto`` picks per role, on measurements (BENCHMARKS.md, figures 2–4): uvloop for the ingress, whose work
 is all sockets (16–29 % more accepted requests/s than asyncio's loop), and asyncio's loop for the worker,
-whose event loop shares the GIL with the model's thread (with uvloop the HTTP → Kafka → worker → Redis
-pipeline made 9 % fewer tokens/s, in two five-round runs). One place, so the processes and the benchmarks
-that stand for them run on the same loop.
+the loop its figures were measured on. uvloop is not settled there: the worker alone made the same tokens/s
+on it, but the in-process HTTP → Kafka → worker → Redis pipeline (ingress and worker in one process, the
+event loop sharing the GIL with the model's thread) made 9 % fewer. One place, so the processes and the
+benchmarks that stand for them run on the same loop.
 """
 
 from __future__ import annotations
