@@ -315,9 +315,7 @@ async def run_latency(
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         kafka_linger_ms=settings.kafka_linger_ms,
         ort_allow_spinning=settings.ort_allow_spinning,
-        event_loop=", ".join(
-            f"{role} {eventloop.resolve(settings.event_loop, role)}" for role in ("ingress", "worker")
-        ),
+        event_loop=eventloop.describe(settings.event_loop),
         ttft_ms=ms(list(ttft.values())),
         prefill_ms=ms(list(per_request_prefill.values())),
         hop_ms=ms(hops),
