@@ -45,14 +45,7 @@ def chunks_of_work(n: int, workers: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(min(workers, n))] if n else []
 
 
-async def closed_loop(
-    jobs: Sequence[Job],
-    workers: int,
-    send: Send,
-    on_sent: Callable[[int], None] | None = None,
-    *,
-    per_send: int = 1,
-) -> ThroughputResult:
+async def closed_loop(jobs: Sequence[Job], workers: int, send: Send, *, per_send: int = 1) -> ThroughputResult:
     """``workers`` senders, each sending ``per_send`` jobs at a time and waiting for the answer."""
     groups = iter([jobs[i : i + per_send] for i in range(0, len(jobs), per_send)])
     accepted = 0
@@ -63,8 +56,6 @@ async def closed_loop(
             group = next(groups)
             n_ok = await send(i, group)  # awaited first: ``accepted += await ...`` reads ``accepted`` too early
             accepted += n_ok
-            if on_sent is not None:
-                on_sent(len(group))
 
     t0 = time.perf_counter()
     n_groups = -(-len(jobs) // per_send)
