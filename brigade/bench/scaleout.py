@@ -26,7 +26,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from brigade import eventloop
 from brigade.bench.pipeline import Job, await_finals, isolated_settings, make_jobs
 from brigade.bench.replicas import cold_start_s, wait_balanced, worker_pool, worker_service
 from producer.topics import ensure_topics
@@ -120,11 +119,7 @@ def run_scaleout(
             for svc in workers:
                 svc.wait_port(timeout_s=300)
             owned = wait_balanced(workers, partitions=config.partitions)
-            run = eventloop.run(
-                _timed_backlog(settings, config, consumers=n, owned=owned, tag=f"{tag}n{n}"),
-                loop=settings.event_loop,
-                role="worker",
-            )
+            run = asyncio.run(_timed_backlog(settings, config, consumers=n, owned=owned, tag=f"{tag}n{n}"))
             result.runs.append(run)
             if on_run is not None:
                 on_run(run)
