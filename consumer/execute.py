@@ -60,6 +60,10 @@ class BatchExecutor:
         self._intake = Intake(settings=settings, engine=engine, sink=sink, executor=executor)
         self._open: dict[str, int] = {}  # session -> requests admitted whose final is not yet written
 
+    def _wall_ms(self) -> int:
+        """The wall clock in epoch milliseconds, as the final event's stage times carry it."""
+        return int(self._wall_clock().timestamp() * 1000)
+
     @property
     def open_sessions(self) -> Collection[str]:
         """Sessions with a request between admission and its final write: their next turn must wait."""
@@ -92,7 +96,7 @@ class BatchExecutor:
         for item in batch.items:
             self._metrics.observe_queue(max(0.0, batch.planned_at - item.enqueued_at))
             self._open[item.session_id] = self._open.get(item.session_id, 0) + 1
-        scheduled_at_ms = int(self._wall_clock().timestamp() * 1000)  # before ``begin``: its round trip is admission
+        scheduled_at_ms = self._wall_ms()  # before ``begin``: its round trip is admission
         attempts = await self._sink.begin([item.request.request_id for item in batch.items])
         admission = await self._intake.admit(
             batch.items, attempts, now=self._wall_clock(), scheduled_at_ms=scheduled_at_ms
@@ -195,7 +199,7 @@ class BatchExecutor:
 
     async def _write_step(self, running: dict[str, Running], deltas: Sequence[TokenDelta], done: Done) -> None:
         now = self._clock()
-        now_ms = int(self._wall_clock().timestamp() * 1000)
+        now_ms = self._wall_ms()
         events: list[Outgoing] = []
         finished: list[Running] = []
         for delta in deltas:
