@@ -48,6 +48,10 @@ class ApiError(Exception):
         self.code = code
         self.headers = headers or {}
 
+    def body(self) -> dict[str, Any]:
+        """The one error shape (``error_body``) for this answer: as a response, or as a batch item's error."""
+        return error_body(self.status, self.message, param=self.param, code=self.code)
+
 
 def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": param, "code": code}}
@@ -78,8 +82,7 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        body = error_body(exc.status, exc.message, param=exc.param, code=exc.code)
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

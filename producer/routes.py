@@ -15,7 +15,7 @@ from pydantic_core import to_json
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.routing import Route
 
-from producer.errors import ApiError, error_body
+from producer.errors import ApiError
 from producer.ingress import Ingress
 from producer.stream_reader import follow
 from schemas.events import is_final
@@ -112,8 +112,7 @@ async def submit_batch(request: Request) -> Response:
     retry_after: list[int] = []
     for outcome in outcomes:
         if isinstance(outcome, ApiError):
-            error = error_body(outcome.status, outcome.message, param=outcome.param, code=outcome.code)
-            results.append({"status": outcome.status, **error})
+            results.append({"status": outcome.status, **outcome.body()})
             if "Retry-After" in outcome.headers:
                 retry_after.append(int(outcome.headers["Retry-After"]))
         else:
