@@ -20,7 +20,6 @@ from producer.lag import LagMonitor
 from producer.metrics import IngressMetrics
 from producer.openai_api import router as openai_router
 from producer.publisher import Publisher
-from producer.routes import publish_routes
 from producer.routes import router as native_router
 from producer.routing import Router
 from producer.sessions import router as sessions_router
@@ -78,11 +77,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(native_router)
     app.include_router(openai_router)
     app.include_router(sessions_router)
-    # The publish routes are served by Starlette, ahead of FastAPI's routing: FastAPI's per-request layers
-    # (route selection through included routers, dependency solving, query parsing) were a third of a
-    # single POST's CPU. Their FastAPI declarations stay for the OpenAPI document; the handlers are the same
-    # functions, and the middleware and error handlers are the app's, so the answers are the same.
-    app.router.routes[:0] = publish_routes()
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

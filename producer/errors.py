@@ -79,35 +79,31 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
     return "; ".join(parts), first
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+def error_answer(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+    """The status, body and headers that answer ``exc``: one mapping for the app's handlers and the publish lane."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.body(), exc.headers or None
+    if isinstance(exc, RequestValidationError | ValidationError):
+        # A ValidationError is also a body that passed its own model but not the wire contract (an OpenAI field
+        # mapped onto InferenceRequest): still the caller's mistake, so 422 and not a 500.
         message, field = validation_message(list(exc.errors()))
-        return JSONResponse(error_body(422, message, param=field, code="invalid_value"), status_code=422)
-
-    @app.exception_handler(ValidationError)
-    async def _invalid_model(_request: Request, exc: ValidationError) -> JSONResponse:
-        # A body that passed its own model but not the wire contract (e.g. an OpenAI field mapped onto
-        # InferenceRequest): still the caller's mistake, so 422 and not a 500.
-        message, field = validation_message(list(exc.errors()))
-        return JSONResponse(error_body(422, message, param=field, code="invalid_value"), status_code=422)
-
-    @app.exception_handler(RedisError)
-    async def _redis_down(_request: Request, exc: RedisError) -> JSONResponse:
+        return 422, error_body(422, message, param=field, code="invalid_value"), None
+    if isinstance(exc, RedisError):
         log.warning("redis unavailable", extra={"error": str(exc)})
         message = f"Redis is not reachable ({type(exc).__name__}); retry shortly (BRIGADE_REDIS_URL)"
-        body = error_body(503, message, code="redis_unavailable")
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+        return 503, error_body(503, message, code="redis_unavailable"), {"Retry-After": "1"}
+    # Unexpected failures still answer in the one error shape, so SDKs show a message, not a parse error.
+    message = f"internal error ({type(exc).__name__}); the ingress logs have the details"
+    return 500, error_body(500, message, code="internal"), None
 
-    @app.exception_handler(Exception)
-    async def _bug(_request: Request, exc: Exception) -> JSONResponse:
-        # Unexpected failures still answer in the one error shape, so SDKs show a message, not a parse error.
-        message = f"internal error ({type(exc).__name__}); the ingress logs have the details"
-        return JSONResponse(error_body(500, message, code="internal"), status_code=500)
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def _answer(_request: Request, exc: Exception) -> JSONResponse:
+        status, body, headers = error_answer(exc)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    for caught in (ApiError, RequestValidationError, ValidationError, RedisError, Exception):
+        app.add_exception_handler(caught, _answer)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from brigade import eventloop
 from brigade.httpserver import AsgiServer
 from producer.app import create_app
+from producer.lane import PublishLane
 from schemas.settings import Settings
 
 log = logging.getLogger("brigade.ingress")
@@ -19,7 +20,7 @@ log = logging.getLogger("brigade.ingress")
 async def serve(settings: Settings, *, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
     """Serve until ``stop`` is set; ``ready(port)`` once the socket listens (port 0 picks a free one)."""
     app = create_app(settings)
-    server = AsgiServer(app, host=settings.host, port=settings.port)
+    server = AsgiServer(PublishLane(app), host=settings.host, port=settings.port)
     port = await server.start()
     log.info("ingress listening", extra={"port": port})
     if ready is not None:

@@ -6,14 +6,13 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.routing import Route
 
 from producer.errors import ApiError
 from producer.ingress import Ingress
@@ -77,16 +76,60 @@ def ingress_of(request: Request) -> Ingress:
     return ingress
 
 
+class Answer(NamedTuple):
+    """A publish route's response: what ``PublishLane`` sends, and what the FastAPI routes wrap."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] | None = None
+
+    def response(self) -> Response:
+        return Response(self.body, status_code=self.status, headers=self.headers, media_type=_JSON)
+
+
+async def answer_submit(ingress: Ingress, body: bytes, *, traceparent: str | None, tracestate: str | None) -> Answer:
+    """``POST /v1/requests``: validate, publish, answer 202 with where the request went (errors raise)."""
+    request = SubmitBody.model_validate_json(body)
+    accepted = await ingress.submit(request, traceparent=traceparent, tracestate=tracestate)
+    return Answer(202, accepted.__pydantic_serializer__.to_json(accepted))
+
+
+async def answer_batch(ingress: Ingress, body: bytes, *, traceparent: str | None, tracestate: str | None) -> Answer:
+    """``POST /v1/requests/batch``: each request answered as ``answer_submit`` would, in order (a body that fails
+    validation raises, so nothing of it is published)."""
+    batch = BatchBody.model_validate_json(body)
+    outcomes = await ingress.submit_many(batch.requests, traceparent=traceparent, tracestate=tracestate)
+    results: list[dict[str, Any]] = []
+    retry_after: list[int] = []
+    for outcome in outcomes:
+        if isinstance(outcome, ApiError):
+            results.append({"status": outcome.status, **outcome.body()})
+            if "Retry-After" in outcome.headers:
+                retry_after.append(int(outcome.headers["Retry-After"]))
+        else:
+            results.append({"status": 202, "accepted": outcome})
+    refused = len(results) - sum(1 for r in results if r["status"] == 202)
+    headers = {"Retry-After": str(max(retry_after))} if retry_after else None
+    answer = {"accepted": len(results) - refused, "refused": refused, "results": results}
+    # pydantic's serializer writes the models and dicts in one pass; json.dumps needed model_dump first.
+    return Answer(207 if refused else 202, to_json(answer), headers)
+
+
+# The two publish routes are served by ``PublishLane`` (producer/lane.py) ahead of the app; these
+# declarations give them their OpenAPI entries, and serve them where the app runs without the lane.
+
+
 @router.post("/v1/requests", status_code=202, openapi_extra=json_body(SubmitBody))
 async def submit(request: Request) -> Response:
     """Publish a request to its cost class's topic; 202 once the broker has acknowledged it.
 
     A W3C ``traceparent`` header (with ``tracestate``) makes the request part of the caller's trace.
     """
-    body = SubmitBody.model_validate_json(await request.body())
     h = request.headers
-    accepted = await ingress_of(request).submit(body, traceparent=h.get("traceparent"), tracestate=h.get("tracestate"))
-    return Response(accepted.model_dump_json(), status_code=202, media_type=_JSON)
+    answer = await answer_submit(
+        ingress_of(request), await request.body(), traceparent=h.get("traceparent"), tracestate=h.get("tracestate")
+    )
+    return answer.response()
 
 
 @router.post(
@@ -103,33 +146,11 @@ async def submit_batch(request: Request) -> Response:
     answered per request, in order: ``{"status": 202, "accepted": {...}}`` or ``{"status": 4xx/5xx,
     "error": {...}}``; the accepted ones are on Kafka whatever happened to the others.
     """
-    body = BatchBody.model_validate_json(await request.body())
     h = request.headers
-    outcomes = await ingress_of(request).submit_many(
-        body.requests, traceparent=h.get("traceparent"), tracestate=h.get("tracestate")
+    answer = await answer_batch(
+        ingress_of(request), await request.body(), traceparent=h.get("traceparent"), tracestate=h.get("tracestate")
     )
-    results: list[dict[str, Any]] = []
-    retry_after: list[int] = []
-    for outcome in outcomes:
-        if isinstance(outcome, ApiError):
-            results.append({"status": outcome.status, **outcome.body()})
-            if "Retry-After" in outcome.headers:
-                retry_after.append(int(outcome.headers["Retry-After"]))
-        else:
-            results.append({"status": 202, "accepted": outcome})
-    refused = len(results) - sum(1 for r in results if r["status"] == 202)
-    headers = {"Retry-After": str(max(retry_after))} if retry_after else None
-    answer = {"accepted": len(results) - refused, "refused": refused, "results": results}
-    # pydantic's serializer writes the models and dicts in one pass; json.dumps needed model_dump first.
-    return Response(to_json(answer), status_code=207 if refused else 202, headers=headers, media_type=_JSON)
-
-
-def publish_routes() -> list[Route]:
-    """``submit`` and ``submit_batch`` as plain Starlette routes (``create_app`` says why)."""
-    return [
-        Route("/v1/requests", submit, methods=["POST"]),
-        Route("/v1/requests/batch", submit_batch, methods=["POST"]),
-    ]
+    return answer.response()
 
 
 @router.get("/v1/sessions/{session_id}/events")
