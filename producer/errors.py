@@ -73,7 +73,14 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
         first = first or field
         msg = err.get("msg", "invalid")
         if invalid_json:
-            parts.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', msg)}); send a JSON object")
+            reason = err.get("ctx", {}).get("error", msg)
+            if "hex escape" in reason:  # how the JSON reader reports a \ud800-style escape with no pair
+                parts.append(
+                    f"the body's text is not valid Unicode ({reason}): a \\u escape encodes half of a UTF-16 "
+                    "surrogate pair; send UTF-8 text, or escape both halves of the pair"
+                )
+            else:
+                parts.append(f"the body is not valid JSON ({reason}); send a JSON object")
         else:
             parts.append(f"{field}: {msg}")
     return "; ".join(parts), first

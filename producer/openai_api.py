@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from producer.errors import ApiError, error_body
+from producer.errors import ApiError
 from producer.ingress import Ingress
 from producer.openai_format import Kind, chunk, full_response, usage_chunk
 from producer.routing import model_not_found
@@ -228,7 +228,7 @@ async def _answer(
                     yield json.dumps(usage_chunk(kind, request_id=rid, model=model, created=created, done=event))
             elif isinstance(event, ErrorEvent) and verdict is not Verdict.DROP:
                 err = _error_from_event(event)
-                yield json.dumps(error_body(err.status, err.message, code=err.code))
+                yield json.dumps(err.body())
         yield "[DONE]"
 
     return EventSourceResponse(stream(), ping=15)

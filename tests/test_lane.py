@@ -108,3 +108,13 @@ async def test_other_methods_and_paths_go_to_the_app() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=PublishLane(app)), base_url="http://i") as http:
         assert (await http.get("/v1/requests")).json() == {"served_by": "app"}
         assert (await http.post("/v1/requests/other", json={})).status_code == 404
+
+
+async def test_a_lone_surrogate_escape_is_named_as_such_not_as_broken_json() -> None:
+    http, ingress = lane_with(RuntimeError("must not be called"))
+    async with http:
+        resp = await http.post("/v1/requests", content=b'{"prompt": "caf\\ud800e"}')
+    error = resp.json()["error"]
+    assert resp.status_code == 422 and error["param"] == "body"
+    assert "not valid Unicode" in error["message"] and "surrogate" in error["message"], error
+    assert ingress.calls == []
