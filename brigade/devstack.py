@@ -46,24 +46,11 @@ class DevStack:
         return f"http://127.0.0.1:{self.ingress_port}"
 
     def child_env(self, **extra: str) -> dict[str, str]:
-        s = self.settings
-        env = {
-            "BRIGADE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "BRIGADE_KAFKA_IDEMPOTENCE": "false",  # Tansu lacks InitProducerId
-            "BRIGADE_REDIS_URL": s.redis_url,
-            "BRIGADE_NAMESPACE": s.namespace,
-            "BRIGADE_MODEL": s.model,
-            "BRIGADE_MODEL_CACHE_DIR": str(s.model_cache_dir),
-            "BRIGADE_CLASSES": ",".join(s.classes),
-            "BRIGADE_CLASS_MAX_COST": ",".join(map(str, s.class_max_cost)),
-            "BRIGADE_CLASS_PARTITIONS": ",".join(map(str, s.class_partitions)),
-            "BRIGADE_CLASS_MAX_LAG": ",".join(map(str, s.class_max_lag)),
-            "BRIGADE_LOG_FORMAT": s.log_format,
-            "BRIGADE_LOG_LEVEL": s.log_level,
-            **s.per_class_env(),
-        }
-        env.update(extra)
-        return env
+        """The stack's settings as ``BRIGADE_*`` variables for a child, with ``extra`` on top.
+
+        Idempotence is off whatever the settings say: the dev broker (Tansu) fails InitProducerId.
+        """
+        return {**self.settings.to_env(), "BRIGADE_KAFKA_IDEMPOTENCE": "false", **extra}
 
 
 def _brigade(*args: str) -> list[str]:

@@ -14,23 +14,20 @@ import pytest
 
 from brigade.devtools.process import free_port
 from schemas.settings import Settings
-from tests.brigade_process import brigade_env, brigade_process
+from tests.brigade_process import Child, brigade_env, brigade_process
 
 
 @pytest.fixture
-async def ingress_process(
-    settings: Settings, topics: list[str]
-) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+async def ingress_process(settings: Settings, topics: list[str]) -> AsyncIterator[tuple[Child, str]]:
     port = free_port()
     env = brigade_env(settings, BRIGADE_HOST="127.0.0.1", BRIGADE_PORT=str(port))
-    async with brigade_process("ingress", env=env, port=port) as (proc, _exited):
-        yield proc, f"http://127.0.0.1:{port}"
+    async with brigade_process("ingress", env=env, port=port) as child:
+        yield child, f"http://127.0.0.1:{port}"
 
 
-async def test_sigterm_ends_session_streams_and_exits_cleanly(
-    ingress_process: tuple[asyncio.subprocess.Process, str],
-) -> None:
-    proc, url = ingress_process
+async def test_sigterm_ends_session_streams_and_exits_cleanly(ingress_process: tuple[Child, str]) -> None:
+    child, url = ingress_process
+    proc = child.proc
     async with (
         httpx.AsyncClient(base_url=url, timeout=10) as http,
         http.stream("GET", "/v1/sessions/idle/events") as resp,
@@ -42,16 +39,14 @@ async def test_sigterm_ends_session_streams_and_exits_cleanly(
         async with asyncio.timeout(10):
             _ = [line async for line in resp.aiter_lines()]  # ends when the ingress closes the stream
         assert loop.time() - t0 < 4, "the session stream waited for uvicorn's grace timeout"
-    assert proc.stderr is not None
-    log = (await proc.stderr.read()).decode()
-    assert await proc.wait() == 0, log
+    assert await proc.wait() == 0, child.log
+    log = await child.final_log()
     assert "[shutdown] draining" in log and "[shutdown] stopped" in log
 
 
-async def test_second_signal_exits_at_once(
-    ingress_process: tuple[asyncio.subprocess.Process, str], settings: Settings
-) -> None:
-    proc, url = ingress_process
+async def test_second_signal_exits_at_once(ingress_process: tuple[Child, str], settings: Settings) -> None:
+    child, url = ingress_process
+    proc = child.proc
     body = {"model": settings.model, "prompt": "nobody answers", "stream": True}
     async with (
         httpx.AsyncClient(base_url=url, timeout=10) as http,
@@ -59,10 +54,8 @@ async def test_second_signal_exits_at_once(
     ):
         assert resp.status_code == 200  # an answer in flight keeps the graceful stop waiting
         proc.send_signal(signal.SIGTERM)
-        assert proc.stderr is not None
         async with asyncio.timeout(10):
-            while b"[shutdown] draining" not in await proc.stderr.readline():
-                pass
+            await child.wait_for_line("[shutdown] draining")
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(3):
             assert await proc.wait() == 130

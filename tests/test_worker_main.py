@@ -12,9 +12,8 @@ from tests.brigade_process import brigade_env, brigade_process
 async def test_sigterm_drains_and_exits_cleanly(settings: Settings, topics: list[str]) -> None:
     port = free_port()
     env = brigade_env(settings, BRIGADE_METRICS_PORT=str(port))
-    async with brigade_process("worker", env=env, port=port) as (proc, exited):
-        proc.send_signal(signal.SIGTERM)
-        assert proc.stderr is not None
-        log = (await proc.stderr.read()).decode()
-        assert await exited == 0, log
+    async with brigade_process("worker", env=env, port=port) as child:
+        child.proc.send_signal(signal.SIGTERM)
+        assert await child.exited == 0, child.log
+        log = await child.final_log()
     assert "[shutdown] signal received: draining" in log and "[shutdown] stopped" in log
