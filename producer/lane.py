@@ -2,9 +2,9 @@
 
 Through FastAPI a ``POST /v1/requests`` passed a dozen middleware and routing layers (FastAPI's and
 Starlette's) and built a Request and a Response: measured with py-spy at saturation, those layers were 29%
-of the ingress's CPU per request, more than publishing it. ``PublishLane`` answers the two publish routes itself (the handlers
-in ``producer/routes.py``, the error mapping in ``producer/errors.py``, so the answers are the app's) and
-passes everything else, these paths with other methods included, to the app.
+of the ingress's CPU per request, more than publishing it. ``PublishLane`` answers the two publish routes
+itself (the handlers in ``producer/routes.py``, the error mapping in ``producer/errors.py``, so the answers
+are the app's) and passes everything else, these paths with other methods included, to the app.
 """
 
 from __future__ import annotations
