@@ -10,7 +10,8 @@ are the app's) and passes everything else, these paths with other methods includ
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Protocol
 
 from fastapi import FastAPI
 from pydantic_core import to_json
@@ -22,7 +23,14 @@ from producer.routes import Answer, answer_batch, answer_submit
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[..., Awaitable[Answer]]  # (ingress, body, *, traceparent, tracestate) -> Answer
+
+class Handler(Protocol):
+    """``answer_submit`` and ``answer_batch``: a publish route's work, from the raw body to its answer."""
+
+    def __call__(
+        self, ingress: Ingress, body: bytes, *, traceparent: str | None, tracestate: str | None
+    ) -> Awaitable[Answer]: ...
+
 
 ROUTES: dict[str, Handler] = {"/v1/requests": answer_submit, "/v1/requests/batch": answer_batch}
 
@@ -75,7 +83,11 @@ def _route_path(scope: Scope) -> str:
 
 
 async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client disconnected first."""
+    """The whole request body, or None if the client disconnected first.
+
+    Read here rather than through Starlette's ``Request``: its ``body()`` and ``headers`` cost about 6 µs per
+    request against 0.6 µs for this and the header scan in ``_serve`` (timeit, one 200-byte body).
+    """
     chunks: list[bytes] = []
     while True:
         message = await receive()

@@ -91,7 +91,7 @@ async def answer_submit(ingress: Ingress, body: bytes, *, traceparent: str | Non
     """``POST /v1/requests``: validate, publish, answer 202 with where the request went (errors raise)."""
     request = SubmitBody.model_validate_json(body)
     accepted = await ingress.submit(request, traceparent=traceparent, tracestate=tracestate)
-    return Answer(202, accepted.__pydantic_serializer__.to_json(accepted))
+    return Answer(202, to_json(accepted))
 
 
 async def answer_batch(ingress: Ingress, body: bytes, *, traceparent: str | None, tracestate: str | None) -> Answer:
