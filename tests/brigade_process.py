@@ -36,9 +36,9 @@ class Child:
     exited: asyncio.Future[int]
     lines: list[str] = field(default_factory=list)
     _grew: asyncio.Event = field(default_factory=asyncio.Event)
-    _reader: asyncio.Task[None] | None = None
+    _reader: asyncio.Task[None] = field(init=False)
 
-    def start_reading(self) -> None:
+    def __post_init__(self) -> None:
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -55,7 +55,6 @@ class Child:
             if any(text in line for line in self.lines[seen:]):
                 return
             seen = len(self.lines)
-            assert self._reader is not None
             if self._reader.done():
                 raise AssertionError(f"stderr ended without {text!r}:\n{self.log}")
             self._grew.clear()
@@ -63,8 +62,7 @@ class Child:
 
     async def final_log(self) -> str:
         """All of stderr, once the process has closed it."""
-        if self._reader is not None:
-            await self._reader
+        await self._reader
         return self.log
 
     @property
@@ -79,7 +77,6 @@ async def brigade_process(*args: str, env: dict[str, str], port: int, timeout_s:
         sys.executable, "-m", "brigade", *args, env=env, stderr=asyncio.subprocess.PIPE
     )
     child = Child(proc=proc, exited=asyncio.ensure_future(proc.wait()))
-    child.start_reading()
     try:
         async with asyncio.timeout(timeout_s), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             while True:  # readiness probe, as Kubernetes would poll it
