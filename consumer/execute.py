@@ -4,10 +4,11 @@ The model never runs on the event loop: ``start`` and every ``step`` go to the e
 While step N+1 computes there, step N's events are written to Redis (one pipeline per step), and
 step N+1's write starts only after step N's finished, so each request's events stay in order.
 
-Static batching runs one planned batch to its end. Continuous batching (``more`` given) also asks,
-at every step boundary, for queued requests to fill the places finished ones left: they are admitted
-(Redis, tokenizer) while the running step computes and join the engine's batch before the next one,
-so a short answer never waits for a long one and a freed slot never idles until the batch ends.
+Static batching runs one planned batch to its end. Continuous batching (``joins`` given) also fills
+the places finished ones left with queued requests: at each step boundary, and again whenever a request
+arrives while the step computes. They are admitted (Redis, tokenizer) while the step runs and join the
+engine's batch before the next one, so a short answer never waits for a long one, a freed slot never
+idles until the batch ends, and a request that arrives mid-step gets its prefill in the very next step.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from consumer.batcher import Batch, PendingItem
 from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine, OutOfMemory, TokenDelta
@@ -34,6 +37,14 @@ Done = Callable[[PendingItem], None]
 More = Callable[[int, Collection[str]], Batch | None]
 # out of memory: (requests to queue again, the new batch limit)
 Shrink = Callable[[Sequence[PendingItem], int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Joins:
+    """Continuous batching's source of joiners, and the signal that one may have arrived."""
+
+    take: More
+    arrived: asyncio.Event  # set when a request enters the queue; cleared here before each look
 
 
 class BatchExecutor:
@@ -69,8 +80,8 @@ class BatchExecutor:
         """Sessions with a request between admission and its final write: their next turn must wait."""
         return self._open.keys()
 
-    async def run(self, batch: Batch, *, done: Done, more: More | None = None, shrink: Shrink | None = None) -> None:
-        """Answer every request of ``batch`` (and of whatever ``more`` adds) with exactly one final, or skip it.
+    async def run(self, batch: Batch, *, done: Done, joins: Joins | None = None, shrink: Shrink | None = None) -> None:
+        """Answer every request of ``batch`` (and of whatever ``joins`` adds) with exactly one final, or skip it.
 
         ``done`` is called per request once its final is written (or it was skipped). When the device
         runs out of memory, ``shrink`` gets the unfinished requests back (no final written, so they run
@@ -83,7 +94,7 @@ class BatchExecutor:
 
         runnable = await self._admit(batch, finished)
         if runnable:
-            await self._generate(runnable, done=finished, more=more, shrink=shrink)
+            await self._generate(runnable, done=finished, joins=joins, shrink=shrink)
 
     def _close(self, item: PendingItem) -> None:
         left = self._open.pop(item.session_id, 1) - 1
@@ -112,7 +123,12 @@ class BatchExecutor:
         return admission.runnable
 
     async def _generate(
-        self, runnable: list[tuple[Running, GenerationInput]], *, done: Done, more: More | None, shrink: Shrink | None
+        self,
+        runnable: list[tuple[Running, GenerationInput]],
+        *,
+        done: Done,
+        joins: Joins | None,
+        shrink: Shrink | None,
     ) -> None:
         """Step the engine to the end, writing step N while step N+1 computes.
 
@@ -136,7 +152,7 @@ class BatchExecutor:
                 step = loop.run_in_executor(self._executor, engine_run.step)
                 if writing is not None:
                     await _settle(writing, step)
-                joining = await self._more(more, running, step, done)
+                joining = await self._join_during(step, joins, running, done) if joins is not None else []
                 try:
                     deltas = await step
                 except Exception as exc:
@@ -178,24 +194,39 @@ class BatchExecutor:
         shrink(sorted((r.item for r in left), key=lambda item: item.enqueued_at), limit)
         return True
 
-    async def _more(
-        self, more: More | None, running: dict[str, Running], step: asyncio.Future[list[TokenDelta]], done: Done
+    async def _join_during(
+        self, step: asyncio.Future[list[TokenDelta]], joins: Joins, running: dict[str, Running], done: Done
     ) -> list[tuple[Running, GenerationInput]]:
-        """Continuous batching: admit queued requests for the free slots while ``step`` computes.
+        """Continuous batching: admit queued requests for the free slots until ``step`` ends.
 
-        Running sequences are counted from the writes seen so far, so a sequence ending in the running
-        step frees its slot one step later; an admission failure lets the step end before it propagates.
+        One look at the boundary, then one more per arrival while the step computes: a request that
+        arrives mid-step is ready to join when it ends instead of being admitted during the next step and
+        joining only after that one. Running sequences are counted from the writes seen so far, so a
+        sequence ending in the running step frees its slot one step later; an admission failure lets the
+        step end before it propagates.
         """
-        if more is None:
-            return []
-        batch = more(len(_unfinished(running)), self.open_sessions)
-        if batch is None:
-            return []
-        try:
-            return await self._admit(batch, done)
-        except BaseException:
-            await asyncio.wait([step])
-            raise
+        joining: list[tuple[Running, GenerationInput]] = []
+        while True:
+            joins.arrived.clear()
+            slots_taken = len(_unfinished(running)) + len(joining)
+            batch = joins.take(slots_taken, self.open_sessions)
+            if batch is not None:
+                try:
+                    joining += await self._admit(batch, done)
+                except BaseException:
+                    await asyncio.wait([step])
+                    raise
+                continue  # more may have arrived during the admission
+            if step.done():
+                return joining
+            arrival = asyncio.ensure_future(joins.arrived.wait())
+            waiters: list[asyncio.Future[Any]] = [step, arrival]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrival.cancel()
+            if step.done():
+                return joining
 
     async def _write_step(self, running: dict[str, Running], deltas: Sequence[TokenDelta], done: Done) -> None:
         now = self._clock()

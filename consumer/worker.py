@@ -33,7 +33,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from consumer.batcher import Batch, Batcher, PendingItem
 from consumer.dlq import DeadLetters, Rejected, parse_record
 from consumer.engine.interface import InferenceEngine
-from consumer.execute import BatchExecutor
+from consumer.execute import BatchExecutor, Joins
 from consumer.fetch import Fetcher, wait_any
 from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
@@ -237,9 +237,9 @@ class Worker:
                 await wait_any(self._arrived, self._draining, at_most=self._wait_for(plan.wake_at, now))
                 continue
             self._started_batch(plan.batch)
-            more = self._join if self.settings.batching == "continuous" else None
+            joins = Joins(self._join, self._arrived) if self.settings.batching == "continuous" else None
             try:
-                await runner.run(plan.batch, done=self._complete, more=more, shrink=self._shrink)
+                await runner.run(plan.batch, done=self._complete, joins=joins, shrink=self._shrink)
             finally:
                 self._last_work = time.monotonic()
 

@@ -2,21 +2,31 @@
 
 One long request and a queue of short ones on a single partition, at most two sequences at a time.
 Continuous batching fills the place a finished short one leaves at the next step, so every short
-answer is written before the long one ends; static batching makes them wait for it.
+answer is written before the long one ends; static batching makes them wait for it. And a request
+that arrives while a step computes joins right after that step.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 
+from consumer.batcher import Batch, Batcher, PendingItem
+from consumer.execute import BatchExecutor, Joins
+from consumer.metrics import WorkerMetrics
+from consumer.sink import RedisSink
 from producer.topics import ensure_topics
 from schemas.events import is_final, parse_event
 from schemas.settings import Settings
-from tests.test_worker import publish_requests, request, run_until_idle
-from tests.test_worker_engine import WordEngine
+from tests.test_worker import publish_requests, request, run_until_idle, stream
+from tests.test_worker_engine import WordEngine, expected_text
 
 Entry = tuple[str, dict[str, str]]
 
@@ -70,3 +80,64 @@ async def test_short_answers_do_not_wait_for_a_long_one(
     else:
         assert len(later_than_long) == len(shorts) + len(turns) - 1  # only the first batch's short one is ahead
         assert all(not run.joined for run in engine.runs)
+
+
+async def until(condition: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
+    """For state the executor keeps without an event to wait on (its open sessions, the engine's steps)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+def pending(rid: str, session: str, offset: int, **fields: object) -> PendingItem:
+    return PendingItem(
+        request=request(rid, session, **fields), tp=("t", 0), offset=offset, enqueued_at=time.monotonic()
+    )
+
+
+async def test_a_request_arriving_mid_step_joins_right_after_that_step(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """Its admission (Redis, tokenizer) overlaps the step it arrived in, so its prefill is the next step.
+
+    Admitting only at step boundaries would start it during the following step and join it one later.
+    """
+    gate = threading.Semaphore(0)
+    engine = WordEngine(gate=gate)
+    executor = ThreadPoolExecutor(max_workers=1)
+    runner = BatchExecutor(
+        settings=settings,
+        engine=engine,
+        sink=RedisSink(redis_client, names=settings.names, ttl_s=settings.stream_ttl_s),
+        metrics=WorkerMetrics(cost_class="small"),
+        executor=executor,
+    )
+    batcher = Batcher(max_batch_size=4, max_batch_wait_s=0.0, capacity=8)
+    arrived = asyncio.Event()
+
+    def take(running: int, open_sessions: Collection[str]) -> Batch | None:
+        return batcher.take(time.monotonic(), slots=4 - running, running_sessions=open_sessions)
+
+    finished: list[str] = []
+    first = Batch(items=(pending("a", "s-a", 0, max_new_tokens=6),), planned_at=time.monotonic(), reason="full")
+    run = asyncio.create_task(
+        runner.run(first, done=lambda item: finished.append(item.request.request_id), joins=Joins(take, arrived))
+    )
+    try:
+        await until(lambda: bool(engine.runs) and engine.runs[0].steps == 1)  # step 1 computes (held)
+        batcher.add(pending("b", "s-b", 1, max_new_tokens=2))
+        arrived.set()
+        await until(lambda: "s-b" in runner.open_sessions)  # taken while step 1 still computes
+        assert engine.runs[0].steps == 1
+        gate.release(100)
+        await asyncio.wait_for(run, timeout=10)
+    finally:
+        gate.release(100)
+        executor.shutdown(wait=False)
+
+    assert engine.runs[0].joined == [["b"]]
+    assert engine.runs[0].joined_after == [1], "b's prefill is step 2, the one right after it arrived"
+    assert sorted(finished) == ["a", "b"]
+    events = await stream(redis_client, settings, "s-b")
+    assert "".join(getattr(e, "text", "") for e in events) == expected_text(2)
+    assert sum(is_final(e) for e in events) == 1

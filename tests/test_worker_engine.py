@@ -29,6 +29,9 @@ class _Run:
     done: dict[str, int] = field(default_factory=dict)
     produced: dict[str, int] = field(default_factory=dict)
     joined: list[list[str]] = field(default_factory=list)  # request_ids of each join, in order
+    joined_after: list[int] = field(default_factory=list)  # steps taken before each join
+    steps: int = 0  # steps begun
+    gate: threading.Semaphore | None = None  # each step takes a permit first: the test decides when it ends
 
     @property
     def finished(self) -> bool:
@@ -42,9 +45,13 @@ class _Run:
 
     def join(self, inputs: Sequence[GenerationInput]) -> None:
         self.joined.append([g.request_id for g in inputs])
+        self.joined_after.append(self.steps)
         self.inputs.extend(inputs)
 
     def step(self) -> list[TokenDelta]:
+        self.steps += 1
+        if self.gate is not None:
+            self.gate.acquire()
         self.peak = max(self.peak, self.running)
         out = []
         for g in self.inputs:
@@ -69,9 +76,12 @@ class _Run:
 class WordEngine:
     """Implements ``InferenceEngine``; thread-safe enough for one executor thread plus test reads."""
 
-    def __init__(self, *, model_name: str = "test:words", max_context: int = 64) -> None:
+    def __init__(
+        self, *, model_name: str = "test:words", max_context: int = 64, gate: threading.Semaphore | None = None
+    ) -> None:
         self._name = model_name
         self._max_context = max_context
+        self._gate = gate  # steps of started batches wait for its permits (warm-up does not)
         self._lock = threading.Lock()
         self.started: list[list[str]] = []  # request_ids of every batch started
         self.runs: list[_Run] = []
@@ -93,7 +103,7 @@ class WordEngine:
         return " ".join(f"<{m.role}> {m.content}" for m in messages) + " <assistant>"
 
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
-        run = _Run(inputs=list(inputs))
+        run = _Run(inputs=list(inputs), gate=self._gate)
         with self._lock:
             self.started.append([g.request_id for g in inputs])
             self.runs.append(run)
