@@ -153,6 +153,8 @@ class BatchExecutor:
                 if writing is not None:
                     await _settle(writing, step)
                 joining = await self._join_during(step, joins, running, done) if joins is not None else []
+                # Joiners count as running from here: an engine failure answers (or hands back) them too.
+                running.update((r.item.request.request_id, r) for r, _ in joining)
                 try:
                     deltas = await step
                 except Exception as exc:
@@ -160,7 +162,6 @@ class BatchExecutor:
                     break
                 writing = asyncio.create_task(self._write_step(running, deltas, done))
                 if joining:
-                    running.update((r.item.request.request_id, r) for r, _ in joining)
                     engine_run.join([g for _, g in joining])
                 self._metrics.set_running(len(_unfinished(running)))
         if writing is not None:

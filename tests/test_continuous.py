@@ -9,10 +9,12 @@ that arrives while a step computes joins right after that step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import cast
 
 import pytest
@@ -23,7 +25,7 @@ from consumer.execute import BatchExecutor, Joins
 from consumer.metrics import WorkerMetrics
 from consumer.sink import RedisSink
 from producer.topics import ensure_topics
-from schemas.events import is_final, parse_event
+from schemas.events import ErrorCode, ErrorEvent, is_final, parse_event
 from schemas.settings import Settings
 from tests.test_worker import publish_requests, request, run_until_idle, stream
 from tests.test_worker_engine import WordEngine, expected_text
@@ -95,49 +97,88 @@ def pending(rid: str, session: str, offset: int, **fields: object) -> PendingIte
     )
 
 
-async def test_a_request_arriving_mid_step_joins_right_after_that_step(
-    settings: Settings, redis_client: aioredis.Redis
-) -> None:
-    """Its admission (Redis, tokenizer) overlaps the step it arrived in, so its prefill is the next step.
+@dataclass
+class HeldRun:
+    """A continuous batch of one request, "a", whose engine steps wait for the test's permits."""
 
-    Admitting only at step boundaries would start it during the following step and join it one later.
-    """
+    engine: WordEngine
+    runner: BatchExecutor
+    batcher: Batcher
+    arrived: asyncio.Event
+    gate: threading.Semaphore
+    finished: list[str] = field(default_factory=list)
+
+    def arrive(self, item: PendingItem) -> None:
+        self.batcher.add(item)
+        self.arrived.set()
+
+
+@contextlib.asynccontextmanager
+async def held_run(settings: Settings, redis: aioredis.Redis, *, fail_at: int | None = None) -> AsyncIterator[HeldRun]:
+    """Start the batch and yield while its first step computes; the run must have ended when the body does."""
     gate = threading.Semaphore(0)
-    engine = WordEngine(gate=gate)
+    engine = WordEngine(gate=gate, fail_at=fail_at)
     executor = ThreadPoolExecutor(max_workers=1)
     runner = BatchExecutor(
         settings=settings,
         engine=engine,
-        sink=RedisSink(redis_client, names=settings.names, ttl_s=settings.stream_ttl_s),
+        sink=RedisSink(redis, names=settings.names, ttl_s=settings.stream_ttl_s),
         metrics=WorkerMetrics(cost_class="small"),
         executor=executor,
     )
-    batcher = Batcher(max_batch_size=4, max_batch_wait_s=0.0, capacity=8)
-    arrived = asyncio.Event()
+    held = HeldRun(engine, runner, Batcher(max_batch_size=4, max_batch_wait_s=0.0, capacity=8), asyncio.Event(), gate)
 
-    def take(running: int, open_sessions: Collection[str]) -> Batch | None:
-        return batcher.take(time.monotonic(), slots=4 - running, running_sessions=open_sessions)
+    def take(places: int, open_sessions: Collection[str]) -> Batch | None:
+        return held.batcher.take(time.monotonic(), slots=4 - places, running_sessions=open_sessions)
 
-    finished: list[str] = []
     first = Batch(items=(pending("a", "s-a", 0, max_new_tokens=6),), planned_at=time.monotonic(), reason="full")
     run = asyncio.create_task(
-        runner.run(first, done=lambda item: finished.append(item.request.request_id), joins=Joins(take, arrived))
+        runner.run(
+            first, done=lambda item: held.finished.append(item.request.request_id), joins=Joins(take, held.arrived)
+        )
     )
     try:
         await until(lambda: bool(engine.runs) and engine.runs[0].steps == 1)  # step 1 computes (held)
-        batcher.add(pending("b", "s-b", 1, max_new_tokens=2))
-        arrived.set()
-        await until(lambda: "s-b" in runner.open_sessions)  # taken while step 1 still computes
-        assert engine.runs[0].steps == 1
+        yield held
         gate.release(100)
         await asyncio.wait_for(run, timeout=10)
     finally:
         gate.release(100)
+        run.cancel()
         executor.shutdown(wait=False)
 
-    assert engine.runs[0].joined == [["b"]]
-    assert engine.runs[0].joined_after == [1], "b's prefill is step 2, the one right after it arrived"
-    assert sorted(finished) == ["a", "b"]
+
+async def test_a_request_arriving_mid_step_joins_right_after_that_step(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """Its admission starts while the step it arrived in computes, so its prefill is the next step.
+
+    Admitting only at step boundaries would start it during the following step and join it one later.
+    """
+    async with held_run(settings, redis_client) as held:
+        held.arrive(pending("b", "s-b", 1, max_new_tokens=2))
+        await until(lambda: "s-b" in held.runner.open_sessions)  # taken while step 1 still computes
+        assert held.engine.runs[0].steps == 1
+
+    assert held.engine.runs[0].joined == [["b"]]
+    assert held.engine.runs[0].joined_after == [1], "b's prefill is step 2, the one right after it arrived"
+    assert sorted(held.finished) == ["a", "b"]
     events = await stream(redis_client, settings, "s-b")
     assert "".join(getattr(e, "text", "") for e in events) == expected_text(2)
     assert sum(is_final(e) for e in events) == 1
+
+
+async def test_an_engine_failure_answers_the_joiners_not_yet_joined(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """A request admitted during the step that fails never reached the engine, and still gets its one final."""
+    async with held_run(settings, redis_client, fail_at=1) as held:
+        held.arrive(pending("b", "s-b", 1, max_new_tokens=2))
+        await until(lambda: "s-b" in held.runner.open_sessions)
+
+    assert held.engine.runs[0].joined == []
+    assert sorted(held.finished) == ["a", "b"]
+    for session in ("s-a", "s-b"):
+        (final,) = await stream(redis_client, settings, session)
+        assert isinstance(final, ErrorEvent) and final.code is ErrorCode.INTERNAL
+        assert "scripted failure at step 1" in final.message

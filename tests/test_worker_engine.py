@@ -32,6 +32,7 @@ class _Run:
     joined_after: list[int] = field(default_factory=list)  # steps taken before each join
     steps: int = 0  # steps begun
     gate: threading.Semaphore | None = None  # each step takes a permit first: the test decides when it ends
+    fail_at: int | None = None  # this step raises instead of producing tokens
 
     @property
     def finished(self) -> bool:
@@ -52,6 +53,8 @@ class _Run:
         self.steps += 1
         if self.gate is not None:
             self.gate.acquire()
+        if self.steps == self.fail_at:
+            raise RuntimeError(f"scripted failure at step {self.steps}")
         self.peak = max(self.peak, self.running)
         out = []
         for g in self.inputs:
@@ -77,11 +80,17 @@ class WordEngine:
     """Implements ``InferenceEngine``; thread-safe enough for one executor thread plus test reads."""
 
     def __init__(
-        self, *, model_name: str = "test:words", max_context: int = 64, gate: threading.Semaphore | None = None
+        self,
+        *,
+        model_name: str = "test:words",
+        max_context: int = 64,
+        gate: threading.Semaphore | None = None,
+        fail_at: int | None = None,
     ) -> None:
         self._name = model_name
         self._max_context = max_context
         self._gate = gate  # steps of started batches wait for its permits (warm-up does not)
+        self._fail_at = fail_at  # the step of each started batch that raises
         self._lock = threading.Lock()
         self.started: list[list[str]] = []  # request_ids of every batch started
         self.runs: list[_Run] = []
@@ -103,7 +112,7 @@ class WordEngine:
         return " ".join(f"<{m.role}> {m.content}" for m in messages) + " <assistant>"
 
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
-        run = _Run(inputs=list(inputs), gate=self._gate)
+        run = _Run(inputs=list(inputs), gate=self._gate, fail_at=self._fail_at)
         with self._lock:
             self.started.append([g.request_id for g in inputs])
             self.runs.append(run)
