@@ -164,6 +164,15 @@ def bench(
     replica_model: Annotated[
         str | None, typer.Option(help="scaleout: model of the consumers (default builtin:tiny).")
     ] = None,
+    latency_model: Annotated[
+        str | None, typer.Option(help="latency: model of the worker (default builtin:tiny, so the hop dominates).")
+    ] = None,
+    latency_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1, help="latency: offered requests/s (default half the measured capacity), to compare builds."
+        ),
+    ] = None,
 ) -> None:
     """Measure batching gain, pipeline efficiency, queue hop latency, ingress throughput and continuous batching.
 
@@ -194,6 +203,10 @@ def bench(
         config = replace(config, scaleout=replace(config.scaleout, consumers=counts))
     if replica_model is not None:
         config = replace(config, scaleout=replace(config.scaleout, model=replica_model))
+    if latency_model is not None:
+        config = replace(config, latency=replace(config.latency, model=latency_model))
+    if latency_rate is not None:
+        config = replace(config, latency=replace(config.latency, rate=latency_rate))
     run_bench(config, out_dir=out, settings=settings)
 
 

@@ -114,3 +114,8 @@ def test_one_cpu_pins_and_offers_a_spare_from_the_allowed_set() -> None:
         else:
             assert pinned.spare is None
     assert os.sched_getaffinity(0) == allowed
+
+
+def test_the_offered_rate_is_a_fixed_rate_when_given_else_a_share_of_capacity() -> None:
+    assert LatencyConfig(load=0.5).offered(600.0) == 300.0
+    assert LatencyConfig(load=0.5, rate=120.0).offered(600.0) == 120.0  # two builds compare at one load

@@ -130,6 +130,7 @@ class LatencyConfig:
     max_arrivals: int = 300  # bounds of the open-loop phase
     max_seconds: float = 30.0
     load: float = 0.5  # fraction of the measured capacity
+    rate: float | None = None  # offered requests/s instead (runs of two builds then compare at one load)
     prompt_words: int = 24
     new_tokens: int = 4
     batch_size: int = 32
@@ -146,6 +147,10 @@ class LatencyConfig:
     @classmethod
     def quick(cls) -> LatencyConfig:
         return cls(capacity_requests=32, max_arrivals=80, max_seconds=8.0, prompt_words=16)
+
+    def offered(self, capacity_rps: float) -> float:
+        """Requests/s of the open-loop phase: ``rate`` if set, else ``load`` of the measured capacity."""
+        return self.rate if self.rate is not None else capacity_rps * self.load
 
 
 @dataclass
@@ -229,7 +234,7 @@ async def run_latency(
     on_capacity: Callable[[float, int], None] | None = None,
     on_done: Callable[[], None] | None = None,
 ) -> LatencyResult:
-    """Capacity burst, then open-loop arrivals at ``config.load`` of it; hop = TTFT − prefill per request."""
+    """Capacity burst, then open-loop arrivals at ``config.offered(capacity)``; hop = TTFT − prefill per request."""
     tag = uuid.uuid4().hex[:8]
     settings = isolated_settings(
         base,
@@ -260,7 +265,7 @@ async def run_latency(
                 await await_finals(redis, settings, burst, timeout_s=600)
                 capacity = len(burst) / (time.perf_counter() - t0)
 
-                rate = capacity * config.load
+                rate = config.offered(capacity)
                 schedule = arrival_schedule(rate, max_count=config.max_arrivals, max_seconds=config.max_seconds, seed=6)
                 if on_capacity is not None:
                     on_capacity(capacity, len(schedule))

@@ -373,8 +373,8 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
                     task,
                     total=arrivals,
                     completed=0,
-                    description=f"latency: {arrivals} arrivals at {capacity * lat.load:.1f}/s "
-                    f"({lat.load:.0%} of {capacity:.1f} req/s)",
+                    description=f"latency: {arrivals} arrivals at {lat.offered(capacity):.1f}/s "
+                    f"(capacity {capacity:.1f} req/s)",
                 )
 
             report.latency = asyncio.run(
