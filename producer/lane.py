@@ -10,8 +10,6 @@ are the app's) and passes everything else, these paths with other methods includ
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
-from typing import Protocol
 
 from fastapi import FastAPI
 from pydantic_core import to_json
@@ -19,17 +17,9 @@ from starlette.types import Receive, Scope, Send
 
 from producer.errors import error_answer
 from producer.ingress import Ingress
-from producer.routes import Answer, answer_batch, answer_submit
+from producer.routes import Answer, Handler, answer_batch, answer_submit
 
 log = logging.getLogger(__name__)
-
-
-class Handler(Protocol):
-    """``answer_submit`` and ``answer_batch``: a publish route's work, from the raw body to its answer."""
-
-    def __call__(
-        self, ingress: Ingress, body: bytes, *, traceparent: str | None, tracestate: str | None
-    ) -> Awaitable[Answer]: ...
 
 
 ROUTES: dict[str, Handler] = {"/v1/requests": answer_submit, "/v1/requests/batch": answer_batch}

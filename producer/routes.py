@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, NamedTuple
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, Any, NamedTuple, Protocol
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
@@ -115,8 +115,24 @@ async def answer_batch(ingress: Ingress, body: bytes, *, traceparent: str | None
     return Answer(207 if refused else 202, to_json(answer), headers)
 
 
+class Handler(Protocol):
+    """``answer_submit`` and ``answer_batch``: a publish route's work, from the raw body to its answer."""
+
+    def __call__(
+        self, ingress: Ingress, body: bytes, *, traceparent: str | None, tracestate: str | None
+    ) -> Awaitable[Answer]: ...
+
+
 # The two publish routes are served by ``PublishLane`` (producer/lane.py) ahead of the app; these
 # declarations give them their OpenAPI entries, and serve them where the app runs without the lane.
+
+
+async def _through_app(handler: Handler, request: Request) -> Response:
+    h = request.headers
+    answer = await handler(
+        ingress_of(request), await request.body(), traceparent=h.get("traceparent"), tracestate=h.get("tracestate")
+    )
+    return answer.response()
 
 
 @router.post("/v1/requests", status_code=202, openapi_extra=json_body(SubmitBody))
@@ -125,11 +141,7 @@ async def submit(request: Request) -> Response:
 
     A W3C ``traceparent`` header (with ``tracestate``) makes the request part of the caller's trace.
     """
-    h = request.headers
-    answer = await answer_submit(
-        ingress_of(request), await request.body(), traceparent=h.get("traceparent"), tracestate=h.get("tracestate")
-    )
-    return answer.response()
+    return await _through_app(answer_submit, request)
 
 
 @router.post(
@@ -146,11 +158,7 @@ async def submit_batch(request: Request) -> Response:
     answered per request, in order: ``{"status": 202, "accepted": {...}}`` or ``{"status": 4xx/5xx,
     "error": {...}}``; the accepted ones are on Kafka whatever happened to the others.
     """
-    h = request.headers
-    answer = await answer_batch(
-        ingress_of(request), await request.body(), traceparent=h.get("traceparent"), tracestate=h.get("tracestate")
-    )
-    return answer.response()
+    return await _through_app(answer_batch, request)
 
 
 @router.get("/v1/sessions/{session_id}/events")

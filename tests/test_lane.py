@@ -14,8 +14,9 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Message
 
-from producer.errors import ApiError
+from producer.errors import ApiError, install_error_handlers
 from producer.lane import PublishLane
+from producer.routes import router
 
 
 class StandIn:
@@ -118,3 +119,22 @@ async def test_a_lone_surrogate_escape_is_named_as_such_not_as_broken_json() -> 
     assert resp.status_code == 422 and error["param"] == "body"
     assert "not valid Unicode" in error["message"] and "surrogate" in error["message"], error
     assert ingress.calls == []
+
+
+async def test_without_the_lane_the_apps_own_routes_answer_the_same() -> None:
+    """Where the app runs bare (mounted in another ASGI app), its declarations of the two routes serve them."""
+    refusal = ApiError(429, "over its backlog", code="class_backlog_full", headers={"Retry-After": "3"})
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(router)
+    ingress = StandIn(refusal)
+    app.state.ingress = ingress
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingress") as http:
+        invalid = await http.post("/v1/requests", json={"prompt": "hi", "max_new_tokens": 0})
+        refused = await http.post(
+            "/v1/requests/batch", json={"requests": [{"prompt": "hi"}]}, headers={"tracestate": "k=v"}
+        )
+    assert invalid.status_code == 422 and invalid.json()["error"]["param"] == "max_new_tokens"
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "3"
+    assert refused.json()["error"]["code"] == "class_backlog_full"
+    assert len(ingress.calls) == 1 and ingress.calls[0]["tracestate"] == "k=v"
