@@ -3,10 +3,18 @@
 A poison message must not stall its partition (everything behind it would wait forever) nor be
 lost silently: it goes to ``brigade.dlq`` with its original bytes and headers naming the reason and
 where it came from, and then counts as complete so the partition's offset can move past it.
+
+The broker may be gone when one arrives (it was fetched just before an outage). The send then rides the
+outage out like the worker's commits (``consumer/retry.py``): each attempt is bounded, the attempts back off
+until ``BRIGADE_DEPENDENCY_RETRY_S``, and only then does the worker fail (the record is redelivered, not
+lost). A timed-out attempt does not send again: the record already sits in the producer's queue, and the
+next attempt waits on that same delivery, so an outage leaves one copy in the dead-letter topic, not one per
+attempt. Only a delivery the producer itself gave up on (its ``request_timeout_ms``) is sent anew.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -15,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from brigade.kafka_config import kafka_client_options
+from consumer.retry import KAFKA_ATTEMPT_S, Backoff
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
 
@@ -46,10 +55,16 @@ def parse_record(value: bytes | None) -> InferenceRequest | Rejected:
 
 
 class DeadLetters:
-    """A producer for ``settings.names.dlq_topic``; ``send`` returns once the broker acknowledged."""
+    """A producer for ``settings.names.dlq_topic``; ``send`` returns once the broker acknowledged.
 
-    def __init__(self, settings: Settings) -> None:
+    With ``retry``, an unreachable broker is waited out (see the module docstring); without it (unit tests)
+    the first failure propagates.
+    """
+
+    def __init__(self, settings: Settings, *, retry: Backoff | None = None, attempt_s: float = KAFKA_ATTEMPT_S) -> None:
         self._topic = settings.names.dlq_topic
+        self._retry = retry
+        self._attempt_s = attempt_s
         self._producer = AIOKafkaProducer(
             **kafka_client_options(settings),
             acks="all",
@@ -72,7 +87,16 @@ class DeadLetters:
             ("source_partition", str(partition).encode()),
             ("source_offset", str(offset).encode()),
         ]
-        await self._producer.send_and_wait(self._topic, value=value, key=key, headers=headers)
+        delivery: asyncio.Future[object] | None = None
+
+        async def attempt() -> None:
+            nonlocal delivery
+            async with asyncio.timeout(self._attempt_s):
+                if delivery is None or (delivery.done() and delivery.exception() is not None):
+                    delivery = await self._producer.send(self._topic, value=value, key=key, headers=headers)
+                await asyncio.shield(delivery)  # a timed-out attempt leaves the delivery to the next one
+
+        await (attempt() if self._retry is None else self._retry.call("dead-letter", attempt))
         log.warning(
             "dead-lettered a record",
             extra={"reason": rejected.reason, "topic": topic, "partition": partition, "offset": offset},

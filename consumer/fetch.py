@@ -26,7 +26,7 @@ from brigade.kafka_config import kafka_client_options
 from consumer.batcher import Batcher
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
-from consumer.retry import Backoff
+from consumer.retry import KAFKA_ATTEMPT_S, Backoff
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ Admit = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 FETCH_TIMEOUT_MS = 100  # how long one getmany may wait; also bounds how late a batched commit goes out
 COMMIT_INTERVAL_S = 0.2  # commits are batched: at most one per interval from the fetch loop
-COMMIT_ATTEMPT_S = 5.0  # one commit attempt's limit; a frozen broker otherwise holds it for request_timeout_ms
 
 
 class Fetcher:
@@ -59,7 +58,7 @@ class Fetcher:
         self._metrics = metrics
         self._admit = admit
         self._space = space  # set by the worker whenever items leave the queue
-        self._retry = retry  # commits: each attempt bounded by COMMIT_ATTEMPT_S, retried with backoff
+        self._retry = retry  # commits: each attempt bounded by KAFKA_ATTEMPT_S, retried with backoff
         self._topic = settings.names.request_topic(settings.worker_class)
         self._consumer = AIOKafkaConsumer(
             **kafka_client_options(settings),
@@ -199,7 +198,7 @@ class Fetcher:
         and the retries between attempts are logged and bounded (``consumer/retry.py``)."""
 
         async def attempt() -> None:
-            async with asyncio.timeout(COMMIT_ATTEMPT_S):
+            async with asyncio.timeout(KAFKA_ATTEMPT_S):
                 await self._consumer.commit(offsets)
 
         await (attempt() if self._retry is None else self._retry.call("commit", attempt))

@@ -44,6 +44,10 @@ T = TypeVar("T")
 INITIAL_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 2.0
 
+# One Kafka call's limit (a commit, a dead letter): a frozen broker would otherwise hold it for aiokafka's
+# request_timeout_ms (40 s), and the retries' deadline could not be kept.
+KAFKA_ATTEMPT_S = 5.0
+
 # For the worker's Redis client: no retries of its own (see the module docstring).
 NO_CLIENT_RETRY = Retry(NoBackoff(), 0)
 

@@ -152,7 +152,8 @@ class Worker:
         return engine
 
     async def _serve(self, runner: BatchExecutor, stop: asyncio.Event) -> None:
-        self._dlq = DeadLetters(self.settings)
+        kafka = self._backoff("kafka", kafka_retryable)  # one, so readiness sees every Kafka call's state
+        self._dlq = DeadLetters(self.settings, retry=kafka)
         await self._dlq.start()
         fetcher = self.fetcher = Fetcher(
             self.settings,
@@ -161,7 +162,7 @@ class Worker:
             metrics=self.metrics,
             admit=self._admit,
             space=self._space,
-            retry=self._backoff("kafka", kafka_retryable),
+            retry=kafka,
         )
         self.health.partitions = lambda: len(fetcher.assignment())
         fetch_stop = asyncio.Event()
