@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from brigade.devtools.process import Service, ServiceFailed, free_port, port_open
-from brigade.devtools.servers import kafka_service, redis_service
+from brigade.devtools.servers import dev_env, kafka_service, redis_service
 from producer.topics import ensure_topics
 from schemas.settings import Settings
 
@@ -46,11 +46,8 @@ class DevStack:
         return f"http://127.0.0.1:{self.ingress_port}"
 
     def child_env(self, **extra: str) -> dict[str, str]:
-        """The stack's settings as ``BRIGADE_*`` variables for a child, with ``extra`` on top.
-
-        Idempotence is off whatever the settings say: the dev broker (Tansu) fails InitProducerId.
-        """
-        return {**self.settings.to_env(), "BRIGADE_KAFKA_IDEMPOTENCE": "false", **extra}
+        """The stack's settings as ``BRIGADE_*`` variables for a child, with ``extra`` on top."""
+        return dev_env(self.settings, **extra)
 
 
 def _brigade(*args: str) -> list[str]:

@@ -11,18 +11,13 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from brigade.devtools.servers import dev_env
 from schemas.settings import Settings
 
 
 def brigade_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The BRIGADE_* variables a child needs to join this test's broker, Redis and namespace."""
-    return {
-        **os.environ,
-        **settings.to_env(),
-        "BRIGADE_KAFKA_IDEMPOTENCE": "false",  # Tansu fails InitProducerId
-        "BRIGADE_LOG_FORMAT": "text",
-        **extra,
-    }
+    return {**os.environ, **dev_env(settings, BRIGADE_LOG_FORMAT="text", **extra)}
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from brigade.devtools.process import Service, ServiceFailed, free_port
+from brigade.devtools.servers import dev_env
 from schemas.settings import Settings
 
 POLL_S = 0.02  # readiness poll interval: the resolution of the cold-start figure, as a kubelet probe would see it
@@ -29,7 +30,7 @@ def _service(
     """``brigade <command>`` serving HTTP on a free port (given in ``port_variable``), configured only by
     ``BRIGADE_*`` variables (all of ``settings``)."""
     port = free_port()
-    variables = settings.to_env() | {port_variable: str(port), "BRIGADE_HOST": "127.0.0.1"} | env
+    variables = dev_env(settings, **{port_variable: str(port), "BRIGADE_HOST": "127.0.0.1"}, **env)
     argv = [sys.executable, "-m", "brigade", *command]
     return Service(name=name, argv=argv, port=port, log_path=log_dir / f"{name}.log", env=variables)
 

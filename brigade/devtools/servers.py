@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from brigade.devtools.process import Service
+from schemas.settings import Settings
 
 
 class MissingDevTool(RuntimeError):
@@ -43,6 +44,14 @@ def kafka_service(*, port: int, log_dir: Path, host: str = "127.0.0.1") -> Servi
     url = f"tcp://{host}:{port}"
     argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
     return Service(name="kafka (tansu)", argv=argv, port=port, log_path=log_dir / "kafka.log")
+
+
+def dev_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """``settings`` as the ``BRIGADE_*`` variables of a child process on the dev broker, with ``extra`` on top.
+
+    Idempotence is off whatever the settings say: Tansu fails InitProducerId.
+    """
+    return {**settings.to_env(), "BRIGADE_KAFKA_IDEMPOTENCE": "false", **extra}
 
 
 def redis_service(*, port: int, log_dir: Path, host: str = "127.0.0.1", appendonly: bool = False) -> Service:
