@@ -34,7 +34,8 @@ async def test_one_mode_runs_the_whole_backlog_through_a_worker(settings: Settin
 
 
 def test_pipeline_efficiency_is_the_median_of_rounds_run_back_to_back() -> None:
-    from brigade.bench.runner import BenchConfig, BenchReport
+    from brigade.bench.report import BenchReport
+    from brigade.bench.runner import BenchConfig
 
     report = BenchReport(config=BenchConfig(model="m"), machine={})
     report.engine[32] = LoopResult(batch_size=32, requests=1, tokens=100, seconds=1.0)

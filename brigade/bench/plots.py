@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from brigade.bench.latency import LatencyResult
 from brigade.bench.mixed import MixedResult
-from brigade.bench.runner import BenchReport
+from brigade.bench.report import BenchReport
 from brigade.bench.scaleout import ScaleoutResult
 
 
