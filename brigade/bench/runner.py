@@ -52,11 +52,20 @@ class BenchConfig:
     new_tokens: int = 32
     figures: tuple[str, ...] = FIGURES
     repeats: int = 5  # rounds at the large batch size (one run on this shared VM varies ±15 %): the median is kept
+    small_batch_requests: int | None = None  # requests of the small batch size's runs (None: ``requests``)
+    # the workers' Kafka session (None: the settings'). Tansu holds a joining member's JoinGroup for half of it,
+    # so each worker start waits that long before its first fetch; no figure times a join, a quick run's wall does
+    session_timeout_ms: int | None = None
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)
     mixed: MixedConfig = field(default_factory=MixedConfig)
     scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
     coldstart: ColdStartConfig = field(default_factory=ColdStartConfig)
+
+    @property
+    def small_requests(self) -> int:
+        """Requests of each run at the small batch size: it is steady after a few, and each costs a whole step."""
+        return self.small_batch_requests or self.requests
 
     @classmethod
     def quick(cls, model: str) -> BenchConfig:
@@ -66,6 +75,8 @@ class BenchConfig:
             prompt_words=16,
             new_tokens=8,
             repeats=1,
+            small_batch_requests=8,
+            session_timeout_ms=2000,
             latency=LatencyConfig.quick(),
             ingress=IngressConfig.quick(),
             mixed=MixedConfig.quick(),
@@ -104,7 +115,10 @@ def _advance(progress: Progress, task: TaskID) -> Callable[..., None]:
 
 def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> BenchReport:
     report = BenchReport(config=config, machine=machine_facts())
-    settings = settings.model_copy(update={"model": config.model, "kafka_idempotence": False, "metrics_port": 0})
+    update: dict[str, Any] = {"model": config.model, "kafka_idempotence": False, "metrics_port": 0}
+    if config.session_timeout_ms is not None:
+        update["kafka_session_timeout_ms"] = config.session_timeout_ms
+    settings = settings.model_copy(update=update)
     figures = config.figures
     console.print(
         f"[bold]brigade bench[/] figures={','.join(figures)} model={config.model} requests={config.requests} "
@@ -166,11 +180,11 @@ def _engine_loops(config: BenchConfig, report: BenchReport, settings: Settings) 
             engine_loop(engine, batch_size=b, requests=b, prompt_words=words, new_tokens=new_tokens)
     lo = config.batch_sizes[0]
     with _progress() as progress:
-        task = progress.add_task(f"engine loop, batch {lo}", total=config.requests)
+        task = progress.add_task(f"engine loop, batch {lo}", total=config.small_requests)
         report.engine[lo] = engine_loop(
             engine,
             batch_size=lo,
-            requests=config.requests,
+            requests=config.small_requests,
             prompt_words=config.prompt_words,
             new_tokens=config.new_tokens,
             on_batch=_advance(progress, task),
@@ -246,12 +260,12 @@ def _prefill(lat: LatencyConfig, settings: Settings) -> dict[str, float]:
 
 
 def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings, prefill: dict[str, float]) -> None:
-    kw = {"requests": config.requests, "prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
+    kw = {"requests": config.small_requests, "prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
     figures = config.figures
     with _progress() as progress:
         if "batching" in figures:
             lo = config.batch_sizes[0]
-            task = progress.add_task(f"consumer via Kafka, batch {lo}", total=config.requests)
+            task = progress.add_task(f"consumer via Kafka, batch {lo}", total=config.small_requests)
             report.consumer[lo] = eventloop.run(
                 run_through_fleet(settings, via_http=False, batch_size=lo, on_final=_advance(progress, task), **kw),
                 loop=settings.event_loop,

@@ -44,7 +44,7 @@ class ScaleoutConfig:
 
     @classmethod
     def quick(cls) -> ScaleoutConfig:
-        return cls(requests=512, new_tokens=16)
+        return cls(consumers=(1, 2), requests=256, new_tokens=16)
 
 
 @dataclass(frozen=True, slots=True)
