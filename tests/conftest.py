@@ -56,6 +56,8 @@ def settings(kafka_server: Service, redis_server: Service, model_cache_dir: Path
     return Settings(
         kafka_bootstrap=f"127.0.0.1:{kafka_server.port}",
         kafka_idempotence=False,  # Tansu lacks InitProducerId
+        # Tansu holds a joining member's JoinGroup for about half the session: 2 s here, 5 s at the default 10 s
+        kafka_session_timeout_ms=3000,
         redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
         namespace=f"t{uuid.uuid4().hex[:10]}",
         class_partitions=(2, 2, 1),
