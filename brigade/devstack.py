@@ -77,6 +77,9 @@ def _wait_ready(urls: list[str], *, timeout_s: float, services: list[Service], o
             time.sleep(0.1)
 
 
+DEV_SESSION_TIMEOUT_MS = 3000  # unless BRIGADE_KAFKA_SESSION_TIMEOUT_MS says otherwise
+
+
 def plan_stack(
     base: Settings, *, port: int, kafka_port: int, redis_port: int, workers_per_class: int, log_dir: Path | None
 ) -> DevStack:
@@ -85,13 +88,15 @@ def plan_stack(
             raise ServiceFailed(f"{name} {p} is already in use; pick another with {name}, or 0 for any free port")
     kafka_port = kafka_port or free_port()
     redis_port = redis_port or free_port()
-    settings = base.model_copy(
-        update={
-            "kafka_bootstrap": f"127.0.0.1:{kafka_port}",
-            "kafka_idempotence": False,
-            "redis_url": f"redis://127.0.0.1:{redis_port}/0",
-        }
-    )
+    update: dict[str, object] = {
+        "kafka_bootstrap": f"127.0.0.1:{kafka_port}",
+        "kafka_idempotence": False,
+        "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+    }
+    if "kafka_session_timeout_ms" not in base.model_fields_set:
+        # Tansu holds a joining worker's JoinGroup for about half the session: 2 s of start-up, not 5
+        update["kafka_session_timeout_ms"] = DEV_SESSION_TIMEOUT_MS
+    settings = base.model_copy(update=update)
     return DevStack(
         settings=settings,
         kafka_port=kafka_port,

@@ -80,3 +80,25 @@ async def test_dev_stack_starts_serves_and_stops_cleanly(tmp_path: Path, model_c
     port = int(url.rsplit(":", 1)[1])
     assert not port_open("127.0.0.1", port)
     assert _processes_mentioning(str(tmp_path)) == []
+
+
+def test_the_help_names_the_extra_to_install() -> None:
+    """Rich markup read ``[dev]`` as a style tag and printed ``pip install 'brigade'``."""
+    from typer.testing import CliRunner
+
+    from brigade.cli import app
+
+    result = CliRunner().invoke(app, ["dev", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "pip install 'brigade[dev]'" in result.output, result.output
+
+
+def test_the_dev_stack_shortens_the_kafka_session_unless_it_was_set() -> None:
+    from brigade.devstack import DEV_SESSION_TIMEOUT_MS, plan_stack
+    from schemas.settings import Settings
+
+    def planned(base: Settings) -> int:
+        stack = plan_stack(base, port=0, kafka_port=0, redis_port=0, workers_per_class=1, log_dir=None)
+        return stack.settings.kafka_session_timeout_ms
+
+    assert planned(Settings()) == DEV_SESSION_TIMEOUT_MS
+    assert planned(Settings(kafka_session_timeout_ms=12_000)) == 12_000
