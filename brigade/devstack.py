@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from brigade.devtools.process import Service, ServiceFailed, free_port, port_open
-from brigade.devtools.servers import dev_env, kafka_service, redis_service
+from brigade.devtools.servers import DEV_SESSION_TIMEOUT_MS, dev_env, kafka_service, redis_service
 from producer.topics import ensure_topics
 from schemas.settings import Settings
 
@@ -77,9 +77,6 @@ def _wait_ready(urls: list[str], *, timeout_s: float, services: list[Service], o
             time.sleep(0.1)
 
 
-DEV_SESSION_TIMEOUT_MS = 3000  # unless BRIGADE_KAFKA_SESSION_TIMEOUT_MS says otherwise
-
-
 def plan_stack(
     base: Settings, *, port: int, kafka_port: int, redis_port: int, workers_per_class: int, log_dir: Path | None
 ) -> DevStack:
@@ -94,8 +91,7 @@ def plan_stack(
         "redis_url": f"redis://127.0.0.1:{redis_port}/0",
     }
     if "kafka_session_timeout_ms" not in base.model_fields_set:
-        # Tansu holds a joining worker's JoinGroup for about half the session: 2 s of start-up, not 5
-        update["kafka_session_timeout_ms"] = DEV_SESSION_TIMEOUT_MS
+        update["kafka_session_timeout_ms"] = DEV_SESSION_TIMEOUT_MS  # 2 s of each worker's start-up, not 5
     settings = base.model_copy(update=update)
     return DevStack(
         settings=settings,

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from brigade.devtools.process import Service, free_port
-from brigade.devtools.servers import MissingDevTool, kafka_service, redis_service
+from brigade.devtools.servers import DEV_SESSION_TIMEOUT_MS, MissingDevTool, kafka_service, redis_service
 from producer.topics import ensure_topics
 from schemas.settings import Settings
 
@@ -56,8 +56,7 @@ def settings(kafka_server: Service, redis_server: Service, model_cache_dir: Path
     return Settings(
         kafka_bootstrap=f"127.0.0.1:{kafka_server.port}",
         kafka_idempotence=False,  # Tansu lacks InitProducerId
-        # Tansu holds a joining member's JoinGroup for about half the session: 2 s here, 5 s at the default 10 s
-        kafka_session_timeout_ms=3000,
+        kafka_session_timeout_ms=DEV_SESSION_TIMEOUT_MS,  # each worker's join: 2 s, not 5
         redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
         namespace=f"t{uuid.uuid4().hex[:10]}",
         class_partitions=(2, 2, 1),

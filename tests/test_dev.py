@@ -93,7 +93,8 @@ def test_the_help_names_the_extra_to_install() -> None:
 
 
 def test_the_dev_stack_shortens_the_kafka_session_unless_it_was_set() -> None:
-    from brigade.devstack import DEV_SESSION_TIMEOUT_MS, plan_stack
+    from brigade.devstack import plan_stack
+    from brigade.devtools.servers import DEV_SESSION_TIMEOUT_MS
     from schemas.settings import Settings
 
     def planned(base: Settings) -> int:

@@ -53,8 +53,8 @@ class BenchConfig:
     figures: tuple[str, ...] = FIGURES
     repeats: int = 5  # rounds at the large batch size (one run on this shared VM varies ±15 %): the median is kept
     small_batch_requests: int | None = None  # requests of the small batch size's runs (None: ``requests``)
-    # the workers' Kafka session (None: the settings'). Tansu holds a joining member's JoinGroup for half of it,
-    # so each worker start waits that long before its first fetch; no figure times a join, a quick run's wall does
+    # the workers' Kafka session (None: the settings'). Tansu holds each join for about half of it
+    # (brigade/devtools/servers.py); no figure times a join, but a quick run's wall time does
     session_timeout_ms: int | None = None
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)

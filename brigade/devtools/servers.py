@@ -46,6 +46,13 @@ def kafka_service(*, port: int, log_dir: Path, host: str = "127.0.0.1") -> Servi
     return Service(name="kafka (tansu)", argv=argv, port=port, log_path=log_dir / "kafka.log")
 
 
+# Tansu holds a joining member's JoinGroup for about half the group's session timeout (5.0 s at the default 10 s,
+# 2.0 s at 3 s, 1.0 s at 2 s: a bare AIOKafkaConsumer, start to assignment), so every worker start on the dev
+# broker waits that long, and a worker stopped meanwhile waits it out too. The embedded stack and the tests give
+# their workers this session instead.
+DEV_SESSION_TIMEOUT_MS = 3000
+
+
 def dev_env(settings: Settings, **extra: str) -> dict[str, str]:
     """``settings`` as the ``BRIGADE_*`` variables of a child process on the dev broker, with ``extra`` on top.
 
