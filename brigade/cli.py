@@ -38,6 +38,22 @@ def load_settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
+def check_services(settings: Settings) -> None:
+    """What the settings say about the services, checked against them before anything starts.
+
+    The same check runs again where the client is opened (``open_redis``), for in-process use; here it ends
+    the process with the message alone, where uvicorn would bury it in a lifespan traceback.
+    """
+    from brigade.redis_config import RedisModeMismatch, check_redis_mode
+
+    try:
+        asyncio.run(check_redis_mode(settings))
+    except RedisModeMismatch as exc:
+        typer.secho("brigade: invalid configuration", fg="red", err=True)
+        typer.echo(f"  BRIGADE_REDIS_CLUSTER: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _variable(loc: tuple[str, ...]) -> str:
     """The variable a validation error is about: ``BRIGADE_KAFKA_BOOTSTRAP``, ``BRIGADE_CLASS_SMALL_MODEL``."""
     if not loc:
@@ -54,6 +70,7 @@ def ingress() -> None:
 
     settings = load_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format, component="ingress")
+    check_services(settings)
     ingress_main(settings)
 
 
@@ -69,6 +86,7 @@ def worker(
 
     settings = load_settings(worker_class=cost_class)
     configure_logging(level=settings.log_level, fmt=settings.log_format, component="worker")
+    check_services(settings)
     worker_main(settings)
 
 

@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from brigade.redis_config import RedisClient
 from brigade.streams import xread
 from consumer.main import serve as serve_worker
 from producer.main import serve as serve_ingress
@@ -92,7 +91,7 @@ async def fleet(
 
 
 async def read_until_final(
-    redis: aioredis.Redis, key: str, request_ids: set[str], *, timeout_s: float = 60
+    redis: RedisClient, key: str, request_ids: set[str], *, timeout_s: float = 60
 ) -> dict[str, list[AnyEvent]]:
     """XREAD the stream until every request in ``request_ids`` has a final event (or time runs out)."""
     events: dict[str, list[AnyEvent]] = {rid: [] for rid in request_ids}

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import cast
 
-import redis.asyncio as aioredis
+from brigade.redis_config import RedisClient
 
 Entry = tuple[str, dict[str, str]]
 StreamReply = list[tuple[str, list[Entry]]]
 
 
 async def xread(
-    redis: aioredis.Redis, cursors: Mapping[str, str], *, block_ms: int | None, count: int = 1000
+    redis: RedisClient, cursors: Mapping[str, str], *, block_ms: int | None, count: int = 1000
 ) -> StreamReply:
     """XREAD on a client made with ``decode_responses=True``: stream key → [(entry id, fields)]."""
     reply = await redis.xread(dict(cursors), block=block_ms, count=count)  # type: ignore[arg-type]

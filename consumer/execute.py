@@ -26,7 +26,7 @@ from consumer.batcher import Batch, PendingItem
 from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine, OutOfMemory, TokenDelta
 from consumer.intake import Intake, Running
 from consumer.metrics import WorkerMetrics
-from consumer.sink import Outgoing, RedisSink, SessionWrite
+from consumer.sink import Outgoing, RedisSink, RequestRef, SessionWrite
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent
 from schemas.settings import Settings
 
@@ -108,7 +108,9 @@ class BatchExecutor:
             self._metrics.observe_queue(max(0.0, batch.planned_at - item.enqueued_at))
             self._open[item.session_id] = self._open.get(item.session_id, 0) + 1
         scheduled_at_ms = self._wall_ms()  # before ``begin``: its round trip is admission
-        attempts = await self._sink.begin([item.request.request_id for item in batch.items])
+        attempts = await self._sink.begin(
+            [RequestRef(item.session_id, item.request.request_id) for item in batch.items]
+        )
         admission = await self._intake.admit(
             batch.items, attempts, now=self._wall_clock(), scheduled_at_ms=scheduled_at_ms
         )

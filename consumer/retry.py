@@ -1,11 +1,10 @@
 """Riding out a dependency outage: bounded exponential backoff around the worker's Redis and Kafka calls.
 
 Why here and not in the clients:
-- redis-py's own ``Retry`` retries one command or one pipeline ``EXECUTE``; it does not run the
-  pipeline's ``SCRIPT EXISTS``/``SCRIPT LOAD`` again, and a Redis restart empties the script cache, so a
-  pipeline that calls the sink's scripts fails with NOSCRIPT until the whole operation starts over.
-  Retrying the sink's operation does start over. The worker's client therefore retries nothing itself
-  (``NO_CLIENT_RETRY``): every retry goes through here and is logged.
+- redis-py's own ``Retry`` retries one command or one pipeline ``EXECUTE`` silently, with its own
+  limits; a sink operation is retried here as a whole, bounded by ``BRIGADE_DEPENDENCY_RETRY_S``,
+  logged, and seen by readiness. The worker's client therefore retries nothing itself
+  (``NO_CLIENT_RETRY``).
 - aiokafka retries a commit's retriable errors forever, silently, 100 ms apart; a worker that stops
   while the broker is gone would hang in its final commit. Here each commit attempt has a time limit,
   and the whole has a deadline.
@@ -53,10 +52,19 @@ NO_CLIENT_RETRY = Retry(NoBackoff(), 0)
 
 
 def redis_retryable(exc: BaseException) -> bool:
-    """Connection lost or refused, a timeout, Redis still loading its data, or its script cache emptied."""
-    return isinstance(
-        exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | redis.exceptions.NoScriptError
-    )
+    """Connection lost or refused, a timeout, Redis still loading its data, or a cluster mid-failover (slots
+    down or moving, a demoted primary) — everything that a later attempt can get past on its own."""
+    return isinstance(exc, _REDIS_TRANSIENT)
+
+
+_REDIS_TRANSIENT = (
+    redis.exceptions.ConnectionError,  # BusyLoadingError too
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
 def kafka_retryable(exc: BaseException) -> bool:

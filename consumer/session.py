@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from pydantic import TypeAdapter
 
+from brigade.redis_config import RedisClient
 from schemas.naming import Names
 from schemas.requests import ChatMessage
 
@@ -247,7 +247,7 @@ def plan_turn(
 
 
 async def load_sessions(
-    redis: aioredis.Redis, names: Names, session_ids: Sequence[str], *, ttl_s: int
+    redis: RedisClient, names: Names, session_ids: Sequence[str], *, ttl_s: int
 ) -> Mapping[str, str | None]:
     """The raw stored documents, in one round trip, refreshing each TTL (``GETEX``)."""
     if not session_ids:

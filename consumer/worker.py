@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiokafka import ConsumerRecord, TopicPartition
 
+from brigade.redis_config import RedisClient, open_redis
 from consumer.batcher import Batch, Batcher, PendingItem
 from consumer.dlq import DeadLetters, Rejected, parse_record
 from consumer.engine.interface import InferenceEngine
@@ -106,10 +106,11 @@ class Worker:
         self._started = True
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brigade-engine")
-        redis: aioredis.Redis = aioredis.from_url(self.settings.redis_url, decode_responses=True, retry=NO_CLIENT_RETRY)
+        redis: RedisClient | None = None
         engine: InferenceEngine | None = None
         try:
             await self.health.start()
+            redis = await open_redis(self.settings, retry=NO_CLIENT_RETRY)
             engine = await loop.run_in_executor(executor, self._load)
             self.health.ready = True
             log.info("model ready; joining the group", extra={"port": self.health.port, "model": engine.model_name})
@@ -133,7 +134,8 @@ class Worker:
             if engine is not None:
                 await loop.run_in_executor(executor, engine.close)
             executor.shutdown(wait=False)
-            await redis.aclose()
+            if redis is not None:
+                await redis.aclose()
             await self.health.stop()
             self.state = State.STOPPED
             log.info("[shutdown] stopped")

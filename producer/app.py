@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,6 +13,7 @@ from redis.exceptions import RedisError
 
 from brigade import __version__
 from brigade.models.registry import load_tokenizer
+from brigade.redis_config import open_redis
 from producer.errors import install_error_handlers
 from producer.ingress import Ingress
 from producer.lag import LagMonitor
@@ -36,15 +36,14 @@ def create_app(settings: Settings) -> FastAPI:
             model: await asyncio.to_thread(load_tokenizer, model, cache_dir=settings.model_cache_dir)
             for model in settings.served_models
         }
-        publisher = Publisher(settings)
-        await publisher.start()
         # A down Redis must fail a request within its timeout, but a blocked XREAD legitimately waits BLOCK_MS.
-        redis = aioredis.from_url(
-            settings.redis_url,
-            decode_responses=True,
+        redis = await open_redis(
+            settings,
             socket_connect_timeout=settings.request_timeout_s,
             socket_timeout=settings.request_timeout_s + BLOCK_MS / 1000,
         )
+        publisher = Publisher(settings)
+        await publisher.start()
         lag = LagMonitor(settings, publisher, metrics)
         lag_task = asyncio.create_task(lag.run(), name="lag-monitor")
         app.state.ingress = Ingress(

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import redis.asyncio as aioredis
 from aiokafka.structs import RecordMetadata
 
+from brigade.redis_config import RedisClient
 from producer.errors import ApiError
 from producer.lag import LagMonitor
 from producer.metrics import IngressMetrics
@@ -25,7 +25,7 @@ from schemas.tracing import TRACEPARENT, TRACESTATE, TraceContext, parse_tracepa
 class Ingress:
     settings: Settings
     publisher: Publisher
-    redis: aioredis.Redis
+    redis: RedisClient
     router: Router
     lag: LagMonitor
     metrics: IngressMetrics

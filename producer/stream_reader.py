@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-import redis.asyncio as aioredis
-
+from brigade.redis_config import RedisClient
 from brigade.streams import xread
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent, is_final, parse_event
 
@@ -66,7 +65,7 @@ class AttemptFilter:
 
 
 async def follow(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     key: str,
     *,
     last_id: str = "0-0",
@@ -108,7 +107,7 @@ class Answer:
 
 
 async def request_events(
-    redis: aioredis.Redis, key: str, request_id: str, *, last_id: str = "0-0"
+    redis: RedisClient, key: str, request_id: str, *, last_id: str = "0-0"
 ) -> AsyncIterator[tuple[AnyEvent, Verdict]]:
     """One request's events with their verdicts, ending after its final event."""
     attempts = AttemptFilter()

@@ -2,6 +2,13 @@
 
 Every name carries a namespace (``BRIGADE_NAMESPACE``, default ``brigade``) so several
 fleets — or several test runs — can share one Kafka cluster and one Redis without colliding.
+
+On Redis Cluster (``BRIGADE_REDIS_CLUSTER=true``) a session's keys carry its id as a hash tag —
+``brigade:stream:{<session_id>}``, ``brigade:session:{<session_id>}``,
+``brigade:request:{<session_id>}:<request_id>`` — so they share a slot: the final event, the request's
+status and the session document change in one Lua script, which Redis Cluster allows only within one
+slot. Sessions still spread over the nodes. Readers take the stream key from the 202 answer's
+``stream`` field rather than building it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ class Names:
     """Names derived from one namespace. ``Names()`` gives the documented production names."""
 
     namespace: str = DEFAULT_NAMESPACE
+    cluster: bool = False  # hash-tagged keys for Redis Cluster
 
     def request_topic(self, cost_class: str) -> str:
         """``brigade.requests.<class>``: one topic per cost class, keyed by session_id."""
@@ -30,14 +38,24 @@ class Names:
         """``brigade.dlq``: messages that could not be parsed or validated, with the reason."""
         return f"{self.namespace}.dlq"
 
+    def _session_part(self, session_id: str) -> str:
+        # Identifiers cannot contain braces (schemas/requests.py), so the tag is exactly the session id.
+        return f"{{{session_id}}}" if self.cluster else session_id
+
     def stream_key(self, session_id: str) -> str:
         """``brigade:stream:<session_id>``: every event of every request of a session, in order."""
-        return f"{self.namespace}:stream:{session_id}"
+        return f"{self.namespace}:stream:{self._session_part(session_id)}"
 
     def session_key(self, session_id: str) -> str:
         """``brigade:session:<session_id>``: conversation state with a sliding TTL."""
-        return f"{self.namespace}:session:{session_id}"
+        return f"{self.namespace}:session:{self._session_part(session_id)}"
 
-    def request_key(self, request_id: str) -> str:
-        """``brigade:request:<request_id>``: attempt counter and final status, for de-duplication."""
+    def request_key(self, request_id: str, session_id: str) -> str:
+        """``brigade:request:<request_id>``: attempt counter and final status, for de-duplication.
+
+        The session id is part of the name only on Redis Cluster, where the key must share its session's slot;
+        a request id is then de-duplicated within its session, which is where a redelivery lands anyway.
+        """
+        if self.cluster:
+            return f"{self.namespace}:request:{self._session_part(session_id)}:{request_id}"
         return f"{self.namespace}:request:{request_id}"

@@ -110,6 +110,8 @@ class Settings(BaseSettings):
 
     # --- Redis ---
     redis_url: str = "redis://localhost:6379/0"
+    # Redis Cluster: the cluster client, and keys with the session id as a {hash tag} (schemas/naming.py)
+    redis_cluster: bool = False
     stream_ttl_s: int = Field(default=3600, ge=1)  # a response stream expires this long after its last event
     session_ttl_s: int = Field(default=1800, ge=1)
 
@@ -268,7 +270,7 @@ class Settings(BaseSettings):
 
     @property
     def names(self) -> Names:
-        return Names(self.namespace)
+        return Names(self.namespace, cluster=self.redis_cluster)
 
     def to_env(self) -> dict[str, str]:
         """These settings as the ``BRIGADE_*`` variables that read back to them (for child processes).

@@ -1,4 +1,5 @@
-"""Real services for the tests: Tansu (Kafka protocol) and redis-server on free ports.
+"""Real services for the tests: Tansu (Kafka protocol) and redis-server on free ports (and, for the tests
+of ``BRIGADE_REDIS_CLUSTER``, a three-node Redis Cluster of redis-servers).
 
 Each test gets its own namespace, so topics, consumer groups and Redis keys never collide.
 Missing dev tools skip the tests on a laptop and fail them in CI (``CI`` set).
@@ -8,41 +9,53 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
 
+from brigade.devtools.cluster import RedisClusterNodes
 from brigade.devtools.process import Service, free_port
 from brigade.devtools.servers import DEV_SESSION_TIMEOUT_MS, MissingDevTool, kafka_service, redis_service
+from brigade.redis_config import RedisClient, open_redis
 from producer.topics import ensure_topics
 from schemas.settings import Settings
 
 
-def _start(factory: str, tmp: Path) -> Service:
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Stoppable)
+
+
+def _running(start: Callable[[], S]) -> Iterator[S]:
+    """A session's service: started, yielded, stopped; skipped on a laptop without the dev tools (not in CI)."""
     try:
-        if factory == "kafka":
-            return kafka_service(port=free_port(), log_dir=tmp).start()
-        return redis_service(port=free_port(), log_dir=tmp).start()
+        service = start()
     except MissingDevTool as exc:
         if os.environ.get("CI"):
             raise
         pytest.skip(str(exc))
+    yield service
+    service.stop()
 
 
 @pytest.fixture(scope="session")
 def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    service = _start("kafka", tmp_path_factory.mktemp("kafka"))
-    yield service
-    service.stop()
+    yield from _running(lambda: kafka_service(port=free_port(), log_dir=tmp_path_factory.mktemp("kafka")).start())
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    service = _start("redis", tmp_path_factory.mktemp("redis"))
-    yield service
-    service.stop()
+    yield from _running(lambda: redis_service(port=free_port(), log_dir=tmp_path_factory.mktemp("redis")).start())
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    yield from _running(lambda: RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster")).start())
 
 
 @pytest.fixture(scope="session")
@@ -76,5 +89,28 @@ async def topics(settings: Settings) -> list[str]:
 @pytest.fixture
 async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def cluster_settings(settings: Settings, redis_cluster: RedisClusterNodes) -> Settings:
+    """``settings`` pointed at the Redis Cluster, with ``BRIGADE_REDIS_CLUSTER=true``."""
+    return settings.model_copy(update={"redis_url": redis_cluster.url, "redis_cluster": True})
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def any_redis(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """``settings`` on the plain redis-server, then on the Redis Cluster: a test using it runs on both."""
+    if request.param == "cluster":
+        cluster: Settings = request.getfixturevalue("cluster_settings")
+        return cluster
+    return settings
+
+
+@pytest.fixture
+async def any_redis_client(any_redis: Settings) -> AsyncIterator[RedisClient]:
+    """A client for ``any_redis``'s Redis, made the way the ingress and the workers make theirs."""
+    client = await open_redis(any_redis)
     yield client
     await client.aclose()

@@ -22,7 +22,7 @@ from brigade.devtools.process import Service, free_port, port_open
 from brigade.devtools.servers import redis_service
 from consumer.health import HealthServer
 from consumer.retry import NO_CLIENT_RETRY, Backoff, kafka_retryable, redis_retryable
-from consumer.sink import Outgoing, RedisSink
+from consumer.sink import Outgoing, RedisSink, RequestRef
 from schemas.events import DoneEvent, FinishReason, TokenEvent, parse_event
 from schemas.naming import Names
 
@@ -62,7 +62,7 @@ async def test_the_sink_waits_out_a_redis_restart_and_writes_each_event_once(
     client = aioredis.from_url(f"redis://127.0.0.1:{own_redis.port}/0", decode_responses=True, retry=NO_CLIENT_RETRY)
     sink = RedisSink(client, names=NAMES, ttl_s=60, retry=backoff)
     try:
-        assert await sink.begin(["r1"]) == [1]  # the scripts are cached and a connection is pooled
+        assert await sink.begin([RequestRef("s", "r1")]) == [1]  # the scripts are cached and a connection is pooled
         await sink.write([Outgoing("s", TokenEvent(request_id="r1", seq=0, text="a"))])
         await asyncio.to_thread(own_redis.stop)  # SIGTERM: Redis flushes its append-only file and exits
 
@@ -76,7 +76,9 @@ async def test_the_sink_waits_out_a_redis_restart_and_writes_each_event_once(
 
         entries = cast(list[tuple[str, dict[str, str]]], await client.xrange(NAMES.stream_key("s")))
         assert [(e.type, e.seq) for e in (parse_event(f) for _, f in entries)] == [("token", 0), ("done", 1)]
-        assert await sink.begin(["r1"]) == [0], "the finished status survived the restart (append-only file)"
+        assert await sink.begin([RequestRef("s", "r1")]) == [0], (
+            "the finished status survived the restart (append-only file)"
+        )
     finally:
         await client.aclose()
     assert changes == [("redis", False), ("redis", True)], "readiness: off while failing, on again after"
@@ -116,8 +118,12 @@ async def test_the_retries_stop_at_the_deadline_and_other_errors_are_not_retried
         (redis.exceptions.ConnectionError("refused"), True),
         (redis.exceptions.TimeoutError("slow"), True),
         (redis.exceptions.BusyLoadingError("loading the append-only file"), True),
-        (redis.exceptions.NoScriptError("script cache emptied by a restart"), True),
+        (redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"), True),
+        (redis.exceptions.MasterDownError("MASTERDOWN Link with MASTER is down"), True),
+        (redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"), True),
+        (redis.exceptions.ReadOnlyError("READONLY You can't write against a read only replica."), True),
         (redis.exceptions.ResponseError("WRONGTYPE"), False),
+        (redis.exceptions.ClusterCrossSlotError("CROSSSLOT Keys in request don't hash to the same slot"), False),
     ],
 )
 def test_redis_errors_worth_retrying(error: Exception, retry: bool) -> None:

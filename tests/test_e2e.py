@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from brigade.inprocess import finals, fleet, read_until_final
+from brigade.redis_config import RedisClient
 from schemas.events import DoneEvent
 from schemas.settings import Settings
 from tests.kafka_reader import read_records
@@ -22,8 +23,10 @@ PROMPTS = {
 
 
 async def test_hundred_requests_across_three_classes_each_end_with_one_done(
-    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+    any_redis: Settings, topics: list[str], any_redis_client: RedisClient
 ) -> None:
+    """On a plain Redis, then on a three-node Redis Cluster (where the 40 sessions spread over the nodes)."""
+    settings, redis_client = any_redis, any_redis_client
     async with fleet(settings) as f, httpx.AsyncClient(base_url=f.url, timeout=30) as http:
         submitted: dict[str, set[str]] = {}
         classes = list(settings.classes)
@@ -47,6 +50,9 @@ async def test_hundred_requests_across_three_classes_each_end_with_one_done(
 
         await asyncio.gather(*(submit(i) for i in range(100)))
         assert sum(len(v) for v in submitted.values()) == 100
+        if isinstance(redis_client, aioredis.RedisCluster):  # the sessions live on every node
+            nodes = {redis_client.get_node_from_key(settings.names.stream_key(s)) for s in submitted}
+            assert len(nodes) == 3, nodes
 
         results = await asyncio.gather(
             *(read_until_final(redis_client, settings.names.stream_key(s), rids) for s, rids in submitted.items())

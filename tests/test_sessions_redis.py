@@ -10,8 +10,9 @@ import httpx
 import redis.asyncio as aioredis
 
 from brigade.inprocess import finals, fleet, read_until_final
+from brigade.redis_config import RedisClient
 from consumer.session import SessionAppend
-from consumer.sink import Outgoing, RedisSink, SessionWrite
+from consumer.sink import Outgoing, RedisSink, RequestRef, SessionWrite
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, FinishReason
 from schemas.requests import ChatMessage, InferenceRequest
 from schemas.settings import Settings
@@ -25,7 +26,7 @@ def chat(rid: str, session: str, *messages: dict[str, str], **fields: Any) -> In
     return InferenceRequest(request_id=rid, session_id=session, messages=list(messages), **(base | fields))
 
 
-async def stored(redis: aioredis.Redis, settings: Settings, session: str) -> dict[str, Any]:
+async def stored(redis: RedisClient, settings: Settings, session: str) -> dict[str, Any]:
     raw = await redis.get(settings.names.session_key(session))
     assert raw is not None, f"no session {session}"
     doc: dict[str, Any] = json.loads(raw)
@@ -43,8 +44,11 @@ def the_done(events: dict[str, list[Any]], rid: str) -> DoneEvent:
 
 
 async def test_three_turns_through_the_ingress_grow_the_session_and_refresh_its_ttl(
-    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+    any_redis: Settings, topics: list[str], any_redis_client: RedisClient
 ) -> None:
+    """On a plain Redis and on a Redis Cluster: the worker's session load and append, the ingress's session
+    routes and the stream all name their keys the same way."""
+    settings, redis_client = any_redis, any_redis_client
     key = settings.names.session_key("conv")
     turns = [
         [SYSTEM, {"role": "user", "content": "Fire table two."}],
@@ -170,7 +174,7 @@ async def test_the_session_append_lands_with_the_final_or_not_at_all(
 ) -> None:
     sink = RedisSink(redis_client, names=settings.names, ttl_s=settings.stream_ttl_s)
     key = settings.names.session_key("s")
-    assert await sink.begin(["r1"]) == [1]
+    assert await sink.begin([RequestRef("s", "r1")]) == [1]
     assert await sink.write([_write(settings, "r1", reply="Oui / chef ✓")]) == []
     doc = await stored(redis_client, settings, "s")
     assert doc["messages"] == [
@@ -181,8 +185,8 @@ async def test_the_session_append_lands_with_the_final_or_not_at_all(
 
     assert await sink.write([_write(settings, "r1")]) == [], "the same attempt again (a retried write) is in place"
     assert (await stored(redis_client, settings, "s"))["turns"] == 1, "and appends nothing twice"
-    assert await sink.begin(["r2"]) == [1]
-    assert await sink.begin(["r2"]) == [2]  # a rebalance: a newer attempt started
+    assert await sink.begin([RequestRef("s", "r2")]) == [1]
+    assert await sink.begin([RequestRef("s", "r2")]) == [2]  # a rebalance: a newer attempt started
     assert await sink.write([_write(settings, "r2", attempt=1)]) == ["r2"], "the stale attempt loses"
     assert (await stored(redis_client, settings, "s"))["turns"] == 1, "losing finals append nothing"
 
@@ -190,10 +194,10 @@ async def test_the_session_append_lands_with_the_final_or_not_at_all(
     assert await sink.write([Outgoing("s", error)]) == []
     assert (await stored(redis_client, settings, "s"))["turns"] == 1, "an error leaves the session as it was"
 
-    assert await sink.begin(["r3"]) == [1]
+    assert await sink.begin([RequestRef("s", "r3")]) == [1]
     assert await sink.write([_write(settings, "r3")]) == []
-    await redis_client.delete(settings.names.request_key("r3"))  # its request key expired, then a redelivery
-    assert await sink.begin(["r3"]) == [1]
+    await redis_client.delete(settings.names.request_key("r3", "s"))  # its request key expired, then a redelivery
+    assert await sink.begin([RequestRef("s", "r3")]) == [1]
     assert await sink.write([_write(settings, "r3")]) == []
     doc = await stored(redis_client, settings, "s")
     assert doc["turns"] == 2 and doc["last_request_id"] == "r3" and len(doc["messages"]) == 4, "still one append"

@@ -61,9 +61,12 @@ def dev_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {**settings.to_env(), "BRIGADE_KAFKA_IDEMPOTENCE": "false", **extra}
 
 
-def redis_service(*, port: int, log_dir: Path, host: str = "127.0.0.1", appendonly: bool = False) -> Service:
+def redis_service(
+    *, port: int, log_dir: Path, host: str = "127.0.0.1", appendonly: bool = False, cluster: bool = False
+) -> Service:
     """redis-server on ``port``; with ``appendonly`` it keeps an append-only file (fsync every second) in its
-    data directory and reloads it when restarted, as the compose file's Redis does."""
+    data directory and reloads it when restarted, as the compose file's Redis does. With ``cluster`` it starts
+    as a Redis Cluster node with no slots (``brigade/devtools/cluster.py`` forms the cluster)."""
     data_dir = log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -75,4 +78,6 @@ def redis_service(*, port: int, log_dir: Path, host: str = "127.0.0.1", appendon
         "--dir", str(data_dir),
         "--protected-mode", "no",
     ]  # fmt: skip
+    if cluster:
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(data_dir / "nodes.conf")]
     return Service(name="redis", argv=argv, port=port, log_path=log_dir / "redis.log")

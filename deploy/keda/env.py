@@ -21,6 +21,7 @@ COMMON_FIELDS = (
     "kafka_idempotence",
     "namespace",
     "redis_url",
+    "redis_cluster",
     "stream_ttl_s",
     "session_ttl_s",
     "classes",

@@ -1,0 +1,89 @@
+"""The Redis client from settings, standalone or cluster: one definition for the ingress and the workers.
+
+``BRIGADE_REDIS_CLUSTER=true`` (Redis Cluster, ElastiCache or Memorystore in cluster mode) selects redis-py's
+cluster client, which routes each command to the node owning its key's slot, and key names that put every key
+of one session in one slot (``schemas/naming.py``): the sink's Lua scripts touch a request's status, its
+session's stream and the session document together, and Redis Cluster runs a script only on keys of one slot.
+
+A setting, not a guess made by each process: the key names are part of the contract with every reader, so
+they must not depend on which node a process happened to ask. ``open_redis`` checks it against the server
+first (``check_redis_mode``): a mismatch is an error at start-up that names the setting, where it would
+otherwise surface as MOVED or CROSSSLOT errors on the first requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeAlias
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
+
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
+RedisPipeline: TypeAlias = Pipeline | ClusterPipeline
+
+
+class RedisModeMismatch(RuntimeError):
+    """``BRIGADE_REDIS_CLUSTER`` says one thing and the server another."""
+
+
+async def open_redis(settings: Settings, **options: Any) -> RedisClient:
+    """A client for ``BRIGADE_REDIS_URL`` (with ``decode_responses``), after ``check_redis_mode``.
+
+    In cluster mode the URL names any node, and the client learns the slot map here, before the first
+    commands run concurrently: redis-py 8.1's cluster client, left to learn it on first use, raced its own
+    start-up under 40 concurrent XREADs (AttributeError on a connection it had just closed). An unreachable
+    cluster leaves that to the first command, as a standalone client would.
+    """
+    await check_redis_mode(settings)
+    if not settings.redis_cluster:
+        return aioredis.from_url(settings.redis_url, decode_responses=True, **options)
+    client = aioredis.RedisCluster.from_url(settings.redis_url, decode_responses=True, **options)
+    try:
+        await client.initialize()
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+        log.warning("redis cluster unreachable at start-up; slot map not loaded", extra={"error": str(exc)})
+    return client
+
+
+def redis_address(url: str) -> str:
+    """host:port of a Redis URL, without its credentials (for messages and logs)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+async def check_redis_mode(settings: Settings, *, timeout_s: float = 5.0) -> None:
+    """Raise ``RedisModeMismatch`` when the server's cluster mode is not ``BRIGADE_REDIS_CLUSTER``.
+
+    An unreachable Redis is not a mismatch: it is logged and start-up goes on, because the worker rides out
+    a Redis outage (``consumer/retry.py``) and the ingress answers 503 meanwhile.
+    """
+    probe = aioredis.from_url(settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        info = await probe.info("cluster")
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        log.warning("redis unreachable at start-up; cluster mode not checked", extra={"error": str(exc)})
+        return
+    finally:
+        await probe.aclose()
+    server_cluster = bool(int(info.get("cluster_enabled", 0)))
+    if server_cluster == settings.redis_cluster:
+        return
+    where = redis_address(settings.redis_url)
+    if server_cluster:
+        raise RedisModeMismatch(
+            f"Redis at {where} runs in cluster mode but BRIGADE_REDIS_CLUSTER is false: set "
+            "BRIGADE_REDIS_CLUSTER=true on the ingress and every worker (the keys then carry the session id as "
+            "a {hash tag}, so that a session's keys share a slot)"
+        )
+    raise RedisModeMismatch(
+        f"BRIGADE_REDIS_CLUSTER is true but Redis at {where} is not a cluster (cluster_enabled:0): unset "
+        "BRIGADE_REDIS_CLUSTER, or point BRIGADE_REDIS_URL at a node of the cluster"
+    )
