@@ -98,6 +98,13 @@ def dev(
     workers_per_class: Annotated[int, typer.Option(min=0, help="Worker processes per cost class.")] = 1,
     demo: Annotated[bool, typer.Option(help="Send a prompt of each class and print tokens as they stream.")] = False,
     log_dir: Annotated[Path | None, typer.Option(help="Where child process logs go (default: a temp dir).")] = None,
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--redis-cluster",
+            help="Redis as a three-node Redis Cluster, the first node on --redis-port (BRIGADE_REDIS_CLUSTER=true).",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole fleet locally in the foreground: broker, Redis, topics, ingress, workers.
 
@@ -105,7 +112,7 @@ def dev(
     """
     from brigade.devmain import run_dev
 
-    settings = load_settings()
+    settings = load_settings(redis_cluster=True if redis_cluster else None)
     configure_logging(level="INFO", fmt="text", component="dev")
     code = run_dev(
         settings,

@@ -30,7 +30,7 @@ def _banner(stack: DevStack) -> None:
     console.print(f"[bold green]brigade dev is up[/] (logs in {stack.log_dir})")
     console.print(f"  ingress   {stack.ingress_url}   (OpenAI base URL: {stack.ingress_url}/v1)")
     console.print(f"  kafka     {s.kafka_bootstrap}   topics: {', '.join(names.request_topic(c) for c in s.classes)}")
-    console.print(f"  redis     {s.redis_url}")
+    console.print(f"  redis     {s.redis_url}" + ("   (Redis Cluster, 3 nodes)" if s.redis_cluster else ""))
     console.print(f"  workers   {stack.workers_per_class} per class, {_models(s)}")
     console.print("[bold]Try it:[/]")
     console.print(
@@ -38,7 +38,8 @@ def _banner(stack: DevStack) -> None:
         '       -d \'{"session_id": "demo", "prompt": "Once upon a time", "max_new_tokens": 32}\''
     )
     console.print(f"  curl -N {stack.ingress_url}/v1/sessions/demo/events")
-    console.print(f"  redis-cli -p {stack.redis_port} XRANGE {names.stream_key('demo')} - +")
+    cluster = "-c " if stack.settings.redis_cluster else ""  # follow MOVED to the node that owns the key
+    console.print(f"  redis-cli {cluster}-p {stack.redis_port} XRANGE {names.stream_key('demo')} - +")
     console.print("[dim]Ctrl-C stops everything.[/]")
 
 

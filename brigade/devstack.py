@@ -1,6 +1,7 @@
 """``brigade dev``: the whole fleet on one machine, in the foreground.
 
-Tansu (Kafka protocol) and redis-server from the ``dev`` extra, the topics, the ingress and one
+Tansu (Kafka protocol) and redis-server (three of them as a Redis Cluster with
+``BRIGADE_REDIS_CLUSTER=true`` or ``--redis-cluster``) from the ``dev`` extra, the topics, the ingress and one
 worker process per cost class — each started through the production entry point (``brigade
 ingress`` / ``brigade worker``) with ``BRIGADE_*`` variables, exactly as Kubernetes would.
 Stopping works in dependency order: the ingress stops admitting, workers drain, then the broker
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from brigade.devtools.cluster import RedisClusterNodes, free_port_with_bus
 from brigade.devtools.process import Service, ServiceFailed, free_port, port_open
 from brigade.devtools.servers import DEV_SESSION_TIMEOUT_MS, dev_env, kafka_service, redis_service
 from producer.topics import ensure_topics
@@ -84,7 +86,7 @@ def plan_stack(
         if p and port_open("127.0.0.1", p):
             raise ServiceFailed(f"{name} {p} is already in use; pick another with {name}, or 0 for any free port")
     kafka_port = kafka_port or free_port()
-    redis_port = redis_port or free_port()
+    redis_port = redis_port or (free_port_with_bus() if base.redis_cluster else free_port())
     update: dict[str, object] = {
         "kafka_bootstrap": f"127.0.0.1:{kafka_port}",
         "kafka_idempotence": False,
@@ -108,7 +110,11 @@ def running(stack: DevStack, *, ready_timeout_s: float = 180.0) -> Iterator[DevS
     """Start everything, wait until ready, and stop it all in order on exit, whatever happened."""
     try:
         stack.services.append(kafka_service(port=stack.kafka_port, log_dir=stack.log_dir).start())
-        stack.services.append(redis_service(port=stack.redis_port, log_dir=stack.log_dir).start())
+        if stack.settings.redis_cluster:  # three nodes; the first on redis_port
+            cluster = RedisClusterNodes(stack.log_dir / "redis-cluster", first_port=stack.redis_port)
+            stack.services.extend(cluster.start().services)
+        else:
+            stack.services.append(redis_service(port=stack.redis_port, log_dir=stack.log_dir).start())
         asyncio.run(ensure_topics(stack.settings))
         ingress = Service(
             name="ingress",

@@ -103,3 +103,28 @@ def test_the_dev_stack_shortens_the_kafka_session_unless_it_was_set() -> None:
 
     assert planned(Settings()) == DEV_SESSION_TIMEOUT_MS
     assert planned(Settings(kafka_session_timeout_ms=12_000)) == 12_000
+
+
+def test_the_dev_stack_runs_redis_as_a_cluster_when_asked(tmp_path: Path, model_cache_dir: Path) -> None:
+    """``--redis-cluster`` (BRIGADE_REDIS_CLUSTER=true): three nodes, and an ingress that starts against them."""
+    import redis
+
+    from brigade.devstack import plan_stack, running
+    from schemas.settings import Settings
+
+    base = Settings(redis_cluster=True, model_cache_dir=model_cache_dir)
+    stack = plan_stack(base, port=0, kafka_port=0, redis_port=0, workers_per_class=0, log_dir=tmp_path)
+    with running(stack, ready_timeout_s=60) as up:
+        nodes = [s for s in up.services if s.name == "redis"]
+        assert len(nodes) == 3 and nodes[0].port == up.redis_port
+        body = {"session_id": "dev-cluster", "prompt": "hello", "max_new_tokens": 4}
+        resp = httpx.post(f"{up.ingress_url}/v1/requests", json=body, timeout=30)
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["stream"] == "brigade:stream:{dev-cluster}"
+        first = redis.Redis(host="127.0.0.1", port=up.redis_port, decode_responses=True)
+        try:
+            info = first.cluster("INFO")
+            assert info["cluster_state"] == "ok" and int(info["cluster_known_nodes"]) == 3
+        finally:
+            first.close()
+    assert not any(s.running for s in up.services)

@@ -43,6 +43,7 @@ class RedisClusterNodes:
     log_dir: Path
     nodes: int = 3
     host: str = "127.0.0.1"
+    first_port: int = 0  # the first node's port (0: any free one); the others take free ports
     services: list[Service] = field(default_factory=list)
 
     @property
@@ -51,8 +52,8 @@ class RedisClusterNodes:
 
     def start(self, *, timeout_s: float = 30.0) -> RedisClusterNodes:
         try:
-            for _ in range(self.nodes):
-                port = free_port_with_bus(self.host)
+            for n in range(self.nodes):
+                port = self.first_port if n == 0 and self.first_port else free_port_with_bus(self.host)
                 self.services.append(
                     redis_service(
                         port=port, log_dir=self.log_dir / f"node-{port}", host=self.host, cluster=True
