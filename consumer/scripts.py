@@ -1,8 +1,9 @@
 """The Lua the sink runs, and how it is sent: ``EVAL`` with the script's text, in the caller's pipeline.
 
 Not ``EVALSHA``: redis-py's pipeline runs a ``SCRIPT EXISTS`` round trip before every ``EXECUTE`` that
-contains a registered script, which doubled the time of each decode step's write (8 token events in one
-call: 590-720 µs per write or begin with it, about half without; ``EVAL`` of the same script, 320-450 µs).
+contains a registered script, a second round trip in each decode step's write and each ``begin`` (8 token
+events or 8 begins per call against a local redis-server: p50 522-790 µs with it, 399-653 µs with ``EVAL``;
+BENCHMARKS.md, figure 3).
 ``EVAL`` sends the text each time (at most 2.6 KB, for ``FINAL``), which Redis hashes to its cache of
 compiled scripts, and it cannot fail with NOSCRIPT: not after a Redis restart emptied that cache, and not
 on a cluster node that never saw the script.
