@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,19 +39,16 @@ def load_settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def check_services(settings: Settings) -> None:
-    """What the settings say about the services, checked against them before anything starts.
-
-    The same check runs again where the client is opened (``open_redis``), for in-process use; here it ends
-    the process with the message alone, where uvicorn would bury it in a lifespan traceback.
-    """
-    from brigade.redis_config import RedisModeMismatch, check_redis_mode
+@contextlib.contextmanager
+def reported_as_configuration(settings: Settings) -> Iterator[None]:
+    """A start-up failure that a variable fixes ends the process as a validation error does: message, exit 2."""
+    from brigade.config_error import ConfigurationError
 
     try:
-        asyncio.run(check_redis_mode(settings))
-    except RedisModeMismatch as exc:
-        typer.secho("brigade: invalid configuration", fg="red", err=True)
-        typer.echo(f"  BRIGADE_REDIS_CLUSTER: {exc}", err=True)
+        yield
+    except ConfigurationError as exc:
+        typer.secho(f"brigade: {exc.summary}", fg="red", err=True)
+        typer.echo(f"  {exc.variable_in(settings)}: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -70,8 +68,8 @@ def ingress() -> None:
 
     settings = load_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format, component="ingress")
-    check_services(settings)
-    ingress_main(settings)
+    with reported_as_configuration(settings):
+        ingress_main(settings)
 
 
 @app.command()
@@ -86,8 +84,8 @@ def worker(
 
     settings = load_settings(worker_class=cost_class)
     configure_logging(level=settings.log_level, fmt=settings.log_format, component="worker")
-    check_services(settings)
-    worker_main(settings)
+    with reported_as_configuration(settings):
+        worker_main(settings)
 
 
 @app.command()

@@ -22,6 +22,7 @@ import redis.exceptions
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 
+from brigade.config_error import ConfigurationError
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,10 @@ RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
 RedisPipeline: TypeAlias = Pipeline | ClusterPipeline
 
 
-class RedisModeMismatch(RuntimeError):
+class RedisModeMismatch(ConfigurationError):
     """``BRIGADE_REDIS_CLUSTER`` says one thing and the server another."""
+
+    variable = "BRIGADE_REDIS_CLUSTER"
 
 
 async def open_redis(settings: Settings, **options: Any) -> RedisClient:
@@ -63,13 +66,20 @@ async def check_redis_mode(settings: Settings, *, timeout_s: float = 5.0) -> Non
     """Raise ``RedisModeMismatch`` when the server's cluster mode is not ``BRIGADE_REDIS_CLUSTER``.
 
     An unreachable Redis is not a mismatch: it is logged and start-up goes on, because the worker rides out
-    a Redis outage (``consumer/retry.py``) and the ingress answers 503 meanwhile.
+    a Redis outage (``consumer/retry.py``) and the ingress answers 503 meanwhile. Neither is a user whose ACL
+    denies ``INFO`` (it is in ``@dangerous``, which managed Redis users often lack): the setting is trusted.
     """
     probe = aioredis.from_url(settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         info = await probe.info("cluster")
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         log.warning("redis unreachable at start-up; cluster mode not checked", extra={"error": str(exc)})
+        return
+    except redis.exceptions.NoPermissionError as exc:
+        log.warning(
+            "INFO denied to this Redis user; cluster mode not checked, BRIGADE_REDIS_CLUSTER trusted",
+            extra={"error": str(exc)},
+        )
         return
     finally:
         await probe.aclose()

@@ -39,7 +39,7 @@ class HealthServer:
                 Route("/metrics", self._metrics, methods=["GET"]),
             ]
         )
-        self._server = AsgiServer(app, host=host, port=port, lifespan="off")
+        self._server = AsgiServer(app, host=host, port=port, lifespan="off", port_variable="BRIGADE_METRICS_PORT")
         self._started = False
 
     @property

@@ -20,7 +20,7 @@ log = logging.getLogger("brigade.ingress")
 async def serve(settings: Settings, *, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
     """Serve until ``stop`` is set; ``ready(port)`` once the socket listens (port 0 picks a free one)."""
     app = create_app(settings)
-    server = AsgiServer(PublishLane(app), host=settings.host, port=settings.port)
+    server = AsgiServer(PublishLane(app), host=settings.host, port=settings.port, port_variable="BRIGADE_PORT")
     port = await server.start()
     log.info("ingress listening", extra={"port": port})
     if ready is not None:

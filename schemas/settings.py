@@ -241,6 +241,13 @@ class Settings(BaseSettings):
         """The model a class serves: ``BRIGADE_CLASS_<NAME>_MODEL``, else ``BRIGADE_MODEL``."""
         return self.class_models.get(cost_class, self.model)
 
+    def model_variable(self, model: str) -> str:
+        """The variables that name ``model`` (``BRIGADE_CLASS_<NAME>_MODEL``s, ``BRIGADE_MODEL``), for messages."""
+        names = [class_env_name(name, "class_models") for name, spec in self.class_models.items() if spec == model]
+        if model == self.model or not names:
+            names.append("BRIGADE_MODEL")
+        return ", ".join(names)
+
     def device_for(self, cost_class: str) -> str:
         """The device a class's workers bind: ``BRIGADE_CLASS_<NAME>_DEVICE``, else ``BRIGADE_DEVICE``."""
         return self.class_devices.get(cost_class, self.device)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sys
 
 import pytest
+import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from brigade.devtools.cluster import RedisClusterNodes
@@ -61,6 +63,24 @@ async def test_an_unreachable_redis_is_not_a_mismatch(settings: Settings, caplog
     with caplog.at_level(logging.WARNING, logger="brigade.redis_config"):
         await check_redis_mode(down, timeout_s=1)
     assert any("cluster mode not checked" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_user_denied_info_is_trusted_with_the_setting(
+    settings: Settings, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Managed Redis users often lack ``@dangerous``, where ``INFO`` lives: start-up must not stop there."""
+    user = f"no-info-{secrets.token_hex(4)}"
+    await redis_client.acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-info"]
+    )
+    try:
+        address = settings.redis_url.removeprefix("redis://")
+        denied = settings.model_copy(update={"redis_url": f"redis://{user}:pw@{address}"})
+        with caplog.at_level(logging.WARNING, logger="brigade.redis_config"):
+            await check_redis_mode(denied)
+    finally:
+        await redis_client.acl_deluser(user)
+    assert any("INFO denied" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("command", ["ingress", "worker"])

@@ -17,15 +17,24 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from brigade.config_error import ConfigurationError
 from brigade.models.specs import BUILTIN_MODELS, BuiltinSpec
 from brigade.models.tokenizer import write_tokenizer_files
+from schemas.settings import Settings
 
 BUILTIN_PREFIX = "builtin:"
 MODEL_FILES = ("model.onnx", "decoder_model_merged.onnx")  # Optimum's names, newest first
 
 
-class ModelNotFound(ValueError):
+class ModelNotFound(ConfigurationError, ValueError):
     """The spec names no built-in model and no usable model directory."""
+
+    def __init__(self, message: str, *, spec: str) -> None:
+        super().__init__(message)
+        self.spec = spec
+
+    def variable_in(self, settings: Settings) -> str:
+        return settings.model_variable(self.spec)
 
 
 def _accepted_forms() -> str:
@@ -41,18 +50,22 @@ def _builtin(spec: str) -> BuiltinSpec | None:
         return None
     name = spec.removeprefix(BUILTIN_PREFIX)
     if name not in BUILTIN_MODELS:
-        raise ModelNotFound(f"unknown built-in model {spec!r}; {_accepted_forms()}")
+        raise ModelNotFound(f"unknown built-in model {spec!r}; {_accepted_forms()}", spec=spec)
     return BUILTIN_MODELS[name]
 
 
 def _user_dir(spec: str, *, need: tuple[str, ...]) -> Path:
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise ModelNotFound(f"model {spec!r} is neither a built-in model nor a directory; {_accepted_forms()}")
+        raise ModelNotFound(
+            f"model {spec!r} is neither a built-in model nor a directory; {_accepted_forms()}", spec=spec
+        )
     if "model" in need and not any((path / name).is_file() for name in MODEL_FILES):
-        raise ModelNotFound(f"model directory {spec!r} holds none of {', '.join(MODEL_FILES)}; {_accepted_forms()}")
+        raise ModelNotFound(
+            f"model directory {spec!r} holds none of {', '.join(MODEL_FILES)}; {_accepted_forms()}", spec=spec
+        )
     if "tokenizer" in need and not (path / "tokenizer.json").is_file():
-        raise ModelNotFound(f"model directory {spec!r} has no tokenizer.json; {_accepted_forms()}")
+        raise ModelNotFound(f"model directory {spec!r} has no tokenizer.json; {_accepted_forms()}", spec=spec)
     return path.resolve()
 
 
@@ -122,4 +135,6 @@ def model_file(model_dir: Path) -> Path:
     for name in MODEL_FILES:
         if (model_dir / name).is_file():
             return model_dir / name
-    raise ModelNotFound(f"model directory {str(model_dir)!r} holds none of {', '.join(MODEL_FILES)}")
+    raise ModelNotFound(
+        f"model directory {str(model_dir)!r} holds none of {', '.join(MODEL_FILES)}", spec=str(model_dir)
+    )
