@@ -7,7 +7,7 @@ session's stream and the session document together, and Redis Cluster runs a scr
 
 A setting, not a guess made by each process: the key names are part of the contract with every reader, so
 they must not depend on which node a process happened to ask. ``open_redis`` checks it against the server
-first (``check_redis_mode``): a mismatch is an error at start-up that names the setting, where it would
+first (``check_redis``): a mismatch is an error at start-up that names the setting, where it would
 otherwise surface as MOVED or CROSSSLOT errors on the first requests.
 """
 
@@ -38,14 +38,14 @@ class RedisModeMismatch(ConfigurationError):
 
 
 async def open_redis(settings: Settings, **options: Any) -> RedisClient:
-    """A client for ``BRIGADE_REDIS_URL`` (with ``decode_responses``), after ``check_redis_mode``.
+    """A client for ``BRIGADE_REDIS_URL`` (with ``decode_responses``), after ``check_redis``.
 
     In cluster mode the URL names any node, and the client learns the slot map here, before the first
     commands run concurrently: redis-py 8.1's cluster client, left to learn it on first use, raced its own
     start-up under 40 concurrent XREADs (AttributeError on a connection it had just closed). An unreachable
     cluster leaves that to the first command, as a standalone client would.
     """
-    await check_redis_mode(settings)
+    await check_redis(settings)
     if not settings.redis_cluster:
         return aioredis.from_url(settings.redis_url, decode_responses=True, **options)
     client = aioredis.RedisCluster.from_url(settings.redis_url, decode_responses=True, **options)
@@ -56,22 +56,40 @@ async def open_redis(settings: Settings, **options: Any) -> RedisClient:
     return client
 
 
+class RedisCredentialsRejected(ConfigurationError):
+    """``BRIGADE_REDIS_URL``'s user or password is wrong: retrying would only repeat it."""
+
+    variable = "BRIGADE_REDIS_URL"
+
+
+def _as_user(url: str) -> str:
+    user = urlsplit(url).username
+    return f" of user {user!r}" if user else " (no user in the URL: the default user)"
+
+
 def redis_address(url: str) -> str:
     """host:port of a Redis URL, without its credentials (for messages and logs)."""
     parts = urlsplit(url)
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
-async def check_redis_mode(settings: Settings, *, timeout_s: float = 5.0) -> None:
-    """Raise ``RedisModeMismatch`` when the server's cluster mode is not ``BRIGADE_REDIS_CLUSTER``.
+async def check_redis(settings: Settings, *, timeout_s: float = 5.0) -> None:
+    """The settings against the server: ``RedisCredentialsRejected`` when it refuses the URL's credentials,
+    ``RedisModeMismatch`` when its cluster mode is not ``BRIGADE_REDIS_CLUSTER``.
 
-    An unreachable Redis is not a mismatch: it is logged and start-up goes on, because the worker rides out
-    a Redis outage (``consumer/retry.py``) and the ingress answers 503 meanwhile. Neither is a user whose ACL
-    denies ``INFO`` (it is in ``@dangerous``, which managed Redis users often lack): the setting is trusted.
+    An unreachable Redis is neither: it is logged and start-up goes on, because the worker rides out a Redis
+    outage (``consumer/retry.py``) and the ingress answers 503 meanwhile. Nor is a user whose ACL denies
+    ``INFO`` (it is in ``@dangerous``, which managed Redis users often lack): the setting is trusted.
     """
     probe = aioredis.from_url(settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         info = await probe.info("cluster")
+    except redis.exceptions.AuthenticationError as exc:  # a ConnectionError to redis-py, but no retry mends it
+        raise RedisCredentialsRejected(
+            f"Redis at {redis_address(settings.redis_url)} refused the credentials"
+            f"{_as_user(settings.redis_url)} ({exc}): put the right user and password in the URL, "
+            "redis://<user>:<password>@<host>:<port>/<db> (rediss:// for TLS)"
+        ) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         log.warning("redis unreachable at start-up; cluster mode not checked", extra={"error": str(exc)})
         return

@@ -17,7 +17,7 @@ from redis.crc import key_slot
 
 from brigade.devtools.cluster import RedisClusterNodes
 from brigade.devtools.process import free_port
-from brigade.redis_config import RedisModeMismatch, check_redis_mode
+from brigade.redis_config import RedisCredentialsRejected, RedisModeMismatch, check_redis
 from schemas.naming import Names
 from schemas.settings import Settings
 from tests.brigade_process import brigade_env
@@ -47,21 +47,21 @@ async def test_a_cluster_without_the_setting_is_an_error_naming_it(
 ) -> None:
     mismatch = settings.model_copy(update={"redis_url": redis_cluster.url})
     with pytest.raises(RedisModeMismatch, match="set BRIGADE_REDIS_CLUSTER=true") as raised:
-        await check_redis_mode(mismatch)
+        await check_redis(mismatch)
     assert f"127.0.0.1:{redis_cluster.services[0].port}" in str(raised.value)
 
 
 async def test_the_setting_without_a_cluster_is_an_error_naming_it(settings: Settings) -> None:
     mismatch = settings.model_copy(update={"redis_cluster": True})
     with pytest.raises(RedisModeMismatch, match="unset BRIGADE_REDIS_CLUSTER"):
-        await check_redis_mode(mismatch)
-    await check_redis_mode(settings)  # standalone and not set: fine
+        await check_redis(mismatch)
+    await check_redis(settings)  # standalone and not set: fine
 
 
 async def test_an_unreachable_redis_is_not_a_mismatch(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "redis_cluster": True})
     with caplog.at_level(logging.WARNING, logger="brigade.redis_config"):
-        await check_redis_mode(down, timeout_s=1)
+        await check_redis(down, timeout_s=1)
     assert any("cluster mode not checked" in r.getMessage() for r in caplog.records)
 
 
@@ -77,10 +77,18 @@ async def test_a_user_denied_info_is_trusted_with_the_setting(
         address = settings.redis_url.removeprefix("redis://")
         denied = settings.model_copy(update={"redis_url": f"redis://{user}:pw@{address}"})
         with caplog.at_level(logging.WARNING, logger="brigade.redis_config"):
-            await check_redis_mode(denied)
+            await check_redis(denied)
     finally:
         await redis_client.acl_deluser(user)
     assert any("INFO denied" in r.getMessage() for r in caplog.records)
+
+
+async def test_refused_credentials_are_an_error_naming_the_user_not_the_password(settings: Settings) -> None:
+    address = settings.redis_url.removeprefix("redis://")
+    wrong = settings.model_copy(update={"redis_url": f"redis://nobody:s3cret@{address}"})
+    with pytest.raises(RedisCredentialsRejected, match="of user 'nobody'") as raised:
+        await check_redis(wrong)
+    assert "s3cret" not in str(raised.value)
 
 
 @pytest.mark.parametrize("command", ["ingress", "worker"])

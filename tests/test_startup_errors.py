@@ -65,8 +65,9 @@ def test_the_model_variable_is_the_one_that_names_the_model() -> None:
     [
         ("ingress", {"BRIGADE_MODEL": "/no/such/model"}, "BRIGADE_MODEL: model '/no/such/model' is neither"),
         ("worker", {"BRIGADE_CLASS_SMALL_MODEL": "builtin:nope"}, "BRIGADE_CLASS_SMALL_MODEL: unknown built-in"),
-        ("ingress", {"BRIGADE_PORT": "taken"}, "BRIGADE_PORT: could not listen on 127.0.0.1:"),
-        ("worker", {"BRIGADE_METRICS_PORT": "taken"}, "BRIGADE_METRICS_PORT: could not listen on"),
+        ("ingress", {"BRIGADE_PORT": "{taken}"}, "BRIGADE_PORT: could not listen on 127.0.0.1:"),
+        ("worker", {"BRIGADE_METRICS_PORT": "{taken}"}, "BRIGADE_METRICS_PORT: could not listen on"),
+        ("worker", {"BRIGADE_REDIS_URL": "redis://nobody:wrong@{redis}/0"}, "BRIGADE_REDIS_URL: Redis at 127.0.0.1"),
     ],
 )
 async def test_brigade_exits_2_naming_the_variable(
@@ -76,7 +77,8 @@ async def test_brigade_exits_2_naming_the_variable(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        values = {name: port if value == "taken" else value for name, value in variables.items()}
+        redis = settings.redis_url.removeprefix("redis://").split("/")[0]
+        values = {name: value.format(taken=port, redis=redis) for name, value in variables.items()}
         env = brigade_env(
             settings, BRIGADE_HOST="127.0.0.1", BRIGADE_PORT="0", BRIGADE_METRICS_PORT="0", BRIGADE_WORKER_CLASS="small"
         )
@@ -88,3 +90,4 @@ async def test_brigade_exits_2_naming_the_variable(
     assert proc.returncode == 2, text
     assert expected in text
     assert "Traceback" not in text, "a configuration error is its message, not a stack"
+    assert "wrong" not in text, "a password never reaches the log"
