@@ -134,7 +134,11 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     redis = redis_service(port=free_port(), log_dir=logs).start()
     try:
         settings = settings.model_copy(
-            update={"kafka_bootstrap": f"127.0.0.1:{kafka.port}", "redis_url": f"redis://127.0.0.1:{redis.port}/0"}
+            update={
+                "kafka_bootstrap": f"127.0.0.1:{kafka.port}",
+                "redis_url": f"redis://127.0.0.1:{redis.port}/0",
+                "redis_cluster": False,  # its own standalone Redis, whatever BRIGADE_REDIS_CLUSTER says
+            }
         )
         if engine is not None:
             _rounds(config, report, settings, engine)

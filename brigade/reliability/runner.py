@@ -141,6 +141,7 @@ async def run_reliability(
             "kafka_bootstrap": f"127.0.0.1:{kafka.port}",
             "kafka_idempotence": False,  # Tansu lacks InitProducerId
             "redis_url": f"redis://127.0.0.1:{redis.port}/0",
+            "redis_cluster": False,  # its own standalone Redis, whatever BRIGADE_REDIS_CLUSTER says
             "class_partitions": (config.partitions, *base.class_partitions[1:]),
             "kafka_session_timeout_ms": config.session_timeout_ms,
             "drain_timeout_s": 10.0,
