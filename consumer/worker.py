@@ -29,6 +29,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from brigade.kafka_config import check_kafka
 from brigade.redis_config import RedisClient, open_redis
 from consumer.batcher import Batch, Batcher, PendingItem
 from consumer.dlq import DeadLetters, Rejected, parse_record
@@ -111,6 +112,7 @@ class Worker:
         try:
             await self.health.start()
             redis = await open_redis(self.settings, retry=NO_CLIENT_RETRY)
+            await check_kafka(self.settings)
             engine = await loop.run_in_executor(executor, self._load)
             self.health.ready = True
             log.info("model ready; joining the group", extra={"port": self.health.port, "model": engine.model_name})

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from brigade import __version__
+from brigade.kafka_config import check_kafka
 from brigade.models.registry import load_tokenizer
 from brigade.redis_config import open_redis
 from producer.errors import install_error_handlers
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
             socket_connect_timeout=settings.request_timeout_s,
             socket_timeout=settings.request_timeout_s + BLOCK_MS / 1000,
         )
+        await check_kafka(settings)
         publisher = Publisher(settings)
         await publisher.start()
         lag = LagMonitor(settings, publisher, metrics)

@@ -9,17 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from starlette.applications import Starlette
 
 from brigade.config_error import ConfigurationError
+from brigade.devtools.process import Service, free_port
+from brigade.devtools.servers import kafka_service
 from brigade.httpserver import AsgiServer, PortUnavailable
+from brigade.kafka_config import KafkaCredentialsRejected, check_kafka
 from schemas.settings import Settings
 from tests.brigade_process import brigade_env
+
+SASL = {
+    "BRIGADE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+    "BRIGADE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "BRIGADE_KAFKA_SASL_USERNAME": "alice",
+    "BRIGADE_KAFKA_SASL_PASSWORD": "wrong",
+}
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A broker that requires SCRAM and, memory only and never told of a user, refuses every credential."""
+    service = kafka_service(port=free_port(), log_dir=tmp_path_factory.mktemp("sasl"), authentication=True).start()
+    yield service
+    service.stop()
 
 
 class _Misconfigured(ConfigurationError):
@@ -53,6 +72,29 @@ async def test_a_taken_port_names_the_variable_that_sets_it() -> None:
     assert raised.value.variable == "BRIGADE_PORT"
 
 
+def _sasl_settings(bootstrap: str) -> Settings:
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="alice",
+        kafka_sasl_password="wrong",
+    )
+
+
+async def test_refused_kafka_credentials_name_the_user_not_the_password(sasl_broker: Service) -> None:
+    with pytest.raises(KafkaCredentialsRejected, match="refused user 'alice' with SCRAM-SHA-512") as raised:
+        await check_kafka(_sasl_settings(f"127.0.0.1:{sasl_broker.port}"))
+    assert "wrong" not in str(raised.value)
+
+
+async def test_an_unreachable_broker_is_not_refused_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="brigade.kafka_config"):
+        await check_kafka(_sasl_settings(f"127.0.0.1:{free_port()}"), timeout_s=2)
+        await check_kafka(Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}"))  # no SASL: not even a connection
+    assert [r.getMessage() for r in caplog.records] == ["kafka unreachable at start-up; SASL credentials not checked"]
+
+
 def test_the_model_variable_is_the_one_that_names_the_model() -> None:
     settings = Settings(model="builtin:tiny", class_models={"large": "/models/big", "medium": "/models/big"})
     assert settings.model_variable("/models/big") == "BRIGADE_CLASS_LARGE_MODEL, BRIGADE_CLASS_MEDIUM_MODEL"
@@ -68,17 +110,25 @@ def test_the_model_variable_is_the_one_that_names_the_model() -> None:
         ("ingress", {"BRIGADE_PORT": "{taken}"}, "BRIGADE_PORT: could not listen on 127.0.0.1:"),
         ("worker", {"BRIGADE_METRICS_PORT": "{taken}"}, "BRIGADE_METRICS_PORT: could not listen on"),
         ("worker", {"BRIGADE_REDIS_URL": "redis://nobody:wrong@{redis}/0"}, "BRIGADE_REDIS_URL: Redis at 127.0.0.1"),
+        ("ingress", {**SASL, "BRIGADE_KAFKA_BOOTSTRAP": "{sasl}"}, "BRIGADE_KAFKA_SASL_PASSWORD: the broker refused"),
+        ("worker", {**SASL, "BRIGADE_KAFKA_BOOTSTRAP": "{sasl}"}, "BRIGADE_KAFKA_SASL_PASSWORD: the broker refused"),
     ],
 )
 async def test_brigade_exits_2_naming_the_variable(
-    settings: Settings, topics: list[str], command: str, variables: dict[str, str], expected: str
+    settings: Settings,
+    topics: list[str],
+    sasl_broker: Service,
+    command: str,
+    variables: dict[str, str],
+    expected: str,
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
         redis = settings.redis_url.removeprefix("redis://").split("/")[0]
-        values = {name: value.format(taken=port, redis=redis) for name, value in variables.items()}
+        sasl = f"127.0.0.1:{sasl_broker.port}"
+        values = {name: value.format(taken=port, redis=redis, sasl=sasl) for name, value in variables.items()}
         env = brigade_env(
             settings, BRIGADE_HOST="127.0.0.1", BRIGADE_PORT="0", BRIGADE_METRICS_PORT="0", BRIGADE_WORKER_CLASS="small"
         )

@@ -40,9 +40,12 @@ def redis_binary() -> Path:
     return path
 
 
-def kafka_service(*, port: int, log_dir: Path, host: str = "127.0.0.1") -> Service:
+def kafka_service(*, port: int, log_dir: Path, host: str = "127.0.0.1", authentication: bool = False) -> Service:
+    """Tansu on ``port``; with ``authentication`` it requires SASL (SCRAM) and, being memory only, knows no users."""
     url = f"tcp://{host}:{port}"
     argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    if authentication:
+        argv.append("--authentication")
     return Service(name="kafka (tansu)", argv=argv, port=port, log_path=log_dir / "kafka.log")
 
 
