@@ -156,15 +156,48 @@ app.add_typer(topics_app, name="topics")
 
 
 @topics_app.command("create")
-def topics_create() -> None:
-    """Create the request topics (one per cost class, with its partitions) and the DLQ, if missing."""
-    from producer.topics import desired_topics, ensure_topics
+def topics_create(
+    replication_factor: Annotated[
+        int | None,
+        typer.Option(min=1, help="Copies of each partition (default: 3, or the broker count if smaller)."),
+    ] = None,
+    config: Annotated[
+        list[str] | None,
+        typer.Option(help="A topic-level setting, KEY=VALUE (repeatable), e.g. --config min.insync.replicas=2."),
+    ] = None,
+) -> None:
+    """Create the request topics (one per cost class, with its partitions) and the DLQ, if missing.
+
+    Existing topics are left as they are. Exits 1, naming each topic and the broker's reason, if any is refused.
+    """
+    from brigade.kafka_config import check_kafka
+    from producer.topics import TopicsNotCreated, desired_topics, ensure_topics
 
     settings = load_settings()
-    created = asyncio.run(ensure_topics(settings))
+    configs = _key_values(config or [], option="--config")
+    with reported_as_configuration(settings):
+        asyncio.run(check_kafka(settings))
+    try:
+        created = asyncio.run(ensure_topics(settings, replication_factor=replication_factor, configs=configs))
+    except TopicsNotCreated as exc:
+        typer.secho("brigade: the broker refused topics", fg="red", err=True)
+        for name, reason in exc.failures.items():
+            typer.echo(f"  {name}: {reason}", err=True)
+        raise typer.Exit(1) from None
     for name, parts in desired_topics(settings).items():
-        state = "created" if name in created else "exists"
+        state = f"created replication={created.replication_factor}" if name in created.names else "exists"
         typer.echo(f"{name:40s} partitions={parts:<4d} {state}")
+
+
+def _key_values(pairs: list[str], *, option: str) -> dict[str, str]:
+    """``KEY=VALUE`` options as a mapping; a malformed one is a usage error naming the option."""
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE (e.g. retention.ms=604800000)", param_hint=option)
+        result[key.strip()] = value.strip()
+    return result
 
 
 @app.command()

@@ -83,7 +83,7 @@ def settings(kafka_server: Service, redis_server: Service, model_cache_dir: Path
 
 @pytest.fixture
 async def topics(settings: Settings) -> list[str]:
-    return await ensure_topics(settings)
+    return (await ensure_topics(settings)).names
 
 
 @pytest.fixture
