@@ -170,6 +170,8 @@ def topics_create(
 
     Existing topics are left as they are. Exits 1, naming each topic and the broker's reason, if any is refused.
     """
+    from aiokafka.errors import KafkaConnectionError
+
     from brigade.kafka_config import check_kafka
     from producer.topics import TopicsNotCreated, desired_topics, ensure_topics
 
@@ -179,6 +181,10 @@ def topics_create(
         asyncio.run(check_kafka(settings))
     try:
         created = asyncio.run(ensure_topics(settings, replication_factor=replication_factor, configs=configs))
+    except KafkaConnectionError as exc:
+        typer.secho(f"brigade: cannot reach Kafka at {settings.kafka_bootstrap} ({exc})", fg="red", err=True)
+        typer.echo("  BRIGADE_KAFKA_BOOTSTRAP names the brokers; is the broker up and reachable from here?", err=True)
+        raise typer.Exit(1) from None
     except TopicsNotCreated as exc:
         typer.secho("brigade: the broker refused topics", fg="red", err=True)
         for name, reason in exc.failures.items():

@@ -99,12 +99,14 @@ class AsgiServer:
         try:
             await self._server.serve()
         except SystemExit as exc:
-            # How uvicorn fails a start-up (lifespan, or the port taken); out of a task it would stop the loop.
+            # How uvicorn fails a start-up (lifespan, or the bind); out of a task it would stop the whole loop.
             if self._startup.error is not None:
                 raise self._startup.error from None
+            if self._server.started:
+                raise RuntimeError(f"uvicorn exited ({exc.code}) while serving") from None
             raise PortUnavailable(
-                f"could not listen on {self._address} (uvicorn exit {exc.code}; its reason is logged above, "
-                "usually another process holding the port): free the port or choose another",
+                f"could not listen on {self._address} (the reason is logged just above; usually another process "
+                "holds the port): free the port or choose another",
                 variable=self._port_variable,
             ) from None
 

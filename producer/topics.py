@@ -46,8 +46,8 @@ class TopicsNotCreated(RuntimeError):
 def replication_for(brokers: int, requested: int | None = None) -> int:
     """Kafka's usual three copies where the cluster has three brokers, else one per broker; a request as given.
 
-    A fixed 1 would leave a production cluster one broker loss away from losing requests the ingress had
-    already acknowledged (acks=all means nothing with one replica).
+    With one copy, the loss of one broker's disk loses requests the ingress had already acknowledged, and a
+    broker restart stops the class until it is back.
     """
     if requested is not None:
         return requested

@@ -13,6 +13,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import CreateTopicsResponse_v3
 
+from brigade.devtools.process import free_port
 from brigade.kafka_config import kafka_client_options
 from producer.topics import creation_failures, desired_topics, ensure_topics, replication_for
 from schemas.settings import Settings
@@ -88,3 +89,15 @@ async def test_a_bad_factor_is_a_usage_error(settings: Settings, factor: str) ->
     )  # fmt: skip
     _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 2 and "--replication-factor" in err.decode()
+
+
+async def test_an_unreachable_broker_is_one_line_naming_the_variable(settings: Settings) -> None:
+    unreachable = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "brigade", "topics", "create",
+        env=brigade_env(unreachable), stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    text = err.decode()
+    assert proc.returncode == 1 and "cannot reach Kafka" in text and "BRIGADE_KAFKA_BOOTSTRAP" in text
+    assert "Traceback" not in text
