@@ -15,6 +15,7 @@ import yaml
 from deploy.keda import params
 from deploy.keda.config import ClassDeploy, DeployConfig, reference_settings
 from deploy.keda.render import RENDERED_DIR, drift, manifests, render_all, render_documents
+from producer.topics import desired_topics
 from schemas.settings import Settings, field_of_variable
 
 CRD_DIR = Path(__file__).parent.parent / "deploy" / "keda" / "crds"
@@ -142,7 +143,12 @@ def test_render_all_writes_and_prunes(tmp_path: Path) -> None:
         worker_class="a",
     )
     render_all(plain, tmp_path, config=DeployConfig(classes={}))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ingress.yaml", "worker-a.yaml", "worker-b.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ingress.yaml",
+        "topics.yaml",
+        "worker-a.yaml",
+        "worker-b.yaml",
+    ]
 
 
 def test_one_worker_and_scaler_per_class() -> None:
@@ -276,6 +282,21 @@ def test_rendered_env_round_trips_through_settings(monkeypatch: pytest.MonkeyPat
         ref.redis_url,
         ref.drain_timeout_s,
     )
+
+
+def test_the_topics_job_creates_the_topics_the_fleet_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its env makes the same topic table (names, partitions) as the ingress's and the workers'."""
+    (job,) = _by_kind("Job", _docs())
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["topics", "create"]
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] > 0
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0, "a finished Job must go, or a changed one cannot be applied"
+    secret_backed = {e["name"] for e in container["env"] if "valueFrom" in e}
+    assert secret_backed == {"BRIGADE_KAFKA_SASL_USERNAME", "BRIGADE_KAFKA_SASL_PASSWORD"}
+    for env in container["env"]:
+        monkeypatch.setenv(env["name"], env.get("value", "from-secret"))
+    assert desired_topics(Settings()) == desired_topics(reference_settings())
 
 
 # --- KEDA's own CRD schemas (vendored; jsonschema is a dev dependency) ----------------------------------------

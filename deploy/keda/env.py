@@ -114,6 +114,11 @@ def ingress_env(settings: Settings, *, secret: str) -> list[V1EnvVar]:
     return common + class_model_env(settings, settings.classes) + secret_env(settings, secret)
 
 
+def topics_env(settings: Settings, *, secret: str) -> list[V1EnvVar]:
+    """``brigade topics create`` needs the broker, the namespace and the class table: the fields both sides read."""
+    return literal_env(settings, COMMON_FIELDS) + secret_env(settings, secret)
+
+
 def worker_env(settings: Settings, *, cost_class: str, model_cache_dir: str, secret: str) -> list[V1EnvVar]:
     """The worker's env; its class, its class's model (and device, if the class has its own) and the cache dir
     are per Deployment."""

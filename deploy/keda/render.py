@@ -14,7 +14,7 @@ from kubernetes.client import ApiClient
 
 from deploy.keda.config import DeployConfig, reference_settings
 from deploy.keda.scaledobject import scaled_object, trigger_authentication
-from deploy.keda.workloads import ingress_deployment, ingress_service, worker_deployment
+from deploy.keda.workloads import ingress_deployment, ingress_service, topics_job, worker_deployment
 from schemas.settings import Settings
 
 RENDERED_DIR = Path(__file__).parent / "rendered"
@@ -38,12 +38,13 @@ def to_plain(obj: object) -> Document:
 
 
 def manifests(settings: Settings, config: DeployConfig) -> dict[str, list[Document]]:
-    """File name → the documents in it, in apply order (auth, ingress, then each class's workload + scaler)."""
+    """File name → the documents in it, in apply order (auth, topics, ingress, then each class's workload + scaler)."""
     config.validate(settings)
     files: dict[str, list[Document]] = {}
     auth = trigger_authentication(settings, config)
     if auth is not None:
         files["kafka-auth.yaml"] = [auth]
+    files["topics.yaml"] = [to_plain(topics_job(settings, config))]
     files["ingress.yaml"] = [
         to_plain(ingress_deployment(settings, config)),
         to_plain(ingress_service(settings, config)),

@@ -1,4 +1,4 @@
-"""Deployments and the Service, built from the kubernetes client's typed models.
+"""Deployments, the Service and the topics Job, built from the kubernetes client's typed models.
 
 The models catch misspelt fields at construction (kubernetes>=37 models are pydantic with ``extra="forbid"``),
 which hand-written YAML would only reveal at ``kubectl apply`` time.
@@ -17,6 +17,8 @@ from kubernetes.client import (
     V1EnvVar,
     V1ExecAction,
     V1HTTPGetAction,
+    V1Job,
+    V1JobSpec,
     V1LabelSelector,
     V1Lifecycle,
     V1LifecycleHandler,
@@ -37,7 +39,7 @@ from kubernetes.client import (
 
 from deploy.keda import params
 from deploy.keda.config import ClassDeploy, DeployConfig
-from deploy.keda.env import ingress_env, worker_env
+from deploy.keda.env import ingress_env, topics_env, worker_env
 from schemas.settings import Settings
 
 APP = "brigade"
@@ -51,6 +53,11 @@ def worker_name(cost_class: str) -> str:
 
 
 INGRESS_NAME = f"{APP}-ingress"
+TOPICS_NAME = f"{APP}-topics"
+# A Job's pod template cannot change once created: deleting the finished Job soon after lets the next apply of a
+# changed manifest run it again (creating topics is idempotent) while its logs stay readable for a while.
+TOPICS_JOB_TTL_S = 600
+TOPICS_JOB_RETRIES = 6  # a broker still starting: the command exits 1 and the Job retries with backoff
 
 
 def labels(component: str, cost_class: str | None = None) -> dict[str, str]:
@@ -187,5 +194,35 @@ def ingress_service(settings: Settings, config: DeployConfig) -> V1Service:
             type="ClusterIP",
             selector=labels("ingress"),
             ports=[V1ServicePort(name="http", port=80, target_port="http", protocol="TCP")],
+        ),
+    )
+
+
+def topics_job(settings: Settings, config: DeployConfig) -> V1Job:
+    """``brigade topics create`` once per apply, as docker-compose's topic-init does: the class topics with
+    their partitions and the DLQ, three replicas (fewer only on a smaller cluster), existing topics untouched."""
+    container = V1Container(
+        name="topics",
+        image=config.image,
+        args=["topics", "create"],
+        env=topics_env(settings, secret=config.kafka_secret),
+        resources=V1ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "512Mi"}),
+        security_context=_container_security(),
+    )
+    return V1Job(
+        api_version="batch/v1",
+        kind="Job",
+        metadata=V1ObjectMeta(name=TOPICS_NAME, namespace=config.k8s_namespace, labels=labels("topics")),
+        spec=V1JobSpec(
+            backoff_limit=TOPICS_JOB_RETRIES,
+            ttl_seconds_after_finished=TOPICS_JOB_TTL_S,
+            template=V1PodTemplateSpec(
+                metadata=V1ObjectMeta(labels=labels("topics")),
+                spec=V1PodSpec(
+                    containers=[container],
+                    restart_policy="Never",  # each failed try keeps its pod and log
+                    security_context=V1PodSecurityContext(run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER),
+                ),
+            ),
         ),
     )
