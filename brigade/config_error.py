@@ -1,8 +1,9 @@
 """Settings the world contradicts, found while a process starts: one message naming the variable, exit 2.
 
 ``Settings`` validation catches a value malformed on its face. These are values well formed but wrong about
-something outside the process: a model that is not there, a Redis that is (or is not) a cluster. They surface
-deep in start-up (in uvicorn's lifespan, on the engine's thread), far from the variable that caused them, so
+something outside the process: a model that is not there, credentials a server refuses, a Redis that is (or is
+not) a cluster, a port already taken. They surface deep in start-up (in uvicorn's lifespan, on the engine's
+thread, at the socket's bind), far from the variable that caused them, so
 they carry enough to name it, and ``brigade ingress`` and ``brigade worker`` report them as they report a
 validation error instead of as a traceback.
 """
