@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -33,10 +33,16 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        typer.secho("brigade: invalid configuration", fg="red", err=True)
-        for err in exc.errors():
-            typer.echo(f"  {_variable(tuple(str(p) for p in err['loc']))}: {err['msg']}", err=True)
-        raise typer.Exit(2) from None
+        lines = [f"{_variable(tuple(str(p) for p in err['loc']))}: {err['msg']}" for err in exc.errors()]
+        fail("invalid configuration", lines, code=2)
+
+
+def fail(headline: str, details: Iterable[str], *, code: int) -> NoReturn:
+    """End the command: ``brigade: <headline>`` in red on stderr, each detail indented under it, exit ``code``."""
+    typer.secho(f"brigade: {headline}", fg="red", err=True)
+    for line in details:
+        typer.echo(f"  {line}", err=True)
+    raise typer.Exit(code)
 
 
 @contextlib.contextmanager
@@ -47,9 +53,7 @@ def reported_as_configuration(settings: Settings) -> Iterator[None]:
     try:
         yield
     except ConfigurationError as exc:
-        typer.secho(f"brigade: {exc.summary}", fg="red", err=True)
-        typer.echo(f"  {exc.variable_in(settings)}: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc.summary, [f"{exc.variable_in(settings)}: {exc}"], code=2)
 
 
 def _variable(loc: tuple[str, ...]) -> str:
@@ -182,14 +186,10 @@ def topics_create(
     try:
         created = asyncio.run(ensure_topics(settings, replication_factor=replication_factor, configs=configs))
     except KafkaConnectionError as exc:
-        typer.secho(f"brigade: cannot reach Kafka at {settings.kafka_bootstrap} ({exc})", fg="red", err=True)
-        typer.echo("  BRIGADE_KAFKA_BOOTSTRAP names the brokers; is the broker up and reachable from here?", err=True)
-        raise typer.Exit(1) from None
+        hint = "BRIGADE_KAFKA_BOOTSTRAP names the brokers; is the broker up and reachable from here?"
+        fail(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc})", [hint], code=1)
     except TopicsNotCreated as exc:
-        typer.secho("brigade: the broker refused topics", fg="red", err=True)
-        for name, reason in exc.failures.items():
-            typer.echo(f"  {name}: {reason}", err=True)
-        raise typer.Exit(1) from None
+        fail("the broker refused topics", [f"{name}: {reason}" for name, reason in exc.failures.items()], code=1)
     for name, parts in desired_topics(settings).items():
         state = f"created replication={created.replication_factor}" if name in created.names else "exists"
         typer.echo(f"{name:40s} partitions={parts:<4d} {state}")
