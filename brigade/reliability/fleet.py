@@ -100,16 +100,18 @@ class ProcessFleet:
         needle = json.dumps({"message": message})[1:-1]  # '"message": "..."' as the JSON formatter writes it
         return sum(w.log_path.read_text(errors="replace").count(needle) for w in self.workers if w.log_path.exists())
 
-    async def wait_busy(self, *, timeout_s: float) -> bool:
-        """Wait until some live worker has requests running (by /metrics); False if none did in time."""
+    async def wait_busy(self, *, timeout_s: float) -> list[Service]:
+        """Wait until some live worker has requests running (by /metrics): those workers; [] if none in time."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         async with httpx.AsyncClient(timeout=1.0) as http:
             while loop.time() < deadline:
-                if any([await running_requests(http, w) for w in self.live_workers]):
-                    return True
+                live = self.live_workers
+                running = [await running_requests(http, w) for w in live]
+                if busy := [w for w, n in zip(live, running, strict=True) if n > 0]:
+                    return busy
                 await asyncio.sleep(POLL_S)  # polling a probe: HTTP offers nothing to wait on
-        return False
+        return []
 
     def signal_worker(self, worker: Service, signum: signal.Signals) -> None:
         assert worker.process is not None

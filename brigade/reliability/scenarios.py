@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis.asyncio as aioredis
 
 from brigade.devtools.process import Service, port_open
-from brigade.reliability.fleet import ProcessFleet, running_requests
+from brigade.reliability.fleet import ProcessFleet
 from brigade.reliability.load import Submission, prompt_body, send_paced
 from brigade.reliability.outcome import Tally, log_ends, read_streams, tally, wait_committed, wait_finals
 from schemas.settings import Settings
 
 COST_CLASS = "small"
+BUSY_WAIT_S = 10.0  # how long a kill waits for a worker with requests running
 FINALS_TIMEOUT_S = 180.0  # after the load: how long every acknowledged request may take to get its final
 
 
@@ -157,7 +157,8 @@ async def worker_kills(
 ) -> Report:
     """SIGKILL one of ``workers`` every ``every_s`` while the load flows; a replacement starts at once.
 
-    The victim is a worker in the middle of a batch when there is one, so kills cut generations off.
+    The victim is a worker in the middle of a batch (waited for, up to ``BUSY_WAIT_S``), so kills cut
+    generations off.
     """
     rng = random.Random(seed)
 
@@ -169,7 +170,9 @@ async def worker_kills(
                 break
             except TimeoutError:
                 pass
-            victim = await busy_worker(fleet, rng)
+            # Wait for a worker mid-batch: right after a kill the group is still rebalancing and no one runs, and
+            # a kill that cuts nothing off tests nothing. Past the wait, any live worker (an idle fleet).
+            victim = rng.choice(await fleet.wait_busy(timeout_s=BUSY_WAIT_S) or fleet.live_workers)
             fleet.signal_worker(victim, signal.SIGKILL)
             await fleet.wait_exit(victim, timeout_s=10)
             kills += 1
@@ -186,15 +189,6 @@ async def worker_kills(
         max_new_tokens=max_new_tokens,
         progress=progress or Progress(),
     )
-
-
-async def busy_worker(fleet: ProcessFleet, rng: random.Random) -> Service:
-    """A live worker with requests running (by its /metrics), else any live one."""
-    live = fleet.live_workers
-    async with httpx.AsyncClient(timeout=1.0) as http:
-        running = [await running_requests(http, w) for w in live]
-    busy = [w for w, n in zip(live, running, strict=True) if n > 0]
-    return rng.choice(busy or live)
 
 
 async def broker_freeze(
@@ -222,7 +216,7 @@ async def broker_freeze(
         return {
             "frozen_s": round(time.monotonic() - frozen_at, 1),
             "acked_before": answered.acked,
-            "busy_at_freeze": busy,
+            "busy_at_freeze": bool(busy),
         }
 
     return await run_under_load(
