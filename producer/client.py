@@ -174,6 +174,11 @@ class BrigadeClient:
         deadline: datetime | None = None,
         priority: int = 0,
         ignore_eos: bool = False,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        repetition_penalty: float | None = None,
         traceparent: str | None = None,
     ) -> Submitted:
         """Publish one request; returns once the broker has acknowledged it. Raises a ``BrigadeError`` subclass.
@@ -199,6 +204,11 @@ class BrigadeClient:
             "deadline": deadline.isoformat() if deadline else None,
             "priority": priority,
             "ignore_eos": ignore_eos,
+            "top_k": top_k,
+            "min_p": min_p,
+            "presence_penalty": presence_penalty,
+            "frequency_penalty": frequency_penalty,
+            "repetition_penalty": repetition_penalty,
         }
         headers = {"traceparent": traceparent} if traceparent else {}
         resp = await self._http.post(
@@ -275,6 +285,11 @@ class BrigadeClient:
         deadline: datetime | None = None,
         priority: int = 0,
         ignore_eos: bool = False,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        repetition_penalty: float | None = None,
         timeout_s: float | None = None,
         traceparent: str | None = None,
     ) -> Completion:
@@ -298,6 +313,11 @@ class BrigadeClient:
             deadline=deadline,
             priority=priority,
             ignore_eos=ignore_eos,
+            top_k=top_k,
+            min_p=min_p,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            repetition_penalty=repetition_penalty,
             traceparent=traceparent,
         )
         attempts, answer, attempt = AttemptFilter(), Answer(), 1

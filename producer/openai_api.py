@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from sse_starlette import EventSourceResponse
 
 from producer.errors import ApiError
@@ -54,8 +55,31 @@ class OpenAIMessage(BaseModel):
         return ChatMessage(role="system" if self.role == "developer" else self.role, content=content)
 
 
+# Parameters that change what OpenAI (or vLLM) would answer and that brigade does not implement, each with
+# the values that mean "off" (SDKs and frameworks often send those). Any other value is refused: a caller
+# who asked for tool calls, JSON mode or log-probabilities must not get a plain answer that looks like one.
+NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "best_of": (None, 1),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "min_tokens": (None, 0),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+}
+
+
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # SDKs send fields we do not use (user, logprobs=None…)
+    model_config = ConfigDict(extra="ignore")  # harmless fields SDKs send (user, store, metadata…) are unused
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -67,6 +91,41 @@ class _Common(BaseModel):
     n: int = Field(default=1, ge=1, le=1)  # one choice per call; ask again for more
     stream: bool = False
     stream_options: StreamOptions | None = None
+    ignore_eos: bool = False  # vLLM's extension, as its benchmark clients send it
+    # Passed on as they are; the wire contract checks their ranges (and names the field when one is out).
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    top_k: int | None = None  # vLLM's
+    min_p: float | None = None  # vLLM's
+    repetition_penalty: float | None = None  # vLLM's
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    logit_bias: Any = None
+    best_of: Any = None
+    echo: Any = None
+    suffix: Any = None
+    min_tokens: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+
+    @field_validator(*NOT_IMPLEMENTED)
+    @classmethod
+    def _off(cls, value: Any, info: ValidationInfo) -> Any:
+        off = NOT_IMPLEMENTED[info.field_name or ""]
+        # bool is an int to ==; keep them apart so that logprobs=0 or top_k=False is not taken for "off".
+        if not any(value == o and isinstance(value, bool) == isinstance(o, bool) for o in off):
+            shown = " or ".join("null" if o is None else json.dumps(o) for o in off)
+            raise PydanticCustomError(
+                "not_implemented", "brigade does not implement it; leave the field out (or send {off})", {"off": shown}
+            )
+        return value
 
     @property
     def max_tokens_field(self) -> str:
@@ -85,6 +144,12 @@ class _Common(BaseModel):
             top_p=self.top_p,
             seed=self.seed,
             stop=stop,
+            ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
             **({"max_new_tokens": max_new} if max_new is not None else {}),
             **inputs,
         )

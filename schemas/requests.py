@@ -61,6 +61,23 @@ class SamplingParams(BaseModel):
         default_factory=list, max_length=MAX_STOP_STRINGS
     )
     ignore_eos: bool = False  # keep generating past end-of-sequence, as vLLM's flag: fixed-length benchmarks
+    # Off when absent (null), so that a request using none of them is the same bytes a worker of an earlier
+    # release reads: the wire only grows for the requests that ask.
+    top_k: int | None = Field(default=None, ge=-1)  # the k most likely tokens; 0 or -1 (vLLM's) keep all
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)  # drop tokens below min_p × the top probability
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)  # OpenAI's: once per generated token
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)  # OpenAI's: per time it was generated
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)  # vLLM's/HF's: prompt and output
+
+    @property
+    def penalized(self) -> bool:
+        """Whether the logits need adjusting from this sequence's history before a token is chosen."""
+        return bool(self.presence_penalty or self.frequency_penalty) or self.repetition_penalty not in (None, 1.0)
+
+    @property
+    def truncated(self) -> bool:
+        """Whether sampling keeps fewer tokens than top_p alone would (top_k or min_p)."""
+        return bool(self.top_k and self.top_k > 0) or bool(self.min_p)
 
 
 class InferenceRequest(SamplingParams):
@@ -87,13 +104,8 @@ class InferenceRequest(SamplingParams):
         return self
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=self.stop,
-            ignore_eos=self.ignore_eos,
-        )
+        # Already validated as part of this request: copied, not checked again.
+        return SamplingParams.model_construct(**{name: getattr(self, name) for name in SamplingParams.model_fields})
 
     def expired(self, now: datetime) -> bool:
         return self.deadline is not None and now >= self.deadline

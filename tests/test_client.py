@@ -42,6 +42,8 @@ async def test_submit_publishes_what_was_asked(client: BrigadeClient, settings: 
         seed=5,
         stop="\n",
         cost_class="medium",
+        top_k=20,
+        repetition_penalty=1.2,
     )
     assert (sub.session_id, sub.cost_class) == ("client-1", "medium")
     assert sub.stream == settings.names.stream_key("client-1")
@@ -50,6 +52,7 @@ async def test_submit_publishes_what_was_asked(client: BrigadeClient, settings: 
     req = InferenceRequest.from_bytes(record.value or b"")
     assert req.request_id == sub.request_id and req.stop == ["\n"] and req.seed == 5 and req.temperature == 0
     assert req.messages is not None and [m.role for m in req.messages] == ["system", "user"]
+    assert (req.top_k, req.repetition_penalty, req.min_p, req.presence_penalty) == (20, 1.2, None, None)
 
 
 async def test_refusals_raise_the_matching_error(client: BrigadeClient) -> None:

@@ -12,6 +12,7 @@ import pytest
 from consumer.engine import onnx_engine
 from consumer.engine.interface import GenerationInput, TokenDelta
 from consumer.engine.onnx_engine import OnnxBatchRun, OnnxEngine, load_engine
+from consumer.engine.sampling import penalize
 from consumer.engine.sequence import SequenceState
 from consumer.engine.stops import StopMatcher
 from schemas.events import FinishReason
@@ -41,8 +42,9 @@ def text_of(deltas: Sequence[TokenDelta]) -> str:
     return "".join(d.text for d in deltas)
 
 
-def no_cache_greedy(engine: OnnxEngine, prompt: list[int], n: int) -> list[int]:
-    """The reference: the whole sequence through the model at every step, one sequence, empty past."""
+def no_cache_greedy(engine: OnnxEngine, prompt: list[int], n: int, params: SamplingParams = GREEDY) -> list[int]:
+    """The reference: the whole sequence through the model at every step, one sequence, empty past
+    (``params``' penalties applied to each step's logits)."""
     layout, ids = engine.layout, list(prompt)
     for _ in range(n):
         t = len(ids)
@@ -54,6 +56,7 @@ def no_cache_greedy(engine: OnnxEngine, prompt: list[int], n: int) -> list[int]:
         feeds |= {name: np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.float32) for name in layout.past_names}
         logits = engine.session.run(["logits"], feeds)[0][0, -1, : engine.sampled_vocab]
         logits[engine.suppress_ids] = -np.inf
+        penalize(logits, params, prompt, ids[len(prompt) :])
         ids.append(int(np.argmax(logits)))
     return ids[len(prompt) :]
 
@@ -101,6 +104,22 @@ def test_sequences_joining_a_running_batch_equal_one_at_a_time_recompute(engine:
         assert [d.finish_reason for d in out[item.request_id]][-1] is FinishReason.LENGTH
         assert sum(d.finish_reason is not None for d in out[item.request_id]) == 1
     assert run.running == 0
+
+
+def test_penalties_apply_per_row_from_each_sequences_own_history(engine: OnnxEngine) -> None:
+    penalized = GREEDY.model_copy(update={"repetition_penalty": 1.5, "frequency_penalty": 1.0})
+    prompt = engine.encode("the pass the pass the pass")
+    inputs = [
+        GenerationInput("plain", prompt, 16, GREEDY),
+        GenerationInput("penalized", prompt, 16, penalized),
+        GenerationInput("short", engine.encode("A"), 3, penalized),  # leaves first: the rows compact under them
+    ]
+    run = engine.start(inputs)
+    run_all(run)
+    for item in inputs:
+        expected = no_cache_greedy(engine, list(item.prompt_ids), item.max_new_tokens, item.sampling)
+        assert run.token_ids(item.request_id) == expected, item.request_id
+    assert run.token_ids("penalized") != run.token_ids("plain"), "the penalties changed nothing: the test tests nothing"
 
 
 def test_models_without_logits_to_keep_prefill_in_row_groups(

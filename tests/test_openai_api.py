@@ -49,6 +49,16 @@ USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
         ({"temperature": 3}, "temperature", "temperature"),
         ({"messages": []}, "messages", "messages"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", "messages.0.role"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools: brigade does not implement", "tools"),
+        ({"response_format": {"type": "json_object"}}, 'send null or {"type": "text"}', "response_format"),
+        ({"logprobs": True}, "logprobs: brigade does not implement it; leave the field out", "logprobs"),
+        (
+            {"logit_bias": {"7": 5}},
+            "logit_bias: brigade does not implement it; leave the field out (or send null",
+            "logit_bias",
+        ),
+        ({"presence_penalty": 2.5}, "presence_penalty: Input should be less than or equal to 2", "presence_penalty"),
+        ({"top_k": -2}, "top_k: Input should be greater than or equal to -1", "top_k"),
     ],
 )
 async def test_chat_errors_name_the_openai_field(
@@ -91,6 +101,12 @@ async def test_developer_role_and_content_parts_map_onto_the_contract(
         stop="\n",
         seed=3,
         user="ignored",
+        # what frameworks send for "off" is accepted; ignore_eos is vLLM's, and honoured
+        tools=[],
+        presence_penalty=0,
+        response_format={"type": "text"},
+        frequency_penalty=0.5,
+        extra_body={"ignore_eos": True, "top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1, "best_of": 1},
     )
     (req,) = await worker
     assert chat.choices[0].message.content == "Hello world"
@@ -98,6 +114,8 @@ async def test_developer_role_and_content_parts_map_onto_the_contract(
     assert req.messages is not None
     assert [(m.role, m.content) for m in req.messages] == [("system", "Be brief."), ("user", "Say hi")]
     assert req.max_new_tokens == 7 and req.stop == ["\n"] and req.seed == 3 and req.model == settings.model
+    assert req.ignore_eos and (req.top_k, req.min_p, req.repetition_penalty) == (40, 0.05, 1.1)
+    assert (req.presence_penalty, req.frequency_penalty) == (0, 0.5)
 
 
 async def test_partial_attempt_is_dropped_streamed_and_whole(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
-from consumer.engine.sampling import choose_tokens, make_generator, nucleus, sample_row
-from schemas.requests import SamplingParams
+from consumer.engine.sampling import choose_tokens, make_generator, nucleus, penalize, sample_row
+from schemas.requests import InferenceRequest, SamplingParams
 
 
 @pytest.mark.parametrize(
@@ -64,3 +66,56 @@ def test_choose_tokens_mixes_greedy_and_sampled_rows() -> None:
     assert first[:2].tolist() == [1, 0]
     assert first.tolist() == again.tolist()
     assert make_generator(greedy) is None
+
+
+def test_repetition_penalty_shrinks_every_seen_logit_towards_less_likely() -> None:
+    logits = np.array([2.0, -2.0, 4.0, 1.0], dtype=np.float32)
+    penalize(logits, SamplingParams(repetition_penalty=2.0), prompt_ids=[0, 1], output_ids=[1, 7])  # 7: past vocab
+    # positive logits are divided, negative multiplied: both become less likely; unseen ids are untouched
+    assert logits.tolist() == [1.0, -4.0, 4.0, 1.0]
+
+
+def test_frequency_and_presence_penalties_count_output_tokens_only() -> None:
+    logits = np.zeros(4, dtype=np.float32)
+    params = SamplingParams(frequency_penalty=0.5, presence_penalty=1.0)
+    penalize(logits, params, prompt_ids=[3, 3, 3], output_ids=[0, 2, 0, 0])
+    assert logits.tolist() == [-(3 * 0.5 + 1.0), 0.0, -(0.5 + 1.0), 0.0]
+
+
+def test_a_presence_penalty_turns_a_greedy_row_away_from_what_it_repeated() -> None:
+    @dataclass
+    class Seen:
+        prompt_ids: tuple[int, ...] = (1,)
+        token_ids: tuple[int, ...] = (0, 0)
+
+    logits = np.array([[3.0, 2.5, 0.0]], dtype=np.float32)
+    greedy = SamplingParams(temperature=0.0)
+    assert choose_tokens(logits.copy(), [greedy], [None], [Seen()]).tolist() == [0]
+    penalized = greedy.model_copy(update={"presence_penalty": 1.0})
+    assert choose_tokens(logits.copy(), [penalized], [None], [Seen()]).tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    ("update", "reachable"),
+    [
+        ({"top_k": 2}, {1, 2}),
+        ({"top_k": -1}, {0, 1, 2, 3}),  # vLLM's "off"
+        ({"min_p": 0.5}, {1, 2}),  # 0.3 ≥ 0.5 × 0.45; 0.15 and 0.1 are not
+        ({"top_k": 3, "top_p": 0.8}, {1, 2}),  # top_p over what top_k kept: (0.45 + 0.3) / 0.9 reaches 0.8
+    ],
+)
+def test_top_k_and_min_p_bound_what_sampling_can_reach(update: dict[str, float], reachable: set[int]) -> None:
+    logits = np.log(np.array([0.15, 0.45, 0.3, 0.1]))
+    params = SamplingParams(temperature=1.0, seed=1).model_copy(update=update)
+    rng = np.random.default_rng(2)
+    assert {sample_row(logits, params, rng) for _ in range(400)} == reachable
+
+
+def test_sampling_fields_are_off_by_default_and_left_off_the_wire() -> None:
+    request = InferenceRequest(request_id="r", session_id="s", prompt="x")
+    sampling = request.sampling()
+    assert not sampling.penalized and not sampling.truncated
+    assert b"penalty" not in request.to_bytes() and b"top_k" not in request.to_bytes()
+    asked = InferenceRequest(request_id="r", session_id="s", prompt="x", top_k=5, repetition_penalty=1.2)
+    assert asked.sampling().truncated and asked.sampling().penalized
+    assert InferenceRequest.from_bytes(asked.to_bytes()).sampling() == asked.sampling()

@@ -7,6 +7,7 @@ seeded request gives the same tokens whatever else shares its batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -66,7 +67,38 @@ def nucleus(probs: FloatArray, top_p: float) -> tuple[IntArray, npt.NDArray[np.f
     return kept, p / p.sum()
 
 
-def draw(probs: FloatArray, top_p: float, rng: np.random.Generator) -> int:
+def penalize(logits: FloatArray, params: SamplingParams, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> None:
+    """Adjust one row of logits in place from what the sequence has seen, as vLLM does: the repetition penalty
+    (Hugging Face's: divide a positive logit, multiply a negative one) over prompt and output tokens, then
+    OpenAI's frequency and presence penalties over output tokens only."""
+    vocab = logits.shape[-1]
+    r = params.repetition_penalty
+    if r is not None and r != 1.0:
+        seen = np.unique(np.asarray([*prompt_ids, *output_ids], dtype=np.int64))
+        seen = seen[seen < vocab]
+        x = logits[seen]
+        logits[seen] = np.where(x > 0, x / r, x * r)
+    if output_ids and (params.frequency_penalty or params.presence_penalty):
+        ids, counts = np.unique(np.asarray(output_ids, dtype=np.int64), return_counts=True)
+        inside = ids < vocab
+        logits[ids[inside]] -= (params.frequency_penalty or 0.0) * counts[inside] + (params.presence_penalty or 0.0)
+
+
+def truncate(probs: FloatArray, top_k: int | None, min_p: float | None) -> FloatArray:
+    """Zero every probability outside the ``top_k`` most likely (ties at the k-th stay) and below ``min_p`` × the
+    largest; the rest is left unnormalized, as ``draw`` normalizes."""
+    if top_k is not None and 0 < top_k < probs.shape[-1]:
+        kth = np.partition(probs, probs.shape[-1] - top_k)[probs.shape[-1] - top_k]
+        probs = np.where(probs >= kth, probs, 0.0)
+    if min_p:
+        probs = np.where(probs >= min_p * probs.max(), probs, 0.0)
+    return probs
+
+
+def draw(probs: FloatArray, params: SamplingParams, rng: np.random.Generator) -> int:
+    if params.truncated:
+        probs = truncate(probs, params.top_k, params.min_p)
+    top_p = params.top_p
     if top_p >= 1.0:  # the whole vocabulary: no sort, no copy
         cumulative = np.cumsum(probs, dtype=np.float64)
         index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
@@ -77,15 +109,30 @@ def draw(probs: FloatArray, top_p: float, rng: np.random.Generator) -> int:
 
 
 def sample_row(logits: FloatArray, params: SamplingParams, rng: np.random.Generator) -> int:
-    return draw(softmax(logits, params.temperature), params.top_p, rng)
+    return draw(softmax(logits, params.temperature), params, rng)
+
+
+class History(Protocol):
+    """What a sequence has seen, for the penalties: its prompt's ids and the ids it has generated."""
+
+    @property
+    def prompt_ids(self) -> Sequence[int]: ...
+
+    @property
+    def token_ids(self) -> Sequence[int]: ...
 
 
 def choose_tokens(
     logits: FloatArray,
     params: Sequence[SamplingParams],
     generators: Sequence[np.random.Generator | None],
+    histories: Sequence[History] = (),
 ) -> IntArray:
-    """One next id per row of ``logits`` [batch, vocab]."""
+    """One next id per row of ``logits`` [batch, vocab]; a penalized row's logits are adjusted in place, from its
+    ``histories`` entry."""
+    for row, p in enumerate(params):
+        if p.penalized:
+            penalize(logits[row], p, histories[row].prompt_ids, histories[row].token_ids)
     chosen: IntArray = np.argmax(logits, axis=-1).astype(np.int64)  # greedy rows: vectorized, the common case
     rows = [row for row, rng in enumerate(generators) if rng is not None]
     if not rows:
@@ -95,5 +142,5 @@ def choose_tokens(
     for probs_row, row in zip(probs, rows, strict=True):
         rng = generators[row]
         assert rng is not None
-        chosen[row] = draw(probs_row, params[row].top_p, rng)
+        chosen[row] = draw(probs_row, params[row], rng)
     return chosen
