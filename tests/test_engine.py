@@ -12,7 +12,7 @@ import pytest
 from consumer.engine import onnx_engine
 from consumer.engine.interface import GenerationInput, TokenDelta
 from consumer.engine.onnx_engine import OnnxBatchRun, OnnxEngine, load_engine
-from consumer.engine.sampling import penalize
+from consumer.engine.sampling import Seen, penalize
 from consumer.engine.sequence import SequenceState
 from consumer.engine.stops import StopMatcher
 from schemas.events import FinishReason
@@ -45,7 +45,7 @@ def text_of(deltas: Sequence[TokenDelta]) -> str:
 def no_cache_greedy(engine: OnnxEngine, prompt: list[int], n: int, params: SamplingParams = GREEDY) -> list[int]:
     """The reference: the whole sequence through the model at every step, one sequence, empty past
     (``params``' penalties applied to each step's logits)."""
-    layout, ids = engine.layout, list(prompt)
+    layout, ids, seen = engine.layout, list(prompt), Seen(prompt)
     for _ in range(n):
         t = len(ids)
         feeds: dict[str, np.ndarray] = {
@@ -56,8 +56,9 @@ def no_cache_greedy(engine: OnnxEngine, prompt: list[int], n: int, params: Sampl
         feeds |= {name: np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.float32) for name in layout.past_names}
         logits = engine.session.run(["logits"], feeds)[0][0, -1, : engine.sampled_vocab]
         logits[engine.suppress_ids] = -np.inf
-        penalize(logits, params, prompt, ids[len(prompt) :])
+        penalize(logits, params, seen)
         ids.append(int(np.argmax(logits)))
+        seen.add(ids[-1])
     return ids[len(prompt) :]
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
-from consumer.engine.sampling import choose_tokens, make_generator, nucleus, penalize, sample_row
+from consumer.engine.sampling import Seen, choose_tokens, make_generator, nucleus, penalize, sample_row
 from schemas.requests import InferenceRequest, SamplingParams
 
 
@@ -68,9 +66,16 @@ def test_choose_tokens_mixes_greedy_and_sampled_rows() -> None:
     assert make_generator(greedy) is None
 
 
+def seen_after(prompt_ids: list[int], output_ids: list[int]) -> Seen:
+    seen = Seen(prompt_ids)
+    for token_id in output_ids:
+        seen.add(token_id)
+    return seen
+
+
 def test_repetition_penalty_shrinks_every_seen_logit_towards_less_likely() -> None:
     logits = np.array([2.0, -2.0, 4.0, 1.0], dtype=np.float32)
-    penalize(logits, SamplingParams(repetition_penalty=2.0), prompt_ids=[0, 1], output_ids=[1, 7])  # 7: past vocab
+    penalize(logits, SamplingParams(repetition_penalty=2.0), seen_after([0, 1], [1, 7]))  # 7: past the vocabulary
     # positive logits are divided, negative multiplied: both become less likely; unseen ids are untouched
     assert logits.tolist() == [1.0, -4.0, 4.0, 1.0]
 
@@ -78,21 +83,17 @@ def test_repetition_penalty_shrinks_every_seen_logit_towards_less_likely() -> No
 def test_frequency_and_presence_penalties_count_output_tokens_only() -> None:
     logits = np.zeros(4, dtype=np.float32)
     params = SamplingParams(frequency_penalty=0.5, presence_penalty=1.0)
-    penalize(logits, params, prompt_ids=[3, 3, 3], output_ids=[0, 2, 0, 0])
+    penalize(logits, params, seen_after([3, 3, 3], [0, 2, 0, 0]))
     assert logits.tolist() == [-(3 * 0.5 + 1.0), 0.0, -(0.5 + 1.0), 0.0]
 
 
 def test_a_presence_penalty_turns_a_greedy_row_away_from_what_it_repeated() -> None:
-    @dataclass
-    class Seen:
-        prompt_ids: tuple[int, ...] = (1,)
-        token_ids: tuple[int, ...] = (0, 0)
-
     logits = np.array([[3.0, 2.5, 0.0]], dtype=np.float32)
+    seen = seen_after([1], [0, 0])
     greedy = SamplingParams(temperature=0.0)
-    assert choose_tokens(logits.copy(), [greedy], [None], [Seen()]).tolist() == [0]
+    assert choose_tokens(logits.copy(), [greedy], [None], [seen]).tolist() == [0]
     penalized = greedy.model_copy(update={"presence_penalty": 1.0})
-    assert choose_tokens(logits.copy(), [penalized], [None], [Seen()]).tolist() == [1]
+    assert choose_tokens(logits.copy(), [penalized], [None], [seen]).tolist() == [1]
 
 
 @pytest.mark.parametrize(

@@ -264,7 +264,7 @@ class OnnxBatchRun:
 
     def _sample(self, logits: npt.NDArray[Any], seqs: list[SequenceState]) -> tuple[I64, list[TokenDelta]]:
         logits[:, self._engine.suppress_ids] = -np.inf
-        tokens = choose_tokens(logits, [s.sampling for s in seqs], [s.rng for s in seqs], seqs)
+        tokens = choose_tokens(logits, [s.sampling for s in seqs], [s.rng for s in seqs], [s.seen for s in seqs])
         return tokens, [s.advance(int(t)) for s, t in zip(seqs, tokens, strict=True)]
 
     def _run(self, feeds: dict[str, npt.NDArray[Any]]) -> tuple[npt.NDArray[Any], list[npt.NDArray[Any]]]:

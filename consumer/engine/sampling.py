@@ -7,7 +7,6 @@ seeded request gives the same tokens whatever else shares its batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -67,21 +66,39 @@ def nucleus(probs: FloatArray, top_p: float) -> tuple[IntArray, npt.NDArray[np.f
     return kept, p / p.sum()
 
 
-def penalize(logits: FloatArray, params: SamplingParams, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> None:
+class Seen:
+    """The token ids one sequence has seen, kept up to date token by token for the penalties, so a step costs
+    the output's distinct ids and not a fresh scan of the prompt."""
+
+    def __init__(self, prompt_ids: Sequence[int]) -> None:
+        self._known = set(prompt_ids)
+        self.prompt_and_output: IntArray = np.fromiter(self._known, dtype=np.int64, count=len(self._known))
+        self.output_counts: dict[int, int] = {}
+
+    def add(self, token_id: int) -> None:
+        self.output_counts[token_id] = self.output_counts.get(token_id, 0) + 1
+        if token_id not in self._known:
+            self._known.add(token_id)
+            self.prompt_and_output = np.append(self.prompt_and_output, token_id)
+
+
+def penalize(logits: FloatArray, params: SamplingParams, seen: Seen) -> None:
     """Adjust one row of logits in place from what the sequence has seen, as vLLM does: the repetition penalty
     (Hugging Face's: divide a positive logit, multiply a negative one) over prompt and output tokens, then
     OpenAI's frequency and presence penalties over output tokens only."""
     vocab = logits.shape[-1]
     r = params.repetition_penalty
     if r is not None and r != 1.0:
-        seen = np.unique(np.asarray([*prompt_ids, *output_ids], dtype=np.int64))
-        seen = seen[seen < vocab]
-        x = logits[seen]
-        logits[seen] = np.where(x > 0, x / r, x * r)
-    if output_ids and (params.frequency_penalty or params.presence_penalty):
-        ids, counts = np.unique(np.asarray(output_ids, dtype=np.int64), return_counts=True)
+        ids = seen.prompt_and_output
+        ids = ids[ids < vocab]
+        x = logits[ids]
+        logits[ids] = np.where(x > 0, x / r, x * r)
+    if seen.output_counts and (params.frequency_penalty or params.presence_penalty):
+        counts = seen.output_counts
+        ids = np.fromiter(counts, dtype=np.int64, count=len(counts))
+        times = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
         inside = ids < vocab
-        logits[ids[inside]] -= (params.frequency_penalty or 0.0) * counts[inside] + (params.presence_penalty or 0.0)
+        logits[ids[inside]] -= (params.frequency_penalty or 0.0) * times[inside] + (params.presence_penalty or 0.0)
 
 
 def truncate(probs: FloatArray, top_k: int | None, min_p: float | None) -> FloatArray:
@@ -112,27 +129,19 @@ def sample_row(logits: FloatArray, params: SamplingParams, rng: np.random.Genera
     return draw(softmax(logits, params.temperature), params, rng)
 
 
-class History(Protocol):
-    """What a sequence has seen, for the penalties: its prompt's ids and the ids it has generated."""
-
-    @property
-    def prompt_ids(self) -> Sequence[int]: ...
-
-    @property
-    def token_ids(self) -> Sequence[int]: ...
-
-
 def choose_tokens(
     logits: FloatArray,
     params: Sequence[SamplingParams],
     generators: Sequence[np.random.Generator | None],
-    histories: Sequence[History] = (),
+    seen: Sequence[Seen | None] = (),
 ) -> IntArray:
     """One next id per row of ``logits`` [batch, vocab]; a penalized row's logits are adjusted in place, from its
-    ``histories`` entry."""
+    ``seen`` entry (one per row where any row is penalized)."""
     for row, p in enumerate(params):
         if p.penalized:
-            penalize(logits[row], p, histories[row].prompt_ids, histories[row].token_ids)
+            row_seen = seen[row]
+            assert row_seen is not None, "a penalized row needs what its sequence has seen"
+            penalize(logits[row], p, row_seen)
     chosen: IntArray = np.argmax(logits, axis=-1).astype(np.int64)  # greedy rows: vectorized, the common case
     rows = [row for row, rng in enumerate(generators) if rng is not None]
     if not rows:

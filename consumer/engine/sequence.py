@@ -12,7 +12,7 @@ import numpy as np
 
 from consumer.engine.detokenizer import Decoder, IncrementalDetokenizer
 from consumer.engine.interface import GenerationInput, TokenDelta
-from consumer.engine.sampling import make_generator
+from consumer.engine.sampling import Seen, make_generator
 from consumer.engine.stops import StopMatcher
 from schemas.events import FinishReason
 
@@ -37,6 +37,7 @@ class SequenceState:
         self._detok = IncrementalDetokenizer(decoder, prompt_ids=prompt_ids)
         self._stops = StopMatcher(item.sampling.stop)
         self.token_ids: list[int] = []  # generated ids, for tests and debugging; text is what goes out
+        self.seen = Seen(prompt_ids) if item.sampling.penalized else None
         self.finish_reason: FinishReason | None = None if self.budget > 0 else FinishReason.LENGTH
 
     @property
@@ -53,6 +54,8 @@ class SequenceState:
     def advance(self, token_id: int) -> TokenDelta:
         """Take the sampled token; say what text goes out and whether the sequence has ended."""
         self.token_ids.append(token_id)
+        if self.seen is not None:
+            self.seen.add(token_id)
         if token_id in self._eos:
             self.finish_reason = FinishReason.STOP
             return self.delta(self._drain())
