@@ -78,6 +78,20 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
 }
 
 
+# Fields whose OpenAI (or vLLM) name and meaning are the wire contract's: copied onto the request as they are.
+PASSED_ON = (
+    "temperature",
+    "top_p",
+    "seed",
+    "ignore_eos",
+    "presence_penalty",
+    "frequency_penalty",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+)
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")  # harmless fields SDKs send (user, store, metadata…) are unused
 
@@ -140,16 +154,8 @@ class _Common(BaseModel):
             request_id=uuid.uuid4().hex,
             session_id=uuid.uuid4().hex,
             model=self.model,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            seed=self.seed,
             stop=stop,
-            ignore_eos=self.ignore_eos,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            repetition_penalty=self.repetition_penalty,
+            **{name: getattr(self, name) for name in PASSED_ON},
             **({"max_new_tokens": max_new} if max_new is not None else {}),
             **inputs,
         )
