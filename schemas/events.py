@@ -32,11 +32,15 @@ class ErrorCode(StrEnum):
 
 
 class _EventBase(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    # Field docstrings are the JSON Schema's descriptions (`brigade schema`): what a stream reader reads.
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     request_id: str
+    """The request this event answers (a session's stream carries all its turns)."""
     seq: int = Field(ge=0)
+    """0, 1, 2… within one attempt of one request: a repeated seq is a retried write, to drop."""
     attempt: int = Field(default=1, ge=1)
+    """1, then one more each time the request is regenerated after a crash; drop what a lower attempt sent."""
 
     def to_fields(self) -> dict[str, str]:
         """Flat string fields for XADD."""
@@ -46,29 +50,44 @@ class _EventBase(BaseModel):
 class TokenEvent(_EventBase):
     type: Literal["token"] = "token"
     text: str
+    """The next piece of text (one or more tokens: a step's output for this request)."""
 
 
 class DoneEvent(_EventBase):
     type: Literal["done"] = "done"
     text: str = ""
+    """Text not sent in a token event yet (held bytes of a partial character, a held stop-string prefix)."""
     finish_reason: FinishReason
+    """stop: end-of-sequence or a stop string; length: max_new_tokens or the model's context reached."""
     prompt_tokens: int = Field(ge=0)
+    """The prompt's length in the model's tokens (chat template included)."""
     completion_tokens: int = Field(ge=0)
-    traceparent: str | None = None  # the worker's span: same trace id as the request's traceparent header
-    model: str | None = None  # the model that answered (each class may serve its own); absent on older events
-    # Where the time went, in epoch milliseconds (absent on older events and on events of other publishers):
-    published_at_ms: int | None = None  # the Kafka record's timestamp (producer CreateTime, or LogAppendTime)
-    fetched_at_ms: int | None = None  # the worker took it off Kafka into its queue
-    scheduled_at_ms: int | None = None  # its batch (or its join into a running batch) began admission
-    first_token_at_ms: int | None = None  # the engine step that made its first token ended
+    """Tokens generated."""
+    traceparent: str | None = None
+    """The worker's span (W3C trace context): the same trace id as the request's traceparent."""
+    model: str | None = None
+    """The model that answered (each class may serve its own); absent on older events."""
+    # Where the time went, in epoch milliseconds (absent on older events and on events of other publishers).
+    published_at_ms: int | None = None
+    """The Kafka record's timestamp (producer CreateTime, or LogAppendTime), epoch ms."""
+    fetched_at_ms: int | None = None
+    """When the worker took the record off Kafka into its queue, epoch ms."""
+    scheduled_at_ms: int | None = None
+    """When its batch (or its join into a running batch) began admission, epoch ms."""
+    first_token_at_ms: int | None = None
+    """When the engine step that made its first token ended, epoch ms."""
 
 
 class ErrorEvent(_EventBase):
     type: Literal["error"] = "error"
     text: str = ""
+    """Always empty: an error carries no text, and what the attempt streamed before it stands."""
     code: ErrorCode
+    """Why the request failed, for code to branch on; message says it for people."""
     message: str
-    traceparent: str | None = None  # as on ``done``
+    """What went wrong, naming the field, the limit and the fix where there is one."""
+    traceparent: str | None = None
+    """As on done."""
 
 
 Event = Annotated[TokenEvent | DoneEvent | ErrorEvent, Field(discriminator="type")]

@@ -43,31 +43,46 @@ def utcnow() -> datetime:
 class ChatMessage(BaseModel):
     """One turn of a conversation, in OpenAI's shape."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     role: Literal["system", "user", "assistant"]
+    """Who speaks; OpenAI's developer role arrives here as system (the OpenAI endpoints map it)."""
     content: Text
+    """The turn's text."""
 
 
 class SamplingParams(BaseModel):
     """How to pick each next token. ``temperature`` 0 means greedy."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Field docstrings are the JSON Schema's descriptions (`brigade schema`): what a Kafka client reads.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    """Divides the logits before sampling; 0 is greedy (always the most likely token)."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Sample from the smallest set of most likely tokens whose probability reaches top_p; 1 keeps all."""
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    """Seeds the request's sampler; without one the worker derives one from request_id, so a regenerated
+    request samples the same tokens."""
     stop: list[Annotated[Text, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=MAX_STOP_STRINGS
     )
-    ignore_eos: bool = False  # keep generating past end-of-sequence, as vLLM's flag: fixed-length benchmarks
-    # Off when absent (null), so that a request using none of them is the same bytes a worker of an earlier
-    # release reads: the wire only grows for the requests that ask.
-    top_k: int | None = Field(default=None, ge=-1)  # the k most likely tokens; 0 or -1 (vLLM's) keep all
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)  # drop tokens below min_p × the top probability
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)  # OpenAI's: once per generated token
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)  # OpenAI's: per time it was generated
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)  # vLLM's/HF's: prompt and output
+    """Strings that end the generation when produced; the stop string itself is not sent."""
+    ignore_eos: bool = False
+    """Keep generating past end-of-sequence, up to max_new_tokens (vLLM's flag: fixed-length benchmarks)."""
+    # The fields below are off when absent (null), so that a request using none of them is the same bytes a
+    # worker of an earlier release reads: the wire only grows for the requests that ask.
+    top_k: int | None = Field(default=None, ge=-1)
+    """Sample from the k most likely tokens only; 0 or -1 (vLLM's) keep all."""
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Drop tokens whose probability is below min_p times the most likely token's."""
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    """OpenAI's: subtracted from the logit of every token generated so far, once."""
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    """OpenAI's: subtracted from a token's logit once per time it was generated so far."""
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    """vLLM's and Hugging Face's: a token seen in the prompt or the output has its logit divided by it
+    (multiplied when negative); 1 is off."""
 
     @property
     def penalized(self) -> bool:
@@ -83,19 +98,33 @@ class SamplingParams(BaseModel):
 class InferenceRequest(SamplingParams):
     """A unit of work on a request topic. Keyed by ``session_id`` so one session's turns stay ordered."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     schema_version: Literal[1] = SCHEMA_VERSION
+    """The contract's version; a worker refuses a version it does not know."""
     request_id: Identifier
+    """Unique per request; a redelivered record with the same id is answered once."""
     session_id: Identifier
+    """The Kafka record key and the Redis stream (brigade:stream:<session_id>): a session's turns stay in order
+    on one partition, and its history is kept for chat turns."""
     prompt: Text | None = None
+    """Plain text to continue. Give exactly one of prompt and messages."""
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
-    max_new_tokens: int = Field(default=64, ge=1)  # deployments cap it: BRIGADE_MAX_NEW_TOKENS_LIMIT
+    """Chat turns, rendered with the model's chat template. Give exactly one of prompt and messages."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    """The most tokens to generate; deployments cap it (BRIGADE_MAX_NEW_TOKENS_LIMIT)."""
     model: str | None = None
+    """The model to answer with; absent means the model of the class that takes the request."""
     cost_class: str | None = None
+    """The cost class whose topic carries the request: an explicit value sent to the ingress wins over its
+    estimate; absent, the ingress fills in the class it chose."""
     priority: int = Field(default=0, ge=-100, le=100)
+    """Carried with the request for the caller's own use; workers do not order by it (each partition is served
+    in offset order)."""
     deadline: datetime | None = None
+    """ISO 8601; a request still waiting at its deadline gets an expired error and costs no compute."""
     created_at: datetime = Field(default_factory=utcnow)
+    """When the request was made (the ingress's clock); when absent, the time it was parsed."""
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> InferenceRequest:

@@ -122,3 +122,19 @@ def test_json_schema_export_covers_request_and_events() -> None:
     text = json.dumps(schemas["Event"])
     for kind in ("TokenEvent", "DoneEvent", "ErrorEvent"):
         assert kind in text
+
+
+def test_every_field_a_publisher_sends_or_a_reader_reads_is_described() -> None:
+    """The JSON Schema is the contract for clients in other languages: each field says what it means."""
+    schemas = all_schemas()
+    request, event = schemas["InferenceRequest"], schemas["Event"]
+    models = [request, *request["$defs"].values(), *event["$defs"].values()]
+    undescribed = [
+        f"{model['title']}.{name}"
+        for model in models
+        for name, field in model.get("properties", {}).items()
+        if name != "type" and not field.get("description")
+    ]
+    assert undescribed == []
+    seed = schemas["InferenceRequest"]["properties"]["seed"]["description"]
+    assert "derives one from request_id" in seed
