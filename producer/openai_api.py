@@ -133,7 +133,7 @@ class _Common(BaseModel):
     @classmethod
     def _off(cls, value: Any, info: ValidationInfo) -> Any:
         off = NOT_IMPLEMENTED[info.field_name or ""]
-        # bool is an int to ==; keep them apart so that logprobs=0 or top_k=False is not taken for "off".
+        # bool is an int to ==; keep them apart so that top_logprobs=False or echo=0 is not taken for "off".
         if not any(value == o and isinstance(value, bool) == isinstance(o, bool) for o in off):
             shown = " or ".join("null" if o is None else json.dumps(o) for o in off)
             raise PydanticCustomError(
