@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 from sse_starlette import EventSourceResponse
 
@@ -55,27 +55,22 @@ class OpenAIMessage(BaseModel):
         return ChatMessage(role="system" if self.role == "developer" else self.role, content=content)
 
 
-# Parameters that change what OpenAI (or vLLM) would answer and that brigade does not implement, each with
-# the values that mean "off" (SDKs and frameworks often send those). Any other value is refused: a caller
-# who asked for tool calls, JSON mode or log-probabilities must not get a plain answer that looks like one.
-NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
-    "functions": (None, []),
-    "function_call": (None, "none", "auto"),
-    "response_format": (None, {"type": "text"}),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
-    "logit_bias": (None, {}),
-    "best_of": (None, 1),
-    "echo": (None, False),
-    "suffix": (None, ""),
-    "min_tokens": (None, 0),
-    "guided_json": (None,),
-    "guided_regex": (None,),
-    "guided_choice": (None,),
-    "guided_grammar": (None,),
-}
+def off_only(*off: Any) -> AfterValidator:
+    """For a parameter that changes what OpenAI (or vLLM) would answer and that brigade does not implement:
+    accept only null and ``off``, the values that mean "off" (SDKs and frameworks often send those). A caller
+    who asked for tool calls, JSON mode or log-probabilities must not get a plain answer that looks like one."""
+    accepted = (None, *off)
+    shown = " or ".join("null" if o is None else json.dumps(o) for o in accepted)
+
+    def check(value: Any) -> Any:
+        # bool is an int to ==; keep them apart so that top_logprobs=False or echo=0 is not taken for "off".
+        if not any(value == o and isinstance(value, bool) == isinstance(o, bool) for o in accepted):
+            raise PydanticCustomError(
+                "not_implemented", "brigade does not implement it; leave the field out (or send {off})", {"off": shown}
+            )
+        return value
+
+    return AfterValidator(check)
 
 
 # Fields whose OpenAI (or vLLM) name and meaning are the wire contract's: copied onto the request as they are.
@@ -112,34 +107,22 @@ class _Common(BaseModel):
     top_k: int | None = None  # vLLM's
     min_p: float | None = None  # vLLM's
     repetition_penalty: float | None = None  # vLLM's
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    response_format: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
-    logit_bias: Any = None
-    best_of: Any = None
-    echo: Any = None
-    suffix: Any = None
-    min_tokens: Any = None
-    guided_json: Any = None
-    guided_regex: Any = None
-    guided_choice: Any = None
-    guided_grammar: Any = None
-
-    @field_validator(*NOT_IMPLEMENTED)
-    @classmethod
-    def _off(cls, value: Any, info: ValidationInfo) -> Any:
-        off = NOT_IMPLEMENTED[info.field_name or ""]
-        # bool is an int to ==; keep them apart so that top_logprobs=False or echo=0 is not taken for "off".
-        if not any(value == o and isinstance(value, bool) == isinstance(o, bool) for o in off):
-            shown = " or ".join("null" if o is None else json.dumps(o) for o in off)
-            raise PydanticCustomError(
-                "not_implemented", "brigade does not implement it; leave the field out (or send {off})", {"off": shown}
-            )
-        return value
+    tools: Annotated[Any, off_only([])] = None
+    tool_choice: Annotated[Any, off_only("none", "auto")] = None
+    functions: Annotated[Any, off_only([])] = None
+    function_call: Annotated[Any, off_only("none", "auto")] = None
+    response_format: Annotated[Any, off_only({"type": "text"})] = None
+    logprobs: Annotated[Any, off_only(False)] = None
+    top_logprobs: Annotated[Any, off_only(0)] = None
+    logit_bias: Annotated[Any, off_only({})] = None
+    best_of: Annotated[Any, off_only(1)] = None
+    echo: Annotated[Any, off_only(False)] = None
+    suffix: Annotated[Any, off_only("")] = None
+    min_tokens: Annotated[Any, off_only(0)] = None
+    guided_json: Annotated[Any, off_only()] = None
+    guided_regex: Annotated[Any, off_only()] = None
+    guided_choice: Annotated[Any, off_only()] = None
+    guided_grammar: Annotated[Any, off_only()] = None
 
     @property
     def max_tokens_field(self) -> str:
