@@ -27,7 +27,7 @@ from brigade.bench.report import BenchReport, console, print_report
 from brigade.bench.rounds import median_run
 from brigade.bench.scaleout import ColdStartConfig, ScaleoutConfig, run_cold_starts, run_scaleout
 from brigade.devtools.process import free_port
-from brigade.devtools.servers import kafka_service, redis_service
+from brigade.devtools.servers import kafka_service, on_dev_servers, redis_service
 from consumer.engine.interface import InferenceEngine
 from schemas.settings import Settings
 
@@ -115,7 +115,7 @@ def _advance(progress: Progress, task: TaskID) -> Callable[..., None]:
 
 def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> BenchReport:
     report = BenchReport(config=config, machine=machine_facts())
-    update: dict[str, Any] = {"model": config.model, "kafka_idempotence": False, "metrics_port": 0}
+    update: dict[str, Any] = {"model": config.model, "metrics_port": 0}
     if config.session_timeout_ms is not None:
         update["kafka_session_timeout_ms"] = config.session_timeout_ms
     settings = settings.model_copy(update=update)
@@ -133,13 +133,7 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     kafka = kafka_service(port=free_port(), log_dir=logs).start()
     redis = redis_service(port=free_port(), log_dir=logs).start()
     try:
-        settings = settings.model_copy(
-            update={
-                "kafka_bootstrap": f"127.0.0.1:{kafka.port}",
-                "redis_url": f"redis://127.0.0.1:{redis.port}/0",
-                "redis_cluster": False,  # its own standalone Redis, whatever BRIGADE_REDIS_CLUSTER says
-            }
-        )
+        settings = settings.model_copy(update=on_dev_servers(kafka, redis))
         if engine is not None:
             _rounds(config, report, settings, engine)
         _fleet_figures(config, report, settings, prefill)

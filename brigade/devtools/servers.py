@@ -64,6 +64,17 @@ def dev_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {**settings.to_env(), "BRIGADE_KAFKA_IDEMPOTENCE": "false", **extra}
 
 
+def on_dev_servers(kafka: Service, redis: Service) -> dict[str, object]:
+    """The settings update that points a run at its own Tansu and standalone redis-server (bench, reliability):
+    idempotence off (Tansu fails InitProducerId) and cluster mode off, whatever the environment said."""
+    return {
+        "kafka_bootstrap": f"127.0.0.1:{kafka.port}",
+        "kafka_idempotence": False,
+        "redis_url": f"redis://127.0.0.1:{redis.port}/0",
+        "redis_cluster": False,
+    }
+
+
 def redis_service(
     *, port: int, log_dir: Path, host: str = "127.0.0.1", appendonly: bool = False, cluster: bool = False
 ) -> Service:

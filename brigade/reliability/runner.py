@@ -23,7 +23,7 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from brigade.devtools.process import free_port
-from brigade.devtools.servers import kafka_service, redis_service
+from brigade.devtools.servers import kafka_service, on_dev_servers, redis_service
 from brigade.reliability import handover, scenarios
 from brigade.reliability.scenarios import Progress, Report, Stack
 from producer.topics import ensure_topics
@@ -138,10 +138,7 @@ async def run_reliability(
     redis = redis_service(port=free_port(), log_dir=logs, appendonly=True).start()
     settings = base.model_copy(
         update={
-            "kafka_bootstrap": f"127.0.0.1:{kafka.port}",
-            "kafka_idempotence": False,  # Tansu lacks InitProducerId
-            "redis_url": f"redis://127.0.0.1:{redis.port}/0",
-            "redis_cluster": False,  # its own standalone Redis, whatever BRIGADE_REDIS_CLUSTER says
+            **on_dev_servers(kafka, redis),
             "class_partitions": (config.partitions, *base.class_partitions[1:]),
             "kafka_session_timeout_ms": config.session_timeout_ms,
             "drain_timeout_s": 10.0,
