@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from brigade.kafka_config import kafka_client_options
-from consumer.retry import KAFKA_ATTEMPT_S, Backoff
+from consumer.retry import KAFKA_ATTEMPT_S, Backoff, call_with
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
 
@@ -96,7 +96,7 @@ class DeadLetters:
                     delivery = await self._producer.send(self._topic, value=value, key=key, headers=headers)
                 await asyncio.shield(delivery)  # a timed-out attempt leaves the delivery to the next one
 
-        await (attempt() if self._retry is None else self._retry.call("dead-letter", attempt))
+        await call_with(self._retry, "dead-letter", attempt)
         log.warning(
             "dead-lettered a record",
             extra={"reason": rejected.reason, "topic": topic, "partition": partition, "offset": offset},

@@ -26,7 +26,7 @@ from brigade.kafka_config import kafka_client_options
 from consumer.batcher import Batcher
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
-from consumer.retry import KAFKA_ATTEMPT_S, Backoff
+from consumer.retry import KAFKA_ATTEMPT_S, Backoff, call_with
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class Fetcher:
             async with asyncio.timeout(KAFKA_ATTEMPT_S):
                 await self._consumer.commit(offsets)
 
-        await (attempt() if self._retry is None else self._retry.call("commit", attempt))
+        await call_with(self._retry, "commit", attempt)
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The last high watermark a fetch response reported for ``tp``."""

@@ -171,3 +171,8 @@ class Backoff:
                 "error": repr(error),
             },
         )
+
+
+async def call_with(retry: Backoff | None, what: str, op: Callable[[], Awaitable[T]]) -> T:
+    """``op`` through ``retry``, or once where there is none (unit tests of one component)."""
+    return await (op() if retry is None else retry.call(what, op))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from brigade.redis_config import RedisClient, RedisPipeline
-from consumer.retry import Backoff
+from consumer.retry import Backoff, call_with
 from consumer.scripts import BEGIN, FINAL, TOKENS
 from consumer.session import load_sessions
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent
@@ -81,7 +81,7 @@ class RedisSink:
         self._retry = retry
 
     async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        return await (op() if self._retry is None else self._retry.call(what, op))
+        return await call_with(self._retry, what, op)
 
     async def load_sessions(self, session_ids: Sequence[str], *, ttl_s: int) -> Mapping[str, str | None]:
         """Stored session documents (raw JSON, None where there is none), refreshing their TTL."""
