@@ -135,13 +135,11 @@ def choose_tokens(
     generators: Sequence[np.random.Generator | None],
     seen: Sequence[Seen | None] = (),
 ) -> IntArray:
-    """One next id per row of ``logits`` [batch, vocab]; a penalized row's logits are adjusted in place, from its
-    ``seen`` entry (one per row where any row is penalized)."""
-    for row, p in enumerate(params):
-        if p.penalized:
-            row_seen = seen[row]
-            assert row_seen is not None, "a penalized row needs what its sequence has seen"
-            penalize(logits[row], p, row_seen)
+    """One next id per row of ``logits`` [batch, vocab]. A row with a ``seen`` entry (a sequence kept one because
+    its params are ``penalized``) has its logits adjusted in place first."""
+    for row, row_seen in enumerate(seen):
+        if row_seen is not None:
+            penalize(logits[row], params[row], row_seen)
     chosen: IntArray = np.argmax(logits, axis=-1).astype(np.int64)  # greedy rows: vectorized, the common case
     rows = [row for row, rng in enumerate(generators) if rng is not None]
     if not rows:
