@@ -4,7 +4,8 @@ Requests that must not cost compute are answered first with a single final event
 - already finished (a redelivery): nothing is written at all;
 - past their deadline: ``expired``;
 - asking for another model, or for more new tokens than this deployment allows: ``invalid_request``;
-- prompt plus ``max_new_tokens`` beyond the model's context: ``context_length_exceeded``.
+- prompt plus ``max_new_tokens`` beyond the model's context (or, with ``max_new_tokens`` null, a prompt that
+  leaves no room for a token): ``context_length_exceeded``.
 
 A chat request (``messages``) is a turn of its session's conversation: its stored history is loaded
 with the admission, merged with the request's messages and trimmed oldest-first to fit
@@ -112,7 +113,7 @@ class Intake:
             gen = GenerationInput(
                 request_id=request.request_id,
                 prompt_ids=ids,
-                max_new_tokens=request.max_new_tokens,
+                max_new_tokens=self._new_tokens(request, len(ids)),
                 sampling=replayable_sampling(request),
             )
             out.runnable.append((run, gen))
@@ -125,21 +126,31 @@ class Intake:
             return ErrorCode.INVALID_REQUEST, (
                 f"model {request.model!r} is not served here; this worker serves {self._engine.model_name!r}"
             )
-        if request.max_new_tokens > self._settings.max_new_tokens_limit:
+        if request.max_new_tokens is not None and request.max_new_tokens > self._settings.max_new_tokens_limit:
             return ErrorCode.INVALID_REQUEST, (
                 f"max_new_tokens={request.max_new_tokens} exceeds the limit {self._settings.max_new_tokens_limit}"
             )
         return None
 
+    def _new_tokens(self, request: InferenceRequest, prompt_tokens: int) -> int:
+        """``max_new_tokens``, or where it is null what the context leaves after the prompt, up to the limit."""
+        if request.max_new_tokens is not None:
+            return request.max_new_tokens
+        return min(self._settings.max_new_tokens_limit, self._engine.max_context - prompt_tokens)
+
     def _length_check(self, request: InferenceRequest, prompt_tokens: int) -> tuple[ErrorCode, str] | None:
-        limit = self._engine.max_context
-        if prompt_tokens > self._settings.max_prompt_tokens or prompt_tokens + request.max_new_tokens > limit:
-            return ErrorCode.CONTEXT_LENGTH_EXCEEDED, (
-                f"prompt has {prompt_tokens} tokens and max_new_tokens is {request.max_new_tokens}; "
-                f"their sum may not exceed the model's context of {limit} "
-                f"(and the prompt may not exceed {self._settings.max_prompt_tokens} tokens)"
-            )
-        return None
+        context = self._engine.max_context
+        if prompt_tokens <= self._settings.max_prompt_tokens and prompt_tokens + room_needed(request) <= context:
+            return None
+        asked = (
+            "max_new_tokens is null (as many as fit), which needs room for one"
+            if request.max_new_tokens is None
+            else f"max_new_tokens is {request.max_new_tokens}"
+        )
+        return ErrorCode.CONTEXT_LENGTH_EXCEEDED, (
+            f"prompt has {prompt_tokens} tokens and {asked}; their sum may not exceed the model's context of "
+            f"{context} (and the prompt may not exceed {self._settings.max_prompt_tokens} tokens)"
+        )
 
     def _encode_all(
         self, requests: Sequence[tuple[InferenceRequest, str | None]]
@@ -168,7 +179,7 @@ class Intake:
             ids_by_length[len(conversation)] = ids
             return len(ids)
 
-        budget = min(self._engine.max_context - request.max_new_tokens, self._settings.max_prompt_tokens)
+        budget = min(self._engine.max_context - room_needed(request), self._settings.max_prompt_tokens)
         turn, _fit = plan_turn(
             SessionDoc.from_json(stored),
             messages,
@@ -179,6 +190,11 @@ class Intake:
             ttl_s=self._settings.session_ttl_s,
         )
         return ids_by_length[len(turn.messages)], turn
+
+
+def room_needed(request: InferenceRequest) -> int:
+    """New tokens the prompt must leave room for: all it asks for, or one where max_new_tokens is null."""
+    return 1 if request.max_new_tokens is None else request.max_new_tokens
 
 
 def replayable_sampling(request: InferenceRequest) -> SamplingParams:

@@ -164,7 +164,7 @@ class BrigadeClient:
         messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
         session_id: str | None = None,
         request_id: str | None = None,
-        max_new_tokens: int = 64,
+        max_new_tokens: int | None = 64,
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -194,7 +194,6 @@ class BrigadeClient:
             else None,
             "session_id": session_id,
             "request_id": request_id,
-            "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "top_p": top_p,
             "seed": seed,
@@ -211,9 +210,9 @@ class BrigadeClient:
             "repetition_penalty": repetition_penalty,
         }
         headers = {"traceparent": traceparent} if traceparent else {}
-        resp = await self._http.post(
-            "/v1/requests", json={k: v for k, v in body.items() if v is not None}, headers=headers
-        )
+        # max_new_tokens=None is sent: null asks for as many tokens as the context leaves (absent would be 64)
+        sent = {k: v for k, v in body.items() if v is not None} | {"max_new_tokens": max_new_tokens}
+        resp = await self._http.post("/v1/requests", json=sent, headers=headers)
         _raise_for(resp)
         return Submitted.model_validate(resp.json())
 
@@ -275,7 +274,7 @@ class BrigadeClient:
         messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
         session_id: str | None = None,
         request_id: str | None = None,
-        max_new_tokens: int = 64,
+        max_new_tokens: int | None = 64,
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,

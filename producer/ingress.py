@@ -47,7 +47,7 @@ class Ingress:
         ``prompt_tokens`` is None when the router proved the prompt under the limit without counting it.
         """
         s = self.settings
-        if request.max_new_tokens > s.max_new_tokens_limit:
+        if request.max_new_tokens is not None and request.max_new_tokens > s.max_new_tokens_limit:
             raise ApiError(
                 422,
                 f"{max_tokens_field}={request.max_new_tokens} is over the limit {s.max_new_tokens_limit} "

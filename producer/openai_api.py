@@ -91,6 +91,8 @@ class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")  # harmless fields SDKs send (user, store, metadata…) are unused
 
     model: str
+    # Unset (or null), as with OpenAI and vLLM: as many as the model's context leaves, up to the deployment's
+    # limit. Legacy completions default to 16, as theirs do.
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
@@ -139,13 +141,14 @@ class _Common(BaseModel):
             model=self.model,
             stop=stop,
             **{name: getattr(self, name) for name in PASSED_ON},
-            **({"max_new_tokens": max_new} if max_new is not None else {}),
+            max_new_tokens=max_new,
             **inputs,
         )
 
 
 class CompletionBody(_Common):
     prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, str):

@@ -92,6 +92,7 @@ class Router:
                 raise model_not_found(request.model, s.served_models)
         if request.cost_class is not None:
             candidates = self._explicit(request, candidates)
+        new_tokens = request.new_tokens_cap(s.max_new_tokens_limit)
         counted: dict[str, int] = {}
         for cls in candidates:
             model = s.model_for(cls.name)
@@ -99,15 +100,20 @@ class Router:
                 if self._bound_decides(request, model, cls):
                     return Routed(cost_class=cls, model=model, prompt_tokens=None)
                 counted[model] = await count_tokens(self._tokenizers[model], request)
-            cost = estimate_cost(prompt_tokens=counted[model], max_new_tokens=request.max_new_tokens)
+            cost = estimate_cost(prompt_tokens=counted[model], max_new_tokens=new_tokens)
             if cost <= cls.max_cost or request.cost_class is not None:
                 return Routed(cost_class=cls, model=model, prompt_tokens=counted[model])
         last = candidates[-1]
         model = s.model_for(last.name)
+        asked = (
+            f"{max_tokens_field} {new_tokens}"
+            if request.max_new_tokens is not None
+            else f"{new_tokens} new, the BRIGADE_MAX_NEW_TOKENS_LIMIT an unset {max_tokens_field} may use"
+        )
         raise ApiError(
             413,
-            f"the request costs {estimate_cost(prompt_tokens=counted[model], max_new_tokens=request.max_new_tokens)} "
-            f"tokens (prompt {counted[model]} + {max_tokens_field} {request.max_new_tokens}), over the bound "
+            f"the request costs {estimate_cost(prompt_tokens=counted[model], max_new_tokens=new_tokens)} "
+            f"tokens (prompt {counted[model]} + {asked}), over the bound "
             f"{int(last.max_cost)} of class {last.name!r} (BRIGADE_CLASS_MAX_COST), the largest class serving model "
             f"{model!r}; shorten the prompt, ask for fewer tokens, or leave out model",
             param="model",
@@ -126,7 +132,8 @@ class Router:
         bound = bound_of(texts) + overhead
         if bound > self._settings.max_prompt_tokens:
             return False
-        fits = estimate_cost(prompt_tokens=bound, max_new_tokens=request.max_new_tokens) <= cls.max_cost
+        new_tokens = request.new_tokens_cap(self._settings.max_new_tokens_limit)
+        fits = estimate_cost(prompt_tokens=bound, max_new_tokens=new_tokens) <= cls.max_cost
         return fits or request.cost_class is not None
 
     def _explicit(self, request: InferenceRequest, candidates: tuple[CostClass, ...]) -> tuple[CostClass, ...]:

@@ -111,8 +111,10 @@ class InferenceRequest(SamplingParams):
     """Plain text to continue. Give exactly one of prompt and messages."""
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     """Chat turns, rendered with the model's chat template. Give exactly one of prompt and messages."""
-    max_new_tokens: int = Field(default=64, ge=1)
-    """The most tokens to generate; deployments cap it (BRIGADE_MAX_NEW_TOKENS_LIMIT)."""
+    max_new_tokens: int | None = Field(default=64, ge=1)
+    """The most tokens to generate; deployments cap it (BRIGADE_MAX_NEW_TOKENS_LIMIT). null: as many as the
+    model's context leaves after the prompt, up to that cap (what OpenAI's and vLLM's max_tokens left out
+    means); the request is routed as if it asked for the cap."""
     model: str | None = None
     """The model to answer with; absent means the model of the class that takes the request."""
     cost_class: str | None = None
@@ -139,8 +141,16 @@ class InferenceRequest(SamplingParams):
     def expired(self, now: datetime) -> bool:
         return self.deadline is not None and now >= self.deadline
 
+    def new_tokens_cap(self, limit: int) -> int:
+        """The most tokens this request may generate under a deployment's ``limit``, before the context's say."""
+        return limit if self.max_new_tokens is None else self.max_new_tokens
+
     def to_bytes(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
+        if self.max_new_tokens is not None:
+            return self.model_dump_json(exclude_none=True).encode()
+        # A null max_new_tokens is not the same as an absent one (64): it stays on the wire.
+        off = {name for name, value in self if value is None and name != "max_new_tokens"}
+        return self.model_dump_json(exclude=off).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> InferenceRequest:

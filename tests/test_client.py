@@ -55,6 +55,13 @@ async def test_submit_publishes_what_was_asked(client: BrigadeClient, settings: 
     assert (req.top_k, req.repetition_penalty, req.min_p, req.presence_penalty) == (20, 1.2, None, None)
 
 
+async def test_max_new_tokens_none_asks_for_what_the_context_leaves(client: BrigadeClient, settings: Settings) -> None:
+    sub = await client.submit("x", max_new_tokens=None)
+    (record,) = await read_records(settings.kafka_bootstrap, sub.topic, count=1)
+    assert b'"max_new_tokens":null' in (record.value or b"")
+    assert InferenceRequest.from_bytes(record.value or b"").max_new_tokens is None
+
+
 async def test_refusals_raise_the_matching_error(client: BrigadeClient) -> None:
     with pytest.raises(InvalidRequest, match="BRIGADE_MAX_NEW_TOKENS_LIMIT") as invalid:
         await client.submit("x", max_new_tokens=5000)

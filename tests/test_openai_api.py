@@ -178,3 +178,19 @@ async def test_whole_answer_stops_reading_when_the_client_leaves(
     async with asyncio.timeout(10):
         while await _readers(redis_client) > 0:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+
+
+async def test_max_tokens_left_out_asks_for_what_the_context_leaves(
+    oai: openai.AsyncOpenAI, settings: Settings, ingress: str, redis_client: aioredis.Redis
+) -> None:
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=3))
+    await oai.chat.completions.create(model=settings.model, messages=USER)
+    await oai.completions.create(model=settings.model, prompt="x")  # legacy completions: 16, as OpenAI's and vLLM's
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        explicit = await http.post("/v1/completions", json={"model": settings.model, "prompt": "y", "max_tokens": None})
+    assert explicit.status_code == 200, explicit.text
+    chat, legacy, unbounded = sorted(await worker, key=lambda r: (r.messages is None, r.prompt))
+    assert (chat.max_new_tokens, legacy.max_new_tokens, unbounded.max_new_tokens) == (None, 16, None)
+    # routed as if it asked for the limit: a few prompt tokens plus 1024 is over the small class's 512
+    assert settings.max_new_tokens_limit == 1024 and settings.class_max_cost[0] == 512
+    assert (chat.cost_class, legacy.cost_class, unbounded.cost_class) == ("medium", "small", "medium")

@@ -72,6 +72,17 @@ async def test_a_request_too_costly_for_every_class_serving_its_model_is_413(rou
     )
 
 
+async def test_a_null_max_new_tokens_is_routed_as_if_it_asked_for_the_limit(router: Router) -> None:
+    assert (await router.route(request("hi", max_new_tokens=None))).cost_class.name == "medium"  # 1 + 1024 > 512
+    prompt = "a" * 3500  # one token per byte with tiny's tokenizer
+    assert (await router.route(request(prompt, model="builtin:tiny", max_new_tokens=8))).cost_class.name == "medium"
+    with pytest.raises(ApiError) as err:
+        await router.route(request(prompt, model="builtin:tiny", max_new_tokens=None))
+    assert err.value.status == 413
+    needle = "(prompt 3500 + 1024 new, the BRIGADE_MAX_NEW_TOKENS_LIMIT an unset max_new_tokens may use)"
+    assert needle in str(err.value)
+
+
 async def test_unknown_model_and_class(router: Router) -> None:
     with pytest.raises(ApiError, match=r"served: builtin:tiny, /models/word-level \(GET /v1/models\)") as err:
         await router.route(request("x", model="llama"))

@@ -28,6 +28,16 @@ def test_minimal_raw_message_is_a_valid_request() -> None:
     assert InferenceRequest.from_bytes(req.to_bytes()) == req
 
 
+def test_a_null_max_new_tokens_stays_on_the_wire_and_absent_is_64() -> None:
+    absent = InferenceRequest(request_id="r", session_id="s", prompt="hi")
+    unbounded = InferenceRequest(request_id="r", session_id="s", prompt="hi", max_new_tokens=None)
+    assert InferenceRequest.from_bytes(absent.to_bytes()).max_new_tokens == 64
+    raw = unbounded.to_bytes()
+    assert b'"max_new_tokens":null' in raw and b"top_k" not in raw  # the other off fields stay off the wire
+    assert InferenceRequest.from_bytes(raw) == unbounded
+    assert (unbounded.new_tokens_cap(100), absent.new_tokens_cap(100)) == (100, 64)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -208,6 +208,31 @@ async def test_expired_invalid_and_too_long_requests_get_errors_without_compute(
     assert engine.started_ids == {"fine"}
 
 
+async def test_a_null_max_new_tokens_gets_what_the_context_leaves_up_to_the_limit(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    settings = settings.model_copy(update={"max_new_tokens_limit": 12})
+    engine = CountingEngine(default_engine_factory(settings))
+    context = engine.max_context
+    prompts = {"short": "a" * 8, "near-end": "a" * (context - 5), "full": "a" * context}
+    counts = {name: len(engine.encode(text)) for name, text in prompts.items()}
+    assert counts["near-end"] < context <= counts["full"] <= settings.max_prompt_tokens
+    await publish_requests(
+        settings, [request(name, name, prompt=text, max_new_tokens=None) for name, text in prompts.items()]
+    )
+
+    await run_until_idle(settings, engine)
+
+    for name, left in (("short", 12), ("near-end", context - counts["near-end"])):
+        final = only_final(await stream(redis_client, settings, name))
+        assert isinstance(final, DoneEvent) and final.finish_reason == "length", final
+        assert final.completion_tokens == left and final.prompt_tokens == counts[name], final
+    full = only_final(await stream(redis_client, settings, "full"))
+    assert isinstance(full, ErrorEvent) and full.code is ErrorCode.CONTEXT_LENGTH_EXCEEDED, full
+    assert "max_new_tokens is null" in full.message and str(context) in full.message
+    assert engine.started_ids == {"short", "near-end"}
+
+
 async def test_a_redelivered_finished_request_is_skipped(
     settings: Settings, topics: list[str], redis_client: aioredis.Redis
 ) -> None:
