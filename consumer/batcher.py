@@ -12,12 +12,16 @@ Rules:
   answer, so a later turn waits for the next batch and queue order is preserved;
 - continuous batching: while a batch runs, ``take`` fills its free slots at once (the running step is
   the wait), with the same session rules;
+- ``priority`` (vLLM's convention: lower goes first, ties in queue order) picks among the sessions' next
+  turns when more are eligible than fit; it orders this worker's local queue (BRIGADE_QUEUE_SIZE), not the
+  partition's backlog in Kafka, and never lets a session's later turn overtake its earlier one;
 - the queue is bounded; ``full`` tells the fetcher to pause its partitions, and ``holds_full_batch`` that
   it may rest (a whole next batch is already queued).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 
@@ -54,7 +58,7 @@ class PendingItem:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Requests to start together on the engine, in queue order."""
+    """Requests to start together on the engine, in priority order, then queue order."""
 
     items: tuple[PendingItem, ...]  # at most max_batch_size, at most one per session
     planned_at: float  # the ``now`` the plan was made with; queue time ends here
@@ -80,12 +84,13 @@ class StepPlan:
 
 @dataclass(slots=True)
 class Batcher:
-    """A bounded FIFO of pending requests and the rules that turn it into batches."""
+    """A bounded queue of pending requests and the rules that turn it into batches."""
 
     max_batch_size: int
     max_batch_wait_s: float
     capacity: int
     _queue: list[PendingItem] = field(default_factory=list, init=False)
+    _prioritized: int = field(default=0, init=False)  # queued items with a priority other than 0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.capacity < 1 or self.max_batch_wait_s < 0:
@@ -120,6 +125,7 @@ class Batcher:
         if self.full:
             raise QueueFull(f"queue holds {len(self._queue)} of {self.capacity}")
         self._queue.append(item)
+        self._prioritized += item.request.priority != 0
 
     def plan(self, now: float, *, running_sessions: Collection[str] = frozenset()) -> StepPlan:
         """Pick the next batch, or say when to look again. A returned batch leaves the queue."""
@@ -154,41 +160,49 @@ class Batcher:
 
         The bound is not checked: these were already counted when they were fetched.
         """
-        self._queue = [*items, *self._queue]
+        self._set_queue([*items, *self._queue])
 
     def drop_partitions(self, tps: Iterable[Hashable]) -> list[PendingItem]:
         """Remove queued items of revoked partitions; Kafka redelivers them to the new owner."""
         gone = set(tps)
         dropped = [item for item in self._queue if item.tp in gone]
-        self._queue = [item for item in self._queue if item.tp not in gone]
+        self._set_queue([item for item in self._queue if item.tp not in gone])
         return dropped
 
     def drain(self) -> list[PendingItem]:
         """Take every queued item out (shutdown): they stay uncommitted and are redelivered."""
-        dropped, self._queue = self._queue, []
+        dropped = self._queue
+        self._set_queue([])
         return dropped
 
     def _remove(self, chosen: list[PendingItem]) -> list[PendingItem]:
         ids = {id(item) for item in chosen}
         self._queue = [item for item in self._queue if id(item) not in ids]
+        self._prioritized -= sum(item.request.priority != 0 for item in chosen)
         return chosen
 
-    def _eligible(self, running_sessions: Collection[str], *, limit: int | None = None) -> list[PendingItem]:
-        """Queue-ordered items of sessions that are neither running nor already picked, up to the batch size.
+    def _set_queue(self, queue: list[PendingItem]) -> None:
+        """Replace the queue (requeue, revocation, shutdown: not per batch), recounting its priorities."""
+        self._queue = queue
+        self._prioritized = sum(item.request.priority != 0 for item in queue)
+
+    def _eligible(self, running_sessions: Collection[str]) -> list[PendingItem]:
+        """The next turn of each session not running, best priority first (ties in queue order), up to the
+        batch size.
 
         A session blocked once stays blocked for the rest of the scan, so its later turns never
-        overtake an earlier one.
+        overtake an earlier one. While every queued priority is 0 the scan stops at the batch size.
         """
-        limit = self.max_batch_size if limit is None else limit
+        limit = self.max_batch_size
         blocked = set(running_sessions)
-        picked: list[PendingItem] = []
-        if limit < 1:
-            return picked
+        heads: list[PendingItem] = []
         for item in self._queue:
             if item.session_id in blocked:
                 continue
             blocked.add(item.session_id)
-            picked.append(item)
-            if len(picked) == limit:
+            heads.append(item)
+            if len(heads) == limit and not self._prioritized:
                 break
-        return picked
+        if not self._prioritized:
+            return heads
+        return heapq.nsmallest(limit, heads, key=lambda item: item.request.priority)  # stable, as sorted() is

@@ -84,6 +84,7 @@ PASSED_ON = (
     "top_k",
     "min_p",
     "repetition_penalty",
+    "priority",
 )
 
 
@@ -109,6 +110,7 @@ class _Common(BaseModel):
     top_k: int | None = None  # vLLM's
     min_p: float | None = None  # vLLM's
     repetition_penalty: float | None = None  # vLLM's
+    priority: int = 0  # vLLM's: lower goes first
     tools: Annotated[Any, off_only([])] = None
     tool_choice: Annotated[Any, off_only("none", "auto")] = None
     functions: Annotated[Any, off_only([])] = None

@@ -121,8 +121,9 @@ class InferenceRequest(SamplingParams):
     """The cost class whose topic carries the request: an explicit value sent to the ingress wins over its
     estimate; absent, the ingress fills in the class it chose."""
     priority: int = Field(default=0, ge=-100, le=100)
-    """Carried with the request for the caller's own use; workers do not order by it (each partition is served
-    in offset order)."""
+    """Lower goes first, as in vLLM: a worker picks among the requests in its local queue (BRIGADE_QUEUE_SIZE)
+    by priority, then arrival; a partition's backlog in Kafka is still read in offset order, so for isolation
+    use a cost class. A session's turns keep their order whatever their priorities."""
     deadline: datetime | None = None
     """ISO 8601; a request still waiting at its deadline gets an expired error and costs no compute."""
     created_at: datetime = Field(default_factory=utcnow)

@@ -12,9 +12,9 @@ from schemas.requests import InferenceRequest
 _ids = itertools.count()
 
 
-def item(session: str, *, at: float = 0.0, partition: int = 0) -> PendingItem:
+def item(session: str, *, at: float = 0.0, partition: int = 0, priority: int = 0) -> PendingItem:
     n = next(_ids)
-    request = InferenceRequest(request_id=f"r{n}", session_id=session, prompt="hi")
+    request = InferenceRequest(request_id=f"r{n}", session_id=session, prompt="hi", priority=priority)
     return PendingItem(request=request, tp=("t", partition), offset=n, enqueued_at=at)
 
 
@@ -168,3 +168,43 @@ def test_min_join_above_the_batch_size_still_lets_requests_join() -> None:
         b.add(item(s))
     joined = b.take(0.0, slots=4, min_join=8)
     assert joined is not None and joined.size == 4
+
+
+def test_lower_priority_goes_first_ties_keep_queue_order() -> None:
+    b = batcher(size=2, wait_s=10)
+    for s, priority in (("a", 0), ("b", 5), ("c", -1), ("d", 0), ("e", -1)):
+        b.add(item(s, priority=priority))
+    plan = b.plan(0.0)
+    assert plan.batch is not None and sessions(plan.batch.items) == ["c", "e"]
+    plan = b.plan(0.0)
+    assert plan.batch is not None and sessions(plan.batch.items) == ["a", "d"]
+    joined = b.take(0.0, slots=4)
+    assert joined is not None and sessions(joined.items) == ["b"] and len(b) == 0
+
+
+def test_priority_never_lets_a_later_turn_overtake_its_session_or_a_running_one() -> None:
+    b = batcher(size=4, wait_s=0)
+    first, urgent_second, other, running = (
+        item("s", priority=3),
+        item("s", priority=-9),
+        item("o"),
+        item("r", priority=-9),
+    )
+    for i in (first, urgent_second, other, running):
+        b.add(i)
+    plan = b.plan(0.0, running_sessions={"r"})
+    assert plan.batch is not None and plan.batch.items == (other, first)
+    plan = b.plan(0.0)
+    assert plan.batch is not None and plan.batch.items == (urgent_second, running)
+
+
+def test_take_fills_slots_with_the_best_priorities_and_requeue_keeps_counting_them() -> None:
+    b = batcher(size=8, wait_s=10)
+    for s, priority in (("a", 0), ("b", 2), ("c", 1), ("d", -3)):
+        b.add(item(s, priority=priority))
+    joined = b.take(0.0, slots=2)
+    assert joined is not None and sessions(joined.items) == ["d", "a"]
+    b.requeue(joined.items)
+    assert b.drop_partitions([("t", 1)]) == []  # nothing of that partition: the queue, and its priorities, stay
+    joined = b.take(0.0, slots=3)
+    assert joined is not None and sessions(joined.items) == ["d", "a", "c"]

@@ -182,3 +182,15 @@ async def test_an_engine_failure_answers_the_joiners_not_yet_joined(
         (final,) = await stream(redis_client, settings, session)
         assert isinstance(final, ErrorEvent) and final.code is ErrorCode.INTERNAL
         assert "scripted failure at step 1" in final.message
+
+
+async def test_the_free_slots_go_to_the_best_priorities(settings: Settings, redis_client: aioredis.Redis) -> None:
+    """Four arrive while step 1 computes and three slots are free: the worst priority (highest number) waits."""
+    async with held_run(settings, redis_client) as held:
+        for offset, (rid, priority) in enumerate((("b", 0), ("c", 7), ("d", 0), ("u", -5)), start=1):
+            held.arrive(pending(rid, f"s-{rid}", offset, max_new_tokens=2, priority=priority))
+        await until(lambda: "s-u" in held.runner.open_sessions)
+        assert "s-c" not in held.runner.open_sessions
+
+    assert held.engine.runs[0].joined[0] == ["u", "b", "d"]
+    assert sorted(held.finished) == ["a", "b", "c", "d", "u"]

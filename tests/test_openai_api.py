@@ -106,7 +106,14 @@ async def test_developer_role_and_content_parts_map_onto_the_contract(
         presence_penalty=0,
         response_format={"type": "text"},
         frequency_penalty=0.5,
-        extra_body={"ignore_eos": True, "top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1, "best_of": 1},
+        extra_body={
+            "ignore_eos": True,
+            "top_k": 40,
+            "min_p": 0.05,
+            "repetition_penalty": 1.1,
+            "best_of": 1,
+            "priority": -5,
+        },
     )
     (req,) = await worker
     assert chat.choices[0].message.content == "Hello world"
@@ -115,7 +122,7 @@ async def test_developer_role_and_content_parts_map_onto_the_contract(
     assert [(m.role, m.content) for m in req.messages] == [("system", "Be brief."), ("user", "Say hi")]
     assert req.max_new_tokens == 7 and req.stop == ["\n"] and req.seed == 3 and req.model == settings.model
     assert req.ignore_eos and (req.top_k, req.min_p, req.repetition_penalty) == (40, 0.05, 1.1)
-    assert (req.presence_penalty, req.frequency_penalty) == (0, 0.5)
+    assert (req.presence_penalty, req.frequency_penalty, req.priority) == (0, 0.5, -5)
 
 
 async def test_partial_attempt_is_dropped_streamed_and_whole(
