@@ -2,7 +2,9 @@
 
 A poison message must not stall its partition (everything behind it would wait forever) nor be
 lost silently: it goes to ``brigade.dlq`` with its original bytes and headers naming the reason and
-where it came from, and then counts as complete so the partition's offset can move past it.
+where it came from, and then counts as complete so the partition's offset can move past it. One that
+still names a valid ``request_id`` and ``session_id`` (a field out of range, one this worker does not
+know) has a caller waiting on that stream: the worker also answers it there with its one final event.
 
 The broker may be gone when one arrives (it was fetched just before an outage). The send then rides the
 outage out like the worker's commits (``consumer/retry.py``): each attempt is bounded, the attempts back off
@@ -20,16 +22,25 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from brigade.kafka_config import kafka_client_options
 from consumer.retry import KAFKA_ATTEMPT_S, Backoff, call_with
-from schemas.requests import InferenceRequest
+from schemas.requests import Identifier, InferenceRequest
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_REASON_BYTES = 4000  # headers are not the place for a whole pydantic dump of a huge payload
+
+
+class RequestAddress(BaseModel):
+    """The two fields a final event needs, read from a record that is otherwise no valid request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: Identifier
+    session_id: Identifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +49,8 @@ class Rejected:
 
     reason: str  # "not_json" | "invalid_request" | "empty"
     detail: str  # the decoder's or pydantic's message, naming the offending field
+    addressed: RequestAddress | None = None  # its ids, when valid: where its caller waits for a final
+    fields: str = ""  # the offending fields, one "field: problem" each, for that final's message
 
 
 def parse_record(value: bytes | None) -> InferenceRequest | Rejected:
@@ -51,7 +64,12 @@ def parse_record(value: bytes | None) -> InferenceRequest | Rejected:
     try:
         return InferenceRequest.model_validate(raw)
     except ValidationError as exc:
-        return Rejected(reason="invalid_request", detail=str(exc))
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        try:
+            addressed = RequestAddress.model_validate(raw)
+        except ValidationError:
+            addressed = None
+        return Rejected(reason="invalid_request", detail=str(exc), addressed=addressed, fields=fields)
 
 
 class DeadLetters:

@@ -96,6 +96,19 @@ class BatchExecutor:
         if runnable:
             await self._generate(runnable, done=finished, joins=joins, shrink=shrink)
 
+    async def answer_unreadable(self, session_id: str, request_id: str, message: str) -> None:
+        """The one final of a record that names its request but is no valid request (it was dead-lettered).
+
+        It is written at once, ahead of any earlier turn of its session still queued: it never runs.
+        """
+        (attempt,) = await self._sink.begin([RequestRef(session_id, request_id)])
+        if attempt == 0:
+            return  # a redelivery of one answered already
+        error = ErrorEvent(
+            request_id=request_id, seq=0, attempt=attempt, code=ErrorCode.INVALID_REQUEST, message=message
+        )
+        await self._sink.write([Outgoing(session_id, error)])
+
     def _close(self, item: PendingItem) -> None:
         left = self._open.pop(item.session_id, 1) - 1
         if left > 0:

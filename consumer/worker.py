@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 EngineFactory = Callable[[Settings], InferenceEngine]
 
 FETCH_STOP_S = 1.0  # how long the drain waits for the fetch task to notice the stop before cancelling it
+MAX_FIELDS_CHARS = 1000  # the offending fields quoted in an unreadable request's error event
 
 
 class State(StrEnum):
@@ -164,7 +165,7 @@ class Worker:
             batcher=self.batcher,
             offsets=self.offsets,
             metrics=self.metrics,
-            admit=self._admit,
+            admit=lambda record: self._admit(record, runner),
             space=self._space,
             retry=kafka,
         )
@@ -297,8 +298,9 @@ class Worker:
         quiet_since = max(self.fetcher.last_activity, self._last_work)
         return time.monotonic() - quiet_since >= self._idle_s
 
-    async def _admit(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        """Fetch task: parse one record into the queue, or dead-letter it and count it complete."""
+    async def _admit(self, record: ConsumerRecord[bytes, bytes], runner: BatchExecutor) -> None:
+        """Fetch task: parse one record into the queue, or dead-letter it (answering its caller, if it names
+        one) and count it complete."""
         tp = TopicPartition(record.topic, record.partition)
         parsed = parse_record(record.value)
         if isinstance(parsed, Rejected):
@@ -312,6 +314,13 @@ class Worker:
                 offset=record.offset,
             )
             self.metrics.add_dlq()
+            if parsed.addressed is not None:
+                message = (
+                    f"not a valid request, so not run ({parsed.fields[:MAX_FIELDS_CHARS]}); it was dead-lettered "
+                    f"to {self.settings.names.dlq_topic}. Workers refuse fields and values they do not know: if a "
+                    "newer ingress or client published it, upgrade the workers first"
+                )
+                await runner.answer_unreadable(parsed.addressed.session_id, parsed.addressed.request_id, message)
             self.offsets.complete(tp, record.offset)
             return
         trace = worker_trace(record.headers)

@@ -155,6 +155,30 @@ async def test_poison_messages_are_dead_lettered_and_the_next_request_completes(
     assert worker.fetcher.highwater(TopicPartition(settings.names.request_topic("small"), partition)) == 3
 
 
+async def test_an_invalid_record_naming_its_request_is_dead_lettered_and_answered_once(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    """What an older worker does with a field or value only a newer publisher knows: its caller is not left
+    waiting for a final that never comes. The same record twice (a redelivery) is answered once."""
+    odd = {"request_id": "odd-1", "session_id": "odd", "prompt": "hi", "max_new_tokens": "lots", "surprise": 1}
+    raw = json.dumps(odd).encode()
+    ends = await publish(settings, [("odd", raw), ("odd", raw), ("odd", request("fine-1", "odd").to_bytes())])
+
+    worker = await run_until_idle(settings)
+
+    events = by_request(await stream(redis_client, settings, "odd"))
+    final = only_final(events["odd-1"])
+    assert isinstance(final, ErrorEvent) and final.code is ErrorCode.INVALID_REQUEST, final
+    assert "max_new_tokens: Input should be a valid integer" in final.message
+    assert "surprise: Extra inputs are not permitted" in final.message
+    assert settings.names.dlq_topic in final.message and "upgrade the workers first" in final.message
+    assert isinstance(only_final(events["fine-1"]), DoneEvent)
+    dead = await read_dlq(settings, count=2)
+    assert [(h["reason"], h["value"]) for h in dead] == [("invalid_request", raw)] * 2
+    assert await committed(settings, list(ends)) == ends
+    assert b'brigade_dlq_messages_total{class="small"} 2.0' in worker_metrics(worker)
+
+
 async def read_dlq(settings: Settings, *, count: int) -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(
         settings.names.dlq_topic, **kafka_client_options(settings), auto_offset_reset="earliest"
