@@ -53,7 +53,8 @@ class BatchRun(Protocol):
         ...
 
     def step(self) -> list[TokenDelta]:
-        """Advance every running sequence by one token; one delta per sequence still running."""
+        """Advance by one token the sequences that joined since the last step (their prefill) or, if none did,
+        every running sequence; one delta per sequence advanced (or ended without room for a token)."""
         ...
 
     def join(self, inputs: Sequence[GenerationInput]) -> None:
