@@ -113,7 +113,8 @@ class Intake:
             gen = GenerationInput(
                 request_id=request.request_id,
                 prompt_ids=ids,
-                max_new_tokens=self._new_tokens(request, len(ids)),
+                # null: the limit, which the engine's sequence clamps to what the context leaves
+                max_new_tokens=request.new_tokens_cap(self._settings.max_new_tokens_limit),
                 sampling=replayable_sampling(request),
             )
             out.runnable.append((run, gen))
@@ -131,12 +132,6 @@ class Intake:
                 f"max_new_tokens={request.max_new_tokens} exceeds the limit {self._settings.max_new_tokens_limit}"
             )
         return None
-
-    def _new_tokens(self, request: InferenceRequest, prompt_tokens: int) -> int:
-        """``max_new_tokens``, or where it is null what the context leaves after the prompt, up to the limit."""
-        if request.max_new_tokens is not None:
-            return request.max_new_tokens
-        return min(self._settings.max_new_tokens_limit, self._engine.max_context - prompt_tokens)
 
     def _length_check(self, request: InferenceRequest, prompt_tokens: int) -> tuple[ErrorCode, str] | None:
         context = self._engine.max_context

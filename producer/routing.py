@@ -97,7 +97,7 @@ class Router:
         for cls in candidates:
             model = s.model_for(cls.name)
             if model not in counted:
-                if self._bound_decides(request, model, cls):
+                if self._bound_decides(request, model, cls, new_tokens):
                     return Routed(cost_class=cls, model=model, prompt_tokens=None)
                 counted[model] = await count_tokens(self._tokenizers[model], request)
             cost = estimate_cost(prompt_tokens=counted[model], max_new_tokens=new_tokens)
@@ -120,10 +120,11 @@ class Router:
             code="too_costly_for_model",
         )
 
-    def _bound_decides(self, request: InferenceRequest, model: str, cls: CostClass) -> bool:
+    def _bound_decides(self, request: InferenceRequest, model: str, cls: CostClass, new_tokens: int) -> bool:
         """Would the exact count land in ``cls`` and pass the prompt limit? True only when its bound proves it.
 
-        ``cls`` is the cheapest candidate not yet ruled out, so landing there is what the exact count does too.
+        ``cls`` is the cheapest candidate not yet ruled out, so landing there is what the exact count does too;
+        ``new_tokens`` is the request's ``new_tokens_cap``.
         """
         bound_of = self._bounds.get(model)
         if bound_of is None:
@@ -132,7 +133,6 @@ class Router:
         bound = bound_of(texts) + overhead
         if bound > self._settings.max_prompt_tokens:
             return False
-        new_tokens = request.new_tokens_cap(self._settings.max_new_tokens_limit)
         fits = estimate_cost(prompt_tokens=bound, max_new_tokens=new_tokens) <= cls.max_cost
         return fits or request.cost_class is not None
 
