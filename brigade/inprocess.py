@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from brigade.redis_config import RedisClient
 from brigade.streams import xread
 from consumer.main import serve as serve_worker
@@ -64,9 +66,19 @@ def _worker_factory(settings: Settings, stop: asyncio.Event) -> ServeFactory:
 
 @contextlib.asynccontextmanager
 async def fleet(
-    settings: Settings, *, classes: Sequence[str] | None = None, ingress: bool = True, timeout_s: float = 60
+    settings: Settings,
+    *,
+    classes: Sequence[str] | None = None,
+    ingress: bool = True,
+    broker_up: bool = True,
+    timeout_s: float = 60,
 ) -> AsyncIterator[Fleet]:
-    """Start the ingress and one worker per class; stop them all (drain) on exit."""
+    """Start the ingress and one worker per class; stop them all (drain) on exit.
+
+    With ``broker_up`` (a test of an unreachable broker sets it False) the fleet is yielded once the ingress's
+    producer has connected, as traffic reaches a pod once its readiness probe passes: the ingress listens
+    before that and answers 503 until it has.
+    """
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     result = Fleet(settings=settings)
@@ -75,6 +87,8 @@ async def fleet(
             ports: list[int] = []
             await _started(lambda cb: serve_ingress(settings, stop=stop, ready=cb), ports, tasks, timeout_s)
             result.ingress_port = ports[0]
+            if broker_up:
+                await _producer_connected(result.url, timeout_s)
         for cls in classes if classes is not None else settings.classes:
             s = settings.model_copy(update={"worker_class": cls})
             await _started(_worker_factory(s, stop), result.worker_ports, tasks, timeout_s)
@@ -88,6 +102,12 @@ async def fleet(
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+
+
+async def _producer_connected(url: str, timeout_s: float) -> None:
+    async with httpx.AsyncClient(base_url=url) as http, asyncio.timeout(timeout_s):
+        while not (await http.get("/readyz")).json()["kafka"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # polling a probe: HTTP offers nothing to wait on
 
 
 async def read_until_final(

@@ -76,7 +76,7 @@ async def test_refusals_raise_the_matching_error(client: BrigadeClient) -> None:
 
 async def test_unreachable_broker_raises_unavailable_with_retry_after(settings: Settings) -> None:
     down = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1", "request_timeout_s": 1.0})
-    async with fleet(down, classes=[]) as f, BrigadeClient(f.url) as client:
+    async with fleet(down, classes=[], broker_up=False) as f, BrigadeClient(f.url) as client:
         with pytest.raises(Unavailable, match="BRIGADE_KAFKA_BOOTSTRAP") as err:
             await client.submit("x")
     assert err.value.status == 503 and err.value.retry_after == 1.0

@@ -215,7 +215,7 @@ async def test_class_over_its_backlog_gets_429_while_cheaper_classes_flow(
 
 async def test_broker_unreachable_answers_503_quickly(settings: Settings) -> None:
     down = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1", "request_timeout_s": 1.0})
-    async with fleet(down, classes=[]) as f, httpx.AsyncClient(base_url=f.url, timeout=10) as http:
+    async with fleet(down, classes=[], broker_up=False) as f, httpx.AsyncClient(base_url=f.url, timeout=10) as http:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         resp = await http.post("/v1/requests", json={"prompt": "x"})
