@@ -257,8 +257,16 @@ class BatchExecutor:
             if r.first_token_at_ms is None and delta.completion_tokens > 0:
                 r.first_token_at_ms = now_ms
             request = r.item.request
+            if delta.logprob is not None:
+                r.logprobs.append(delta.logprob)
             if delta.text:
-                token = TokenEvent(request_id=request.request_id, seq=r.next_seq(), attempt=r.attempt, text=delta.text)
+                token = TokenEvent(
+                    request_id=request.request_id,
+                    seq=r.next_seq(),
+                    attempt=r.attempt,
+                    text=delta.text,
+                    logprobs=r.take_logprobs(),
+                )
                 events.append(Outgoing(request.session_id, token))
                 if r.turn is not None:
                     r.turn.reply.append(delta.text)
@@ -271,6 +279,7 @@ class BatchExecutor:
                     finish_reason=delta.finish_reason,
                     prompt_tokens=r.prompt_tokens,
                     completion_tokens=delta.completion_tokens,
+                    logprobs=r.take_logprobs(),
                     traceparent=r.item.traceparent,
                     model=self._engine.model_name,
                     published_at_ms=r.item.published_at_ms,

@@ -27,7 +27,7 @@ from consumer.batcher import PendingItem
 from consumer.engine.interface import GenerationInput, InferenceEngine
 from consumer.session import SessionDoc, TurnPlan, plan_turn
 from consumer.sink import RedisSink
-from schemas.events import ErrorCode, ErrorEvent
+from schemas.events import ErrorCode, ErrorEvent, TokenLogprob
 from schemas.requests import ChatMessage, InferenceRequest, SamplingParams
 from schemas.settings import Settings
 
@@ -48,10 +48,18 @@ class Running:
     first_token_at_ms: int | None = None  # wall clock (epoch ms) when the step with its first token ended
     finished: bool = False
     turn: TurnPlan | None = None  # a chat turn: its session append, and the reply collected so far
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # entries not written yet (their text is held)
 
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq - 1
+
+    def take_logprobs(self) -> list[TokenLogprob] | None:
+        """The entries the next event carries: every one since the last event, None when there are none."""
+        if not self.logprobs:
+            return None
+        taken, self.logprobs = self.logprobs, []
+        return taken
 
 
 @dataclass(slots=True)

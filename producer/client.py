@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from producer.stream_reader import ERROR_STATUS, Answer, AttemptFilter, Verdict
-from schemas.events import DoneEvent, ErrorEvent, TokenEvent, is_final, parse_event
+from schemas.events import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob, is_final, parse_event
 from schemas.requests import ChatMessage, RequestAccepted
 
 AnyEvent = TokenEvent | DoneEvent | ErrorEvent
@@ -110,6 +110,7 @@ class Completion:
     completion_tokens: int
     attempts: int  # 1 unless a worker crashed mid-generation and the request was regenerated
     traceparent: str | None = None  # the worker's span (W3C): its trace id is the request's
+    logprobs: list[TokenLogprob] | None = None  # one per generated token, when the request asked
 
 
 def _raise_for(resp: httpx.Response) -> None:
@@ -132,7 +133,7 @@ def _raise_for(resp: httpx.Response) -> None:
 
 def _parse_sse(lines: list[str]) -> AnyEvent:
     payload = json.loads("\n".join(lines))
-    return parse_event({k: str(v) for k, v in payload.items() if v is not None})
+    return parse_event({k: v for k, v in payload.items() if v is not None})
 
 
 _READ_TIMEOUT_S = 60.0  # the SSE endpoint pings every 15 s, so a silent minute means the server is gone
@@ -179,11 +180,14 @@ class BrigadeClient:
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
         repetition_penalty: float | None = None,
+        logprobs: int | None = None,
         traceparent: str | None = None,
     ) -> Submitted:
         """Publish one request; returns once the broker has acknowledged it. Raises a ``BrigadeError`` subclass.
 
-        ``traceparent`` (W3C) joins the request to the caller's trace; without one (or with an invalid one) the
+        ``logprobs`` asks for each generated token's log-probability with that many most likely alternatives
+        (0 to 20), on the events (and on ``Completion.logprobs``). ``traceparent`` (W3C) joins the request to
+        the caller's trace; without one (or with an invalid one) the
         ingress starts a new trace, and ``Submitted.traceparent`` says which.
         """
         stops = [stop] if isinstance(stop, str) else list(stop or ())
@@ -208,6 +212,7 @@ class BrigadeClient:
             "presence_penalty": presence_penalty,
             "frequency_penalty": frequency_penalty,
             "repetition_penalty": repetition_penalty,
+            "logprobs": logprobs,
         }
         headers = {"traceparent": traceparent} if traceparent else {}
         # max_new_tokens=None is sent: null asks for as many tokens as the context leaves (absent would be 64)
@@ -289,6 +294,7 @@ class BrigadeClient:
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
         repetition_penalty: float | None = None,
+        logprobs: int | None = None,
         timeout_s: float | None = None,
         traceparent: str | None = None,
     ) -> Completion:
@@ -317,6 +323,7 @@ class BrigadeClient:
             presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty,
             repetition_penalty=repetition_penalty,
+            logprobs=logprobs,
             traceparent=traceparent,
         )
         attempts, answer, attempt = AttemptFilter(), Answer(), 1
@@ -340,4 +347,5 @@ class BrigadeClient:
             completion_tokens=final.completion_tokens,
             attempts=attempt,
             traceparent=final.traceparent,
+            logprobs=answer.logprobs if logprobs is not None else None,
         )

@@ -21,11 +21,11 @@ from sse_starlette import EventSourceResponse
 
 from producer.errors import ApiError
 from producer.ingress import Ingress
-from producer.openai_format import Kind, chunk, full_response, usage_chunk
+from producer.openai_format import Kind, chunk, full_response, logprobs, usage_chunk
 from producer.routing import model_not_found
 from producer.stream_reader import ERROR_STATUS, Answer, AnyEvent, LiveText, Verdict, request_events
-from schemas.events import DoneEvent, ErrorEvent, TokenEvent
-from schemas.requests import ChatMessage, InferenceRequest
+from schemas.events import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob
+from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest
 
 router = APIRouter(prefix="/v1")
 
@@ -116,8 +116,6 @@ class _Common(BaseModel):
     functions: Annotated[Any, off_only([])] = None
     function_call: Annotated[Any, off_only("none", "auto")] = None
     response_format: Annotated[Any, off_only({"type": "text"})] = None
-    logprobs: Annotated[Any, off_only(False)] = None
-    top_logprobs: Annotated[Any, off_only(0)] = None
     logit_bias: Annotated[Any, off_only({})] = None
     best_of: Annotated[Any, off_only(1)] = None
     echo: Annotated[Any, off_only(False)] = None
@@ -127,6 +125,10 @@ class _Common(BaseModel):
     guided_regex: Annotated[Any, off_only()] = None
     guided_choice: Annotated[Any, off_only()] = None
     guided_grammar: Annotated[Any, off_only()] = None
+
+    def logprobs_asked(self) -> int | None:
+        """The contract's ``logprobs``: how many alternatives per token, None for no log-probabilities."""
+        return None
 
     @property
     def max_tokens_field(self) -> str:
@@ -144,6 +146,7 @@ class _Common(BaseModel):
             stop=stop,
             **{name: getattr(self, name) for name in PASSED_ON},
             max_new_tokens=max_new,
+            logprobs=self.logprobs_asked(),
             **inputs,
         )
 
@@ -151,6 +154,11 @@ class _Common(BaseModel):
 class CompletionBody(_Common):
     prompt: str | list[str]
     max_tokens: int | None = Field(default=16, ge=1)
+    # The legacy form: a count of alternatives per token (strict: a chat-style true is refused, not taken as 1).
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS, strict=True)
+
+    def logprobs_asked(self) -> int | None:
+        return self.logprobs
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, str):
@@ -162,6 +170,17 @@ class CompletionBody(_Common):
 
 class ChatBody(_Common):
     messages: list[OpenAIMessage] = Field(min_length=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+    def logprobs_asked(self) -> int | None:
+        if not self.logprobs:
+            if self.top_logprobs:
+                raise ApiError(
+                    422, "top_logprobs: send logprobs: true with it, as OpenAI requires", param="top_logprobs"
+                )
+            return None
+        return self.top_logprobs or 0
 
 
 def _model_entry(ingress: Ingress, model: str) -> dict[str, Any]:
@@ -234,9 +253,11 @@ async def _answer(
     ingress: Ingress = request.app.state.ingress
     _check_model(ingress, body.model)
     await ingress.require_redis()  # publish nothing whose answer could not be read
+    wire = body.to_request(**inputs)
     accepted = await ingress.submit(
-        body.to_request(**inputs), traceparent=trace[0], tracestate=trace[1], max_tokens_field=body.max_tokens_field
+        wire, traceparent=trace[0], tracestate=trace[1], max_tokens_field=body.max_tokens_field
     )
+    asked = wire.logprobs is not None
     created = int(time.time())
     events = request_events(ingress.redis, accepted.stream, accepted.request_id)
     rid, model = accepted.request_id, body.model
@@ -257,20 +278,28 @@ async def _answer(
             raise _error_from_event(answer.final)
         assert isinstance(answer.final, DoneEvent)
         text = "".join(answer.text)
+        entries = answer.logprobs if asked else None
         return JSONResponse(
-            full_response(kind, request_id=rid, model=model, created=created, text=text, done=answer.final)
+            full_response(
+                kind, request_id=rid, model=model, created=created, text=text, done=answer.final, entries=entries
+            )
         )
 
     include_usage = body.stream_options is not None and body.stream_options.include_usage
 
     async def stream() -> AsyncIterator[str]:
-        live = LiveText()
-        first = True
+        live, live_entries = LiveText[str](), LiveText[list[TokenLogprob]]()
+        first, offset = True, 0
         async for event, verdict in events:
             if isinstance(event, TokenEvent | DoneEvent):
                 text = live.feed(event.text, verdict)
-                if text:
-                    yield json.dumps(chunk(kind, request_id=rid, model=model, created=created, text=text, first=first))
+                entries = live_entries.feed(event.logprobs or [], verdict)
+                if text or entries:
+                    lp = logprobs(kind, entries, text_offset=offset) if asked else None
+                    offset += sum(len(e.token) for e in entries)
+                    yield json.dumps(
+                        chunk(kind, request_id=rid, model=model, created=created, text=text, first=first, lp=lp)
+                    )
                     first = False
             if isinstance(event, DoneEvent) and verdict is not Verdict.DROP:
                 last = chunk(

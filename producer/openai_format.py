@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from schemas.events import DoneEvent
+from schemas.events import DoneEvent, TokenLogprob, TopLogprob
 
 Kind = Literal["text", "chat"]
 
@@ -19,15 +20,43 @@ def usage(done: DoneEvent | None) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _choice(kind: Kind, *, text: str | None, finish_reason: str | None, first: bool) -> dict[str, Any]:
+def _chat_token(t: TopLogprob) -> dict[str, Any]:
+    return {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode())}
+
+
+def logprobs(kind: Kind, entries: Sequence[TokenLogprob], *, text_offset: int = 0) -> dict[str, Any]:
+    """A choice's ``logprobs``: chat's ``content`` list, or the legacy completion's parallel lists.
+
+    The legacy ``top_logprobs`` maps each position's most likely tokens and always the generated one (so up
+    to logprobs + 1 keys, as OpenAI documents); ``text_offset`` is each token's character offset in the
+    completion, starting at ``text_offset`` (a stream's earlier chunks).
+    """
+    if kind == "chat":
+        content = [_chat_token(e) | {"top_logprobs": [_chat_token(t) for t in e.top]} for e in entries]
+        return {"content": content}
+    offsets = []
+    for e in entries:
+        offsets.append(text_offset)
+        text_offset += len(e.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t.token: t.logprob for t in e.top} | {e.token: e.logprob} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def _choice(
+    kind: Kind, *, text: str | None, finish_reason: str | None, first: bool, lp: dict[str, Any] | None
+) -> dict[str, Any]:
     if kind == "text":
-        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish_reason}
     delta: dict[str, Any] = {}
     if first:
         delta["role"] = "assistant"
     if text is not None:
         delta["content"] = text
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
 
 
 def chunk(
@@ -39,14 +68,15 @@ def chunk(
     text: str | None = None,
     finish_reason: str | None = None,
     first: bool = False,
+    lp: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One ``data:`` payload of a streamed answer."""
+    """One ``data:`` payload of a streamed answer; ``lp``: its ``logprobs`` (see ``logprobs``)."""
     return {
         "id": completion_id(kind, request_id),
         "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
         "created": created,
         "model": model,
-        "choices": [_choice(kind, text=text, finish_reason=finish_reason, first=first)],
+        "choices": [_choice(kind, text=text, finish_reason=finish_reason, first=first, lp=lp)],
     }
 
 
@@ -63,19 +93,27 @@ def usage_chunk(kind: Kind, *, request_id: str, model: str, created: int, done: 
 
 
 def full_response(
-    kind: Kind, *, request_id: str, model: str, created: int, text: str, done: DoneEvent
+    kind: Kind,
+    *,
+    request_id: str,
+    model: str,
+    created: int,
+    text: str,
+    done: DoneEvent,
+    entries: Sequence[TokenLogprob] | None = None,
 ) -> dict[str, Any]:
-    """The whole answer of a ``stream: false`` call."""
+    """The whole answer of a ``stream: false`` call; ``entries`` the logprobs of a call that asked for them."""
+    lp = logprobs(kind, entries) if entries is not None else None
     if kind == "chat":
         choice: dict[str, Any] = {
             "index": 0,
             "message": {"role": "assistant", "content": text},
-            "logprobs": None,
+            "logprobs": lp,
             "finish_reason": done.finish_reason.value,
         }
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done.finish_reason.value}
+        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": done.finish_reason.value}
         obj = "text_completion"
     return {
         "id": completion_id(kind, request_id),

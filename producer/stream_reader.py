@@ -10,12 +10,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Generic, TypeVar
 
 from brigade.redis_config import RedisClient
 from brigade.streams import xread
-from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent, is_final, parse_event
+from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent, TokenLogprob, is_final, parse_event
 
 AnyEvent = TokenEvent | DoneEvent | ErrorEvent
+Piece = TypeVar("Piece", str, list[TokenLogprob])
 
 BLOCK_MS = 1000  # one XREAD's wait: how soon a reader notices a stop, and a floor for the socket timeout
 
@@ -90,19 +92,19 @@ class Answer:
 
     text: list[str] = field(default_factory=list)
     final: DoneEvent | ErrorEvent | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per generated token, for requests that asked
 
     def add(self, event: AnyEvent, verdict: Verdict) -> None:
         if verdict is Verdict.DROP:
             return
         if verdict is Verdict.RESTART:
             self.text.clear()
-        if isinstance(event, TokenEvent):
-            self.text.append(event.text)
-        elif isinstance(event, DoneEvent):
+            self.logprobs.clear()
+        if isinstance(event, TokenEvent | DoneEvent):
             if event.text:  # the contract lets a final event carry the last piece of text
                 self.text.append(event.text)
-            self.final = event
-        else:
+            self.logprobs += event.logprobs or ()
+        if not isinstance(event, TokenEvent):
             self.final = event
 
 
@@ -121,26 +123,26 @@ async def request_events(
 
 
 @dataclass
-class LiveText:
-    """Streams text to a client that cannot take text back.
+class LiveText(Generic[Piece]):
+    """Streams text (or logprob entries, one per token) to a client that cannot take them back.
 
-    After a restart the new attempt's text is held back until it passes what the client already has;
+    After a restart the new attempt's pieces are held back until they pass what the client already has;
     when sampling is reproducible (greedy, or a seed) the regenerated text is identical and the seam is
     invisible.
     """
 
-    sent: int = 0  # characters the client has
-    position: int = 0  # characters of the current attempt seen so far
+    sent: int = 0  # characters (entries) the client has
+    position: int = 0  # characters (entries) of the current attempt seen so far
 
-    def feed(self, text: str, verdict: Verdict) -> str:
+    def feed(self, piece: Piece, verdict: Verdict) -> Piece:
         if verdict is Verdict.DROP:
-            return ""
+            return piece[:0]
         if verdict is Verdict.RESTART:
             self.position = 0
         start = self.position
-        self.position += len(text)
+        self.position += len(piece)
         if self.position <= self.sent:
-            return ""
-        fresh = text[max(0, self.sent - start) :]
+            return piece[:0]
+        fresh = piece[max(0, self.sent - start) :]
         self.sent = self.position
         return fresh

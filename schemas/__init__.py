@@ -8,6 +8,8 @@ from schemas.events import (
     Event,
     FinishReason,
     TokenEvent,
+    TokenLogprob,
+    TopLogprob,
     is_final,
     parse_event,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "SamplingParams",
     "Settings",
     "TokenEvent",
+    "TokenLogprob",
+    "TopLogprob",
     "classify",
     "estimate_cost",
     "is_final",

@@ -12,11 +12,12 @@ see ``schemas/tracing.py``): events written before it existed, or by a publisher
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 
 class FinishReason(StrEnum):
@@ -31,6 +32,36 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
 
 
+class TopLogprob(BaseModel):
+    """A token and its log-probability at one position of the output."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    token: str
+    """The token decoded on its own (a piece of a multi-byte character decodes to U+FFFD)."""
+    id: int
+    """The token's id in the model's vocabulary."""
+    logprob: float
+    """Natural log of its probability under the model's own distribution: before temperature, penalties,
+    top_k, top_p and min_p (vLLM's default, raw logprobs). Floored at -9999, as vLLM's OpenAI server does."""
+
+
+class TokenLogprob(TopLogprob):
+    """A generated token's log-probability, with the most likely tokens at its position."""
+
+    top: list[TopLogprob] = Field(default_factory=list)
+    """The request's ``logprobs`` most likely tokens at this position, most likely first (the generated token
+    among them only if it is one of them)."""
+
+
+def _json_list(value: Any) -> Any:
+    """Stream fields are strings: a list travels as JSON text."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+Logprobs = Annotated[list[TokenLogprob] | None, BeforeValidator(_json_list)]
+
+
 class _EventBase(BaseModel):
     # Field docstrings are the JSON Schema's descriptions (`brigade schema`): what a stream reader reads.
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
@@ -43,14 +74,22 @@ class _EventBase(BaseModel):
     """1, then one more each time the request is regenerated after a crash; drop what a lower attempt sent."""
 
     def to_fields(self) -> dict[str, str]:
-        """Flat string fields for XADD."""
-        return {k: str(v) for k, v in self.model_dump(mode="json").items() if v is not None}
+        """Flat string fields for XADD (a list as compact JSON)."""
+        return {
+            k: json.dumps(v, ensure_ascii=False, separators=(",", ":")) if isinstance(v, list) else str(v)
+            for k, v in self.model_dump(mode="json").items()
+            if v is not None
+        }
 
 
 class TokenEvent(_EventBase):
     type: Literal["token"] = "token"
     text: str
     """The next piece of text (one or more tokens: a step's output for this request)."""
+    logprobs: Logprobs = None
+    """Requests that asked (``logprobs``): one entry per token generated since the previous event, in order,
+    as JSON text in the stream. A token whose text is held back (part of a character, a possible stop string)
+    has its entry on the event that carries the text, or on ``done``. Absent otherwise."""
 
 
 class DoneEvent(_EventBase):
@@ -63,6 +102,9 @@ class DoneEvent(_EventBase):
     """The prompt's length in the model's tokens (chat template included)."""
     completion_tokens: int = Field(ge=0)
     """Tokens generated."""
+    logprobs: Logprobs = None
+    """As on token events: the entries of the tokens no token event carried (the last one, end-of-sequence,
+    a stop string's). Over a request's events there is one entry per generated token."""
     traceparent: str | None = None
     """The worker's span (W3C trace context): the same trace id as the request's traceparent."""
     model: str | None = None
@@ -96,8 +138,9 @@ FINAL_TYPES = frozenset({"done", "error"})
 _event_adapter: TypeAdapter[TokenEvent | DoneEvent | ErrorEvent] = TypeAdapter(Event)
 
 
-def parse_event(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> TokenEvent | DoneEvent | ErrorEvent:
-    """Parse one stream entry's fields (str or bytes, as redis-py returns them) into an event."""
+def parse_event(fields: Mapping[str, Any] | Mapping[bytes, bytes]) -> TokenEvent | DoneEvent | ErrorEvent:
+    """Parse one stream entry's fields (str or bytes, as redis-py returns them) into an event; JSON values
+    (an SSE payload's) are taken as well."""
     decoded = {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
         for k, v in fields.items()

@@ -16,6 +16,7 @@ SCHEMA_VERSION: Literal[1] = 1
 # Hard ceilings of the wire format itself; deployments set tighter limits in settings.
 MAX_ID_LENGTH = 128
 MAX_STOP_STRINGS = 8
+MAX_LOGPROBS = 20  # most likely tokens listed per position: OpenAI's top_logprobs ceiling, vLLM's max_logprobs
 
 Identifier = Annotated[
     str,
@@ -83,6 +84,9 @@ class SamplingParams(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     """vLLM's and Hugging Face's: a token seen in the prompt or the output has its logit divided by it
     (multiplied when negative); 1 is off."""
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    """Return each generated token's log-probability with this many most likely tokens at its position (0:
+    the generated token's alone), on the events' logprobs field; vLLM's meaning. null: none."""
 
     @property
     def penalized(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 
 import httpx
 import redis.asyncio as aioredis
@@ -11,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from brigade.inprocess import finals, fleet, read_until_final
 from brigade.redis_config import RedisClient
+from producer.client import BrigadeClient, Completion
 from schemas.events import DoneEvent
 from schemas.settings import Settings
 from tests.kafka_reader import read_records
@@ -108,3 +110,34 @@ async def test_poison_messages_go_to_the_dlq_and_the_next_request_completes(
     assert [m.value for m in got] == [b"{not json", b'{"request_id": "x", "prompt": "no session"}']
     reasons = [dict(m.headers).get("error", b"").decode() for m in got]  # pydantic text names the field
     assert "session_id" in reasons[1], reasons
+
+
+async def test_logprobs_through_the_whole_path(settings: Settings, topics: list[str]) -> None:
+    """A real worker's entries, read back through the ingress's SSE by the Python client: one per generated
+    token, in order, including the tokens whose text a stop string held back or cut."""
+    async with fleet(settings, classes=["small"]) as f, BrigadeClient(f.url) as client:
+
+        def greedy(logprobs: int | None = None, stop: str | None = None) -> Awaitable[Completion]:
+            prompt, small = "The pass is where plates go out.", "small"
+            return client.generate(
+                prompt, max_new_tokens=8, temperature=0, ignore_eos=True, cost_class=small, logprobs=logprobs, stop=stop
+            )
+
+        full = await greedy(logprobs=2)
+        assert full.logprobs is not None and len(full.logprobs) == full.completion_tokens == 8
+        tokens = [e.token for e in full.logprobs]
+        assert "".join(tokens) == full.text
+        assert all(len(e.top) == 2 and e.top[0].logprob >= e.logprob for e in full.logprobs)  # greedy: top 1
+        assert all(e.top[0].id == e.id for e in full.logprobs)
+
+        # Stop on two tokens' text: the same greedy tokens, cut where the stop string first completes; the
+        # first of the two is held back as a possible start of it, and its entry comes with the done event.
+        stop = "".join(tokens[-3:-1])
+        ends = [len("".join(tokens[: i + 1])) for i in range(len(tokens))]
+        completes = next(i for i, end in enumerate(ends) if end >= full.text.index(stop) + len(stop))
+        cut = await greedy(logprobs=0, stop=stop)
+        plain = await greedy()
+    assert cut.text == full.text[: full.text.index(stop)] and cut.finish_reason == "stop"
+    assert cut.logprobs is not None and [e.id for e in cut.logprobs] == [e.id for e in full.logprobs][: completes + 1]
+    assert cut.completion_tokens == completes + 1 and all(e.top == [] for e in cut.logprobs)
+    assert plain.logprobs is None and plain.text == full.text

@@ -42,20 +42,26 @@ def text_of(deltas: Sequence[TokenDelta]) -> str:
     return "".join(d.text for d in deltas)
 
 
+def no_cache_logits(engine: OnnxEngine, ids: Sequence[int]) -> np.ndarray:
+    """The next token's logits from the whole sequence through the model, empty past (suppressed ids masked)."""
+    layout, t = engine.layout, len(ids)
+    feeds: dict[str, np.ndarray] = {
+        "input_ids": np.array([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, t), dtype=np.int64),
+        "position_ids": np.arange(t, dtype=np.int64)[None, :],
+    }
+    feeds |= {name: np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.float32) for name in layout.past_names}
+    logits: np.ndarray = engine.session.run(["logits"], feeds)[0][0, -1, : engine.sampled_vocab]
+    logits[engine.suppress_ids] = -np.inf
+    return logits
+
+
 def no_cache_greedy(engine: OnnxEngine, prompt: list[int], n: int, params: SamplingParams = GREEDY) -> list[int]:
     """The reference: the whole sequence through the model at every step, one sequence, empty past
     (``params``' penalties applied to each step's logits)."""
-    layout, ids, seen = engine.layout, list(prompt), Seen(prompt)
+    ids, seen = list(prompt), Seen(prompt)
     for _ in range(n):
-        t = len(ids)
-        feeds: dict[str, np.ndarray] = {
-            "input_ids": np.array([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, t), dtype=np.int64),
-            "position_ids": np.arange(t, dtype=np.int64)[None, :],
-        }
-        feeds |= {name: np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.float32) for name in layout.past_names}
-        logits = engine.session.run(["logits"], feeds)[0][0, -1, : engine.sampled_vocab]
-        logits[engine.suppress_ids] = -np.inf
+        logits = no_cache_logits(engine, ids)
         penalize(logits, params, seen)
         ids.append(int(np.argmax(logits)))
         seen.add(ids[-1])

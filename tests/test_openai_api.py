@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from openai.types.chat import ChatCompletionMessageParam
 
 from brigade.inprocess import fleet
-from schemas.events import ErrorEvent
+from schemas.events import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob, TopLogprob
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
 from tests.test_ingress import AnyEvent, crash_then, play_worker
@@ -51,7 +51,12 @@ USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", "messages.0.role"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools: brigade does not implement", "tools"),
         ({"response_format": {"type": "json_object"}}, 'send null or {"type": "text"}', "response_format"),
-        ({"logprobs": True}, "logprobs: brigade does not implement it; leave the field out", "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs: send logprobs: true with it", "top_logprobs"),
+        (
+            {"logprobs": True, "top_logprobs": 21},
+            "top_logprobs: Input should be less than or equal to 20",
+            "top_logprobs",
+        ),
         (
             {"logit_bias": {"7": 5}},
             "logit_bias: brigade does not implement it; leave the field out (or send null",
@@ -201,3 +206,79 @@ async def test_max_tokens_left_out_asks_for_what_the_context_leaves(
     # routed as if it asked for the limit: a few prompt tokens plus 1024 is over the small class's 512
     assert settings.max_new_tokens_limit == 1024 and settings.class_max_cost[0] == 512
     assert (chat.cost_class, legacy.cost_class, unbounded.cost_class) == ("medium", "small", "medium")
+
+
+def _entry(token: str, req: InferenceRequest) -> TokenLogprob:
+    """A token's entry with as many alternatives as the request asked for."""
+    top = [TopLogprob(token=f"alt{i}", id=100 + i, logprob=-1.0 - i) for i in range(req.logprobs or 0)]
+    return TokenLogprob(token=token, id=len(token), logprob=-0.5, top=top)
+
+
+def with_logprobs(req: InferenceRequest) -> list[AnyEvent]:
+    """ "Hello world" in two token events (the second held a token back a step), then the end-of-sequence
+    token's entry on done, as the worker writes them for a request that asked."""
+    asked = req.logprobs is not None
+    lp = (lambda *tokens: [_entry(t, req) for t in tokens]) if asked else (lambda *tokens: None)
+    rid = req.request_id
+    return [
+        TokenEvent(request_id=rid, seq=0, text="Hello", logprobs=lp("Hello")),
+        TokenEvent(request_id=rid, seq=1, text=" world", logprobs=lp(" wor", "ld")),
+        DoneEvent(
+            request_id=rid,
+            seq=2,
+            finish_reason="stop",
+            prompt_tokens=3,
+            completion_tokens=4,
+            logprobs=lp("</s>"),
+        ),
+    ]
+
+
+TOKENS = ["Hello", " wor", "ld", "</s>"]
+
+
+async def test_chat_logprobs_whole_and_streamed(
+    oai: openai.AsyncOpenAI, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=3, script=with_logprobs))
+    whole = await oai.chat.completions.create(model=settings.model, messages=USER, logprobs=True, top_logprobs=2)
+    stream = await oai.chat.completions.create(model=settings.model, messages=USER, logprobs=True, stream=True)
+    chunks = [c async for c in stream]
+    plain = await oai.chat.completions.create(model=settings.model, messages=USER)
+    asked = sorted(r.logprobs for r in await worker if r.logprobs is not None)
+    assert asked == [0, 2], "top_logprobs is the contract's logprobs; logprobs alone asks for 0 alternatives"
+
+    lp = whole.choices[0].logprobs
+    assert lp is not None and lp.content is not None
+    assert [t.token for t in lp.content] == TOKENS and whole.choices[0].message.content == "Hello world"
+    assert lp.content[1].bytes == list(b" wor") and lp.content[1].logprob == -0.5
+    assert [[a.token for a in t.top_logprobs] for t in lp.content] == [["alt0", "alt1"]] * 4
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
+    assert [t.token for t in streamed] == TOKENS and all(t.top_logprobs == [] for t in streamed)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world"
+    assert plain.choices[0].logprobs is None
+
+
+async def test_completion_logprobs_whole_and_streamed(
+    oai: openai.AsyncOpenAI, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=2, script=with_logprobs))
+    whole = await oai.completions.create(model=settings.model, prompt="x", logprobs=1)
+    stream = await oai.completions.create(model=settings.model, prompt="x", logprobs=1, stream=True)
+    chunks = [c async for c in stream]
+    assert [r.logprobs for r in await worker] == [1, 1]
+
+    lp = whole.choices[0].logprobs
+    assert lp is not None
+    assert lp.tokens == TOKENS and lp.token_logprobs == [-0.5] * 4
+    assert lp.text_offset == [0, 5, 9, 11], "character offsets in the completion"
+    assert lp.top_logprobs == [{"alt0": -1.0, token: -0.5} for token in TOKENS], "the generated token always listed"
+    parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert [t for p in parts for t in p.tokens or []] == TOKENS
+    assert [o for p in parts for o in p.text_offset or []] == [0, 5, 9, 11], "offsets run on across chunks"
+
+
+async def test_legacy_logprobs_is_a_count(settings: Settings, ingress: str) -> None:
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        resp = await http.post("/v1/completions", json={"model": settings.model, "prompt": "x", "logprobs": True})
+    assert resp.status_code == 422 and resp.json()["error"]["param"] == "logprobs", resp.text

@@ -9,7 +9,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from schemas import DoneEvent, ErrorCode, ErrorEvent, InferenceRequest, Names, TokenEvent, parse_event
+from schemas import (
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    InferenceRequest,
+    Names,
+    TokenEvent,
+    TokenLogprob,
+    TopLogprob,
+    parse_event,
+)
 from schemas.costs import CostClass, classify, estimate_cost, validate_classes
 from schemas.jsonschema import all_schemas
 
@@ -50,6 +60,8 @@ def test_a_null_max_new_tokens_stays_on_the_wire_and_absent_is_64() -> None:
         ({"request_id": "r", "session_id": "s", "prompt": "a\ud800"}, "prompt"),  # a lone surrogate
         ({"request_id": "r", "session_id": "s", "messages": [{"role": "user", "content": "\udfff"}]}, "content"),
         ({"request_id": "r", "session_id": "s", "prompt": "x", "stop": ["\ud800"]}, "stop.0"),
+        ({"request_id": "r", "session_id": "s", "prompt": "x", "logprobs": 21}, "logprobs"),
+        ({"request_id": "r", "session_id": "s", "prompt": "x", "logprobs": -1}, "logprobs"),
     ],
 )
 def test_invalid_requests_name_the_field(body: dict[str, object], field: str) -> None:
@@ -79,9 +91,13 @@ def test_deadline() -> None:
 
 
 def test_events_round_trip_as_flat_strings() -> None:
+    lp = TokenLogprob(token=" é", id=7, logprob=-0.25, top=[TopLogprob(token=",", id=11, logprob=-0.125)])
+    end = TokenLogprob(token="</s>", id=2, logprob=-3.5)
     events = [
         TokenEvent(request_id="r", seq=0, text="héllo"),
+        TokenEvent(request_id="r", seq=0, text=" é", logprobs=[lp, lp]),
         DoneEvent(request_id="r", seq=1, finish_reason="length", prompt_tokens=3, completion_tokens=1, attempt=2),
+        DoneEvent(request_id="r", seq=1, finish_reason="stop", prompt_tokens=3, completion_tokens=3, logprobs=[end]),
         ErrorEvent(request_id="r", seq=0, code=ErrorCode.EXPIRED, message="past deadline"),
     ]
     for event in events:
@@ -90,6 +106,13 @@ def test_events_round_trip_as_flat_strings() -> None:
         assert {"request_id", "seq", "type", "text", "attempt"} <= set(fields)
         assert parse_event(fields) == event
         assert parse_event({k.encode(): v.encode() for k, v in fields.items()}) == event
+        assert parse_event(event.model_dump(mode="json")) == event  # an SSE payload: JSON values as they are
+    assert json.loads(events[1].to_fields()["logprobs"])[0] == {
+        "token": " é",
+        "id": 7,
+        "logprob": -0.25,
+        "top": [{"token": ",", "id": 11, "logprob": -0.125}],
+    }
 
 
 def test_cost_classification() -> None:

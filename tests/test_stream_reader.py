@@ -6,16 +6,26 @@ import pytest
 
 from producer.admission import decide, drain_rate, partition_lag
 from producer.stream_reader import Answer, AttemptFilter, LiveText, Verdict
-from schemas.events import DoneEvent, ErrorEvent, TokenEvent
+from schemas.events import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob
+
+
+def entries(text: str) -> list[TokenLogprob]:
+    return [TokenLogprob(token=c, id=ord(c), logprob=-1.0) for c in text]
 
 
 def tok(text: str, *, attempt: int = 1, seq: int = 0, rid: str = "r") -> TokenEvent:
-    return TokenEvent(request_id=rid, seq=seq, attempt=attempt, text=text)
+    return TokenEvent(request_id=rid, seq=seq, attempt=attempt, text=text, logprobs=entries(text))
 
 
-def done(*, attempt: int = 1, rid: str = "r") -> DoneEvent:
+def done(*, attempt: int = 1, rid: str = "r", last: str = "") -> DoneEvent:
     return DoneEvent(
-        request_id=rid, seq=9, attempt=attempt, finish_reason="length", prompt_tokens=1, completion_tokens=2
+        request_id=rid,
+        seq=9,
+        attempt=attempt,
+        finish_reason="length",
+        prompt_tokens=1,
+        completion_tokens=2,
+        logprobs=entries(last) or None,
     )
 
 
@@ -32,10 +42,11 @@ def test_newer_attempt_restarts_and_stale_events_drop() -> None:
 def test_answer_keeps_only_the_last_attempt() -> None:
     f, answer = AttemptFilter(), Answer()
     events: list[TokenEvent | DoneEvent] = [tok("partial "), tok("answer ", seq=1), tok("clean ", attempt=2)]
-    events += [tok("one", attempt=2, seq=1), done(attempt=2)]
+    events += [tok("one", attempt=2, seq=1), done(attempt=2, last=".")]
     for event in events:
         answer.add(event, f.judge(event))
     assert "".join(answer.text) == "clean one"
+    assert "".join(e.token for e in answer.logprobs) == "clean one.", "the done event's entries count too"
     assert isinstance(answer.final, DoneEvent)
 
 
@@ -65,6 +76,10 @@ def test_live_text_hides_the_seam_of_a_replayed_attempt() -> None:
     sent += [live.feed("He", Verdict.RESTART), live.feed("llo", Verdict.KEEP), live.feed(" world", Verdict.KEEP)]
     assert "".join(sent) == "Hello world"
     assert live.feed("stale", Verdict.DROP) == ""
+    live_entries = LiveText[list[TokenLogprob]]()
+    fed = [live_entries.feed(entries("ab"), Verdict.KEEP), live_entries.feed(entries("a"), Verdict.RESTART)]
+    fed += [live_entries.feed(entries("bc"), Verdict.KEEP), live_entries.feed(entries("x"), Verdict.DROP)]
+    assert [[e.token for e in part] for part in fed] == [["a", "b"], [], ["c"], []]
 
 
 @pytest.mark.parametrize(

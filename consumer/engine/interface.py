@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from schemas.events import FinishReason
+from schemas.events import FinishReason, TokenLogprob
 from schemas.requests import ChatMessage, SamplingParams
 
 
@@ -37,6 +37,7 @@ class TokenDelta:
     text: str
     completion_tokens: int  # tokens generated so far for this sequence
     finish_reason: FinishReason | None  # set on the sequence's last delta, None while it runs
+    logprob: TokenLogprob | None = None  # this step's token's entry, for a request that asked (``logprobs``)
 
 
 class BatchRun(Protocol):

@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 
 from brigade.models.registry import model_file, resolve_model
 from consumer.engine.interface import GenerationInput, OutOfMemory, TokenDelta
+from consumer.engine.logprobs import TokenText, entry, log_softmax
 from consumer.engine.model_files import ChatRenderer, ModelFiles, read_model_files
 from consumer.engine.sampling import choose_tokens
 from consumer.engine.sequence import SequenceState
@@ -266,8 +267,17 @@ class OnnxBatchRun:
 
     def _sample(self, logits: npt.NDArray[Any], seqs: list[SequenceState]) -> tuple[I64, list[TokenDelta]]:
         logits[:, self._engine.suppress_ids] = -np.inf
+        asking = [row for row, s in enumerate(seqs) if s.sampling.logprobs is not None]
+        raw = log_softmax(logits[asking]) if asking else None  # before choose_tokens penalizes in place
         tokens = choose_tokens(logits, [s.sampling for s in seqs], [s.rng for s in seqs], [s.seen for s in seqs])
-        return tokens, [s.advance(int(t)) for s, t in zip(seqs, tokens, strict=True)]
+        entries = {}
+        if raw is not None:
+            for row, row_logprobs in zip(asking, raw, strict=True):
+                k = seqs[row].sampling.logprobs or 0
+                entries[row] = entry(row_logprobs, int(tokens[row]), k, self._engine.token_text)
+        return tokens, [
+            s.advance(int(t), entries.get(row)) for row, (s, t) in enumerate(zip(seqs, tokens, strict=True))
+        ]
 
     def _run(self, feeds: dict[str, npt.NDArray[Any]]) -> tuple[npt.NDArray[Any], list[npt.NDArray[Any]]]:
         """Last-position logits [batch, sampled_vocab] and the new cache.
@@ -327,6 +337,8 @@ class OnnxEngine:
         self.sampled_vocab = min(tok_vocab, self.model_vocab)
         self.pad_id = self.files.bos_id if self.files.bos_id is not None else 0
         self.suppress_ids = np.array([i for i in self.files.suppress_ids if i < self.sampled_vocab], dtype=np.int64)
+        # Special tokens by name (an end-of-sequence token reads as itself, not as ""), as vLLM lists them.
+        self.token_text = TokenText(lambda i: self.tokenizer.decode([i], skip_special_tokens=False))
 
     @property
     def session(self) -> ort.InferenceSession:

@@ -14,7 +14,7 @@ from consumer.engine.detokenizer import Decoder, IncrementalDetokenizer
 from consumer.engine.interface import GenerationInput, TokenDelta
 from consumer.engine.sampling import Seen, make_generator
 from consumer.engine.stops import StopMatcher
-from schemas.events import FinishReason
+from schemas.events import FinishReason, TokenLogprob
 
 
 class SequenceState:
@@ -48,25 +48,25 @@ class SequenceState:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def delta(self, text: str = "") -> TokenDelta:
-        return TokenDelta(self.request_id, text, self.generated, self.finish_reason)
+    def delta(self, text: str = "", logprob: TokenLogprob | None = None) -> TokenDelta:
+        return TokenDelta(self.request_id, text, self.generated, self.finish_reason, logprob)
 
-    def advance(self, token_id: int) -> TokenDelta:
-        """Take the sampled token; say what text goes out and whether the sequence has ended."""
+    def advance(self, token_id: int, logprob: TokenLogprob | None = None) -> TokenDelta:
+        """Take the sampled token (and its log-probability entry, when the request asked for one); say what
+        text goes out and whether the sequence has ended."""
         self.token_ids.append(token_id)
         if self.seen is not None:
             self.seen.add(token_id)
         if token_id in self._eos:
             self.finish_reason = FinishReason.STOP
-            return self.delta(self._drain())
+            return self.delta(self._drain(), logprob)
         text, stopped = self._stops.push(self._detok.push(token_id))
         if stopped:
             self.finish_reason = FinishReason.STOP
-            return self.delta(text)
-        if self.generated >= self.budget:
+        elif self.generated >= self.budget:
             self.finish_reason = FinishReason.LENGTH
-            return self.delta(text + self._drain())
-        return self.delta(text)
+            text += self._drain()
+        return self.delta(text, logprob)
 
     def _drain(self) -> str:
         """Ending without a stop string: held bytes and held stop-string prefixes are real text after all."""
