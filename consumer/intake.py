@@ -139,6 +139,13 @@ class Intake:
             return ErrorCode.INVALID_REQUEST, (
                 f"max_new_tokens={request.max_new_tokens} exceeds the limit {self._settings.max_new_tokens_limit}"
             )
+        vocab = self._engine.vocab_size
+        unknown = sorted(i for i in request.logit_bias or () if i >= vocab)
+        if unknown:
+            return ErrorCode.INVALID_REQUEST, (
+                f"logit_bias names token id {unknown[0]}, outside {self._engine.model_name!r}'s vocabulary of "
+                f"{vocab} ids (0 to {vocab - 1})"
+            )
         return None
 
     def _length_check(self, request: InferenceRequest, prompt_tokens: int) -> tuple[ErrorCode, str] | None:

@@ -180,6 +180,8 @@ class BrigadeClient:
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
         repetition_penalty: float | None = None,
+        logit_bias: Mapping[int, float] | None = None,
+        min_tokens: int | None = None,
         logprobs: int | None = None,
         traceparent: str | None = None,
     ) -> Submitted:
@@ -212,6 +214,8 @@ class BrigadeClient:
             "presence_penalty": presence_penalty,
             "frequency_penalty": frequency_penalty,
             "repetition_penalty": repetition_penalty,
+            "logit_bias": dict(logit_bias) if logit_bias else None,
+            "min_tokens": min_tokens,
             "logprobs": logprobs,
         }
         headers = {"traceparent": traceparent} if traceparent else {}
@@ -294,6 +298,8 @@ class BrigadeClient:
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
         repetition_penalty: float | None = None,
+        logit_bias: Mapping[int, float] | None = None,
+        min_tokens: int | None = None,
         logprobs: int | None = None,
         timeout_s: float | None = None,
         traceparent: str | None = None,
@@ -323,6 +329,8 @@ class BrigadeClient:
             presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty,
             repetition_penalty=repetition_penalty,
+            logit_bias=logit_bias,
+            min_tokens=min_tokens,
             logprobs=logprobs,
             traceparent=traceparent,
         )

@@ -116,11 +116,11 @@ class _Common(BaseModel):
     functions: Annotated[Any, off_only([])] = None
     function_call: Annotated[Any, off_only("none", "auto")] = None
     response_format: Annotated[Any, off_only({"type": "text"})] = None
-    logit_bias: Annotated[Any, off_only({})] = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string, OpenAI's JSON) to its bias
     best_of: Annotated[Any, off_only(1)] = None
     echo: Annotated[Any, off_only(False)] = None
     suffix: Annotated[Any, off_only("")] = None
-    min_tokens: Annotated[Any, off_only(0)] = None
+    min_tokens: int | None = None  # vLLM's
     guided_json: Annotated[Any, off_only()] = None
     guided_regex: Annotated[Any, off_only()] = None
     guided_choice: Annotated[Any, off_only()] = None
@@ -139,6 +139,9 @@ class _Common(BaseModel):
         """The wire request; a value the contract refuses raises ValidationError (answered as 422)."""
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         max_new = self.max_completion_tokens or self.max_tokens
+        if self.min_tokens and max_new is not None and self.min_tokens > max_new:  # the contract's check, in our words
+            message = f"min_tokens={self.min_tokens} is over {self.max_tokens_field}={max_new}; lower min_tokens"
+            raise ApiError(422, message, param="min_tokens")
         return InferenceRequest(
             request_id=uuid.uuid4().hex,
             session_id=uuid.uuid4().hex,
@@ -147,6 +150,9 @@ class _Common(BaseModel):
             **{name: getattr(self, name) for name in PASSED_ON},
             max_new_tokens=max_new,
             logprobs=self.logprobs_asked(),
+            # their "off" values stay off the wire, so a worker of an earlier release reads the request too
+            logit_bias=self.logit_bias or None,
+            min_tokens=self.min_tokens or None,
             **inputs,
         )
 

@@ -17,6 +17,7 @@ SCHEMA_VERSION: Literal[1] = 1
 MAX_ID_LENGTH = 128
 MAX_STOP_STRINGS = 8
 MAX_LOGPROBS = 20  # most likely tokens listed per position: OpenAI's top_logprobs ceiling, vLLM's max_logprobs
+MAX_LOGIT_BIAS = 300  # token ids one request may bias: what OpenAI's API accepts
 
 Identifier = Annotated[
     str,
@@ -84,6 +85,14 @@ class SamplingParams(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     """vLLM's and Hugging Face's: a token seen in the prompt or the output has its logit divided by it
     (multiplied when negative); 1 is off."""
+    logit_bias: dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+        default=None, max_length=MAX_LOGIT_BIAS
+    )
+    """OpenAI's: token id (in the model's vocabulary) to a bias from -100 to 100, added to its logit before
+    sampling; -100 all but bans the token, 100 all but forces it."""
+    min_tokens: int | None = Field(default=None, ge=0)
+    """vLLM's: neither end-of-sequence nor a stop string ends the generation before this many tokens (the text
+    of those tokens is not searched for stop strings)."""
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     """Return each generated token's log-probability with this many most likely tokens at its position (0:
     the generated token's alone), on the events' logprobs field; vLLM's meaning. null: none."""
@@ -137,6 +146,10 @@ class InferenceRequest(SamplingParams):
     def _exactly_one_input(self) -> InferenceRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' (a string) or 'messages' (a list of chat turns)")
+        if self.min_tokens and self.max_new_tokens is not None and self.min_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"min_tokens={self.min_tokens} is over max_new_tokens={self.max_new_tokens}; lower min_tokens"
+            )
         return self
 
     def sampling(self) -> SamplingParams:

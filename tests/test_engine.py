@@ -263,3 +263,10 @@ def test_stop_matcher(stops: list[str], pieces: list[str], sent: list[str], stop
     assert [text for text, _ in results] == sent
     assert results[-1][1] is stopped
     assert not any(hit for _, hit in results[:-1])
+
+
+def test_min_tokens_holds_off_stop_strings(engine: OnnxEngine) -> None:
+    word = chef_id(engine)
+    s = seq(engine, sampling=SamplingParams(temperature=0.0, stop=[" chef"], min_tokens=2))
+    assert s.advance(word) == TokenDelta("q", " chef", 1, None)  # the first token is not searched
+    assert s.advance(word) == TokenDelta("q", "", 2, FinishReason.STOP)

@@ -57,11 +57,8 @@ USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
             "top_logprobs: Input should be less than or equal to 20",
             "top_logprobs",
         ),
-        (
-            {"logit_bias": {"7": 5}},
-            "logit_bias: brigade does not implement it; leave the field out (or send null",
-            "logit_bias",
-        ),
+        ({"logit_bias": {"7": 500}}, "logit_bias.7: Input should be less than or equal to 100", "logit_bias.7"),
+        ({"max_tokens": 4, "min_tokens": 9}, "min_tokens=9 is over max_tokens=4", "min_tokens"),
         ({"presence_penalty": 2.5}, "presence_penalty: Input should be less than or equal to 2", "presence_penalty"),
         ({"top_k": -2}, "top_k: Input should be greater than or equal to -1", "top_k"),
     ],
@@ -111,7 +108,9 @@ async def test_developer_role_and_content_parts_map_onto_the_contract(
         presence_penalty=0,
         response_format={"type": "text"},
         frequency_penalty=0.5,
+        logit_bias={"7": 5, "11": -100},
         extra_body={
+            "min_tokens": 2,
             "ignore_eos": True,
             "top_k": 40,
             "min_p": 0.05,
@@ -128,6 +127,7 @@ async def test_developer_role_and_content_parts_map_onto_the_contract(
     assert req.max_new_tokens == 7 and req.stop == ["\n"] and req.seed == 3 and req.model == settings.model
     assert req.ignore_eos and (req.top_k, req.min_p, req.repetition_penalty) == (40, 0.05, 1.1)
     assert (req.presence_penalty, req.frequency_penalty, req.priority) == (0, 0.5, -5)
+    assert req.logit_bias == {7: 5.0, 11: -100.0} and req.min_tokens == 2
 
 
 async def test_partial_attempt_is_dropped_streamed_and_whole(
@@ -244,9 +244,15 @@ async def test_chat_logprobs_whole_and_streamed(
     whole = await oai.chat.completions.create(model=settings.model, messages=USER, logprobs=True, top_logprobs=2)
     stream = await oai.chat.completions.create(model=settings.model, messages=USER, logprobs=True, stream=True)
     chunks = [c async for c in stream]
-    plain = await oai.chat.completions.create(model=settings.model, messages=USER)
-    asked = sorted(r.logprobs for r in await worker if r.logprobs is not None)
+    # what frameworks send for "off" stays off the wire
+    plain = await oai.chat.completions.create(
+        model=settings.model, messages=USER, logprobs=False, logit_bias={}, extra_body={"min_tokens": 0}
+    )
+    requests = await worker
+    asked = sorted(r.logprobs for r in requests if r.logprobs is not None)
     assert asked == [0, 2], "top_logprobs is the contract's logprobs; logprobs alone asks for 0 alternatives"
+    (off,) = [r for r in requests if r.logprobs is None]
+    assert (off.logit_bias, off.min_tokens) == (None, None)
 
     lp = whole.choices[0].logprobs
     assert lp is not None and lp.content is not None

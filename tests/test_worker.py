@@ -214,6 +214,7 @@ async def test_expired_invalid_and_too_long_requests_get_errors_without_compute(
         request("wrong-model", "b", model="someone-else"),
         request("too-long", "c", max_new_tokens=1000),
         request("fine", "d", deadline=datetime.now(UTC) + timedelta(minutes=5)),
+        request("unknown-token", "e", logit_bias={3: 1.0, 10**9: -5.0}),
     ]
     await publish_requests(settings, reqs)
     engine = CountingEngine(default_engine_factory(settings))
@@ -230,6 +231,9 @@ async def test_expired_invalid_and_too_long_requests_get_errors_without_compute(
         assert isinstance(final, ErrorEvent) and final.code is code and final.seq == 0, final
     assert isinstance(only_final(await stream(redis_client, settings, "d")), DoneEvent)
     assert engine.started_ids == {"fine"}
+    unknown = only_final(await stream(redis_client, settings, "e"))
+    assert isinstance(unknown, ErrorEvent) and unknown.code is ErrorCode.INVALID_REQUEST
+    assert f"logit_bias names token id {10**9}, outside" in unknown.message, unknown.message
 
 
 async def test_a_null_max_new_tokens_gets_what_the_context_leaves_up_to_the_limit(

@@ -105,6 +105,10 @@ class WordEngine:
     def max_context(self) -> int:
         return self._max_context
 
+    @property
+    def vocab_size(self) -> int:
+        return 1000
+
     def encode(self, text: str) -> list[int]:
         return [len(w) for w in text.split()]
 
@@ -159,6 +163,10 @@ class CountingEngine:
     @property
     def max_context(self) -> int:
         return self.inner.max_context
+
+    @property
+    def vocab_size(self) -> int:
+        return self.inner.vocab_size
 
     def encode(self, text: str) -> list[int]:
         return self.inner.encode(text)

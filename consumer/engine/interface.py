@@ -72,6 +72,11 @@ class InferenceEngine(Protocol):
         """Prompt plus generated tokens may not exceed this."""
         ...
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a request may name (logit_bias): 0 up to this."""
+        ...
+
     def encode(self, text: str) -> list[int]: ...
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:

@@ -268,7 +268,10 @@ class OnnxBatchRun:
     def _sample(self, logits: npt.NDArray[Any], seqs: list[SequenceState]) -> tuple[I64, list[TokenDelta]]:
         logits[:, self._engine.suppress_ids] = -np.inf
         asking = [row for row, s in enumerate(seqs) if s.sampling.logprobs is not None]
-        raw = log_softmax(logits[asking]) if asking else None  # before choose_tokens penalizes in place
+        raw = log_softmax(logits[asking]) if asking else None  # before anything adjusts the logits in place
+        for row, s in enumerate(seqs):
+            if s.adjusts:
+                s.adjust(logits[row])
         tokens = choose_tokens(logits, [s.sampling for s in seqs], [s.rng for s in seqs], [s.seen for s in seqs])
         entries = {}
         if raw is not None:
@@ -353,6 +356,10 @@ class OnnxEngine:
     @property
     def max_context(self) -> int:
         return self.files.max_context
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sampled_vocab
 
     def encode(self, text: str) -> list[int]:
         # A rendered chat template already starts with the BOS text; adding BOS again would double it.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import numpy as np
+import numpy.typing as npt
 
 from consumer.engine.detokenizer import Decoder, IncrementalDetokenizer
 from consumer.engine.interface import GenerationInput, TokenDelta
@@ -38,6 +39,13 @@ class SequenceState:
         self._stops = StopMatcher(item.sampling.stop)
         self.token_ids: list[int] = []  # generated ids, for tests and debugging; text is what goes out
         self.seen = Seen(prompt_ids) if item.sampling.penalized else None
+        bias = item.sampling.logit_bias or {}
+        self._bias_ids = np.fromiter(bias, dtype=np.int64, count=len(bias))
+        self._bias = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+        self._min_tokens = item.sampling.min_tokens or 0
+        self._eos_ids = np.fromiter(self._eos, dtype=np.int64, count=len(self._eos))
+        # Whether ``adjust`` has anything to do: most requests skip it.
+        self.adjusts = bool(bias) or (self._min_tokens > 0 and bool(self._eos))
         self.finish_reason: FinishReason | None = None if self.budget > 0 else FinishReason.LENGTH
 
     @property
@@ -47,6 +55,14 @@ class SequenceState:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    def adjust(self, logits: npt.NDArray[np.floating]) -> None:
+        """This sequence's own changes to its row of logits before a token is chosen: its logit_bias, and
+        end-of-sequence masked while it has fewer than min_tokens."""
+        if self._bias_ids.size:
+            logits[self._bias_ids] += self._bias
+        if self.generated < self._min_tokens:
+            logits[self._eos_ids] = -np.inf
 
     def delta(self, text: str = "", logprob: TokenLogprob | None = None) -> TokenDelta:
         return TokenDelta(self.request_id, text, self.generated, self.finish_reason, logprob)
@@ -60,7 +76,9 @@ class SequenceState:
         if token_id in self._eos:
             self.finish_reason = FinishReason.STOP
             return self.delta(self._drain(), logprob)
-        text, stopped = self._stops.push(self._detok.push(token_id))
+        piece = self._detok.push(token_id)
+        # Before min_tokens no stop string may end it: that text goes out unsearched.
+        text, stopped = self._stops.push(piece) if self.generated >= self._min_tokens else (piece, False)
         if stopped:
             self.finish_reason = FinishReason.STOP
         elif self.generated >= self.budget:

@@ -1,0 +1,66 @@
+"""logit_bias and min_tokens on the ONNX engine (builtin:tiny), against a no-cache recomputation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consumer.engine.interface import GenerationInput
+from consumer.engine.logprobs import log_softmax
+from consumer.engine.onnx_engine import OnnxEngine, load_engine
+from schemas.events import FinishReason
+from schemas.requests import SamplingParams
+from schemas.settings import Settings
+from tests.test_engine import no_cache_logits, run_all
+
+
+@pytest.fixture(scope="module")
+def engine(model_cache_dir: Path) -> Iterator[OnnxEngine]:
+    eng = load_engine(Settings(model="builtin:tiny", model_cache_dir=model_cache_dir, device="cpu"))
+    yield eng
+    eng.close()
+
+
+def greedy(**extra: object) -> SamplingParams:
+    return SamplingParams.model_validate({"temperature": 0.0, "ignore_eos": True, **extra})
+
+
+def test_logit_bias_moves_greedy_choices_and_not_the_logprobs(engine: OnnxEngine) -> None:
+    prompt = engine.encode("The chef calls the order")
+    first = int(np.argmax(no_cache_logits(engine, prompt)))
+    forced = engine.tokenizer.token_to_id("Ġchef")
+    assert forced is not None and forced != first
+    inputs = [
+        GenerationInput("plain", prompt, 4, greedy()),
+        GenerationInput("banned", prompt, 1, greedy(logit_bias={first: -100})),
+        GenerationInput("forced", prompt, 4, greedy(logit_bias={forced: 100}, logprobs=0)),
+    ]
+    run = engine.start(inputs)
+    out = run_all(run)
+    assert run.token_ids("plain")[0] == first
+    banned = no_cache_logits(engine, prompt)
+    banned[first] -= 100
+    assert run.token_ids("banned") == [int(np.argmax(banned))]
+    assert run.token_ids("forced") == [forced] * 4
+    entries = [d.logprob for d in out["forced"] if d.logprob is not None]
+    raw = log_softmax(no_cache_logits(engine, prompt))[forced]
+    assert entries[0].logprob == pytest.approx(float(raw), abs=1e-4), "logprobs stay the model's own"
+
+
+def test_min_tokens_masks_end_of_sequence_until_reached(engine: OnnxEngine) -> None:
+    prompt = engine.encode("The chef calls the order")
+    (eos,) = sorted(engine.files.eos_ids)[:1]
+    wants_eos = {eos: 100.0}  # would end every sequence at its first token
+    inputs = [
+        GenerationInput("eager", prompt, 8, SamplingParams(temperature=0.0, logit_bias=wants_eos)),
+        GenerationInput("patient", prompt, 8, SamplingParams(temperature=0.0, logit_bias=wants_eos, min_tokens=3)),
+    ]
+    run = engine.start(inputs)
+    out = run_all(run)
+    assert run.token_ids("eager") == [eos] and out["eager"][-1].finish_reason is FinishReason.STOP
+    patient = run.token_ids("patient")
+    assert len(patient) == 4 and eos not in patient[:3] and patient[3] == eos
+    assert out["patient"][-1].finish_reason is FinishReason.STOP
