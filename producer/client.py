@@ -189,8 +189,8 @@ class BrigadeClient:
 
         ``logprobs`` asks for each generated token's log-probability with that many most likely alternatives
         (0 to 20), on the events (and on ``Completion.logprobs``). ``traceparent`` (W3C) joins the request to
-        the caller's trace; without one (or with an invalid one) the
-        ingress starts a new trace, and ``Submitted.traceparent`` says which.
+        the caller's trace; without one (or with an invalid one) the ingress starts a new trace, and
+        ``Submitted.traceparent`` says which.
         """
         stops = [stop] if isinstance(stop, str) else list(stop or ())
         body: dict[str, Any] = {

@@ -1,6 +1,7 @@
 """Events on ``brigade:stream:<session_id>``: one Redis stream entry each, flat string fields.
 
-Readable with plain ``redis-cli XREAD``. Every request ends with exactly one ``done`` or ``error``.
+Readable with plain ``redis-cli XREAD`` (the one list, ``logprobs``, is JSON text). Every request ends with
+exactly one ``done`` or ``error``.
 ``attempt`` starts at 1 and grows when a request is regenerated after a crash; a reader that sees a
 higher attempt for a request drops what it collected from the lower one.
 
