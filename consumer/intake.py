@@ -143,8 +143,8 @@ class Intake:
         unknown = sorted(i for i in request.logit_bias or () if i >= vocab)
         if unknown:
             return ErrorCode.INVALID_REQUEST, (
-                f"logit_bias names token id {unknown[0]}, outside {self._engine.model_name!r}'s vocabulary of "
-                f"{vocab} ids (0 to {vocab - 1})"
+                f"logit_bias names token id {unknown[0]}, outside the vocabulary of {self._engine.model_name} "
+                f"(ids 0 to {vocab - 1})"
             )
         return None
 
