@@ -21,13 +21,16 @@ from sse_starlette import EventSourceResponse
 
 from producer.errors import ApiError
 from producer.ingress import Ingress
-from producer.openai_format import Kind, chunk, full_response, logprobs, usage_chunk
+from producer.openai_format import Finished, Kind, full_response
+from producer.openai_stream import chunks, error_from_event
 from producer.routing import model_not_found
-from producer.stream_reader import ERROR_STATUS, Answer, AnyEvent, LiveText, Verdict, request_events
-from schemas.events import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob
-from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest
+from producer.stream_reader import Answer, AnyEvent, Verdict, request_events
+from schemas.events import DoneEvent, ErrorEvent
+from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest, RequestAccepted
 
 router = APIRouter(prefix="/v1")
+
+MAX_CHOICES = 16  # n: each choice is a request of its own, on the class's topic like any other
 
 
 class StreamOptions(BaseModel):
@@ -100,7 +103,7 @@ class _Common(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1)  # one choice per call; ask again for more
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)  # one request per choice, side by side
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM's extension, as its benchmark clients send it
@@ -134,6 +137,21 @@ class _Common(BaseModel):
     def max_tokens_field(self) -> str:
         """The name the caller used, so a limit error names what they sent."""
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    def to_requests(self, **inputs: Any) -> list[InferenceRequest]:
+        """One wire request per choice (``n``), each its own session so that the choices run side by side (a
+        session's requests run one after another). With a seed, choice i samples with seed + i: the choices
+        differ and each replays; without one each request's id seeds it. Greedy choices are all the same."""
+        first = self.to_request(**inputs)
+        seed = first.seed
+
+        def choice(i: int) -> InferenceRequest:
+            update: dict[str, Any] = {"request_id": uuid.uuid4().hex, "session_id": uuid.uuid4().hex}
+            if seed is not None:
+                update["seed"] = (seed + i) % 2**63
+            return first.model_copy(update=update)
+
+        return [first, *(choice(i) for i in range(1, self.n))]
 
     def to_request(self, **inputs: Any) -> InferenceRequest:
         """The wire request; a value the contract refuses raises ValidationError (answered as 422)."""
@@ -235,10 +253,6 @@ async def chat_completions(
     return await _answer("chat", body, {"messages": messages}, request, (traceparent, tracestate))
 
 
-def _error_from_event(event: ErrorEvent) -> ApiError:
-    return ApiError(ERROR_STATUS.get(event.code, 500), event.message, code=event.code.value)
-
-
 async def _until_disconnected(request: Request) -> None:
     """Return when the client goes away (the body is already read, so the next message is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -252,77 +266,66 @@ async def _collect(events: AsyncIterator[tuple[AnyEvent, Verdict]]) -> Answer:
     return answer
 
 
+async def _publish(
+    ingress: Ingress, wires: list[InferenceRequest], trace: tuple[str | None, str | None], max_tokens_field: str
+) -> list[RequestAccepted]:
+    """One record per choice. With ``n`` > 1 and one refused (its class over its backlog), the call is answered
+    with that refusal; the accepted ones still run, unread."""
+    options: dict[str, Any] = {"traceparent": trace[0], "tracestate": trace[1], "max_tokens_field": max_tokens_field}
+    if len(wires) == 1:
+        return [await ingress.submit(wires[0], **options)]
+    accepted: list[RequestAccepted] = []
+    for result in await ingress.submit_many(wires, **options):
+        if isinstance(result, ApiError):
+            raise result
+        accepted.append(result)
+    return accepted
+
+
 async def _answer(
     kind: Kind, body: _Common, inputs: dict[str, Any], request: Request, trace: tuple[str | None, str | None]
 ) -> Response | EventSourceResponse:
-    """``trace``: the caller's (traceparent, tracestate) headers, passed on to the Kafka record."""
+    """``trace``: the caller's (traceparent, tracestate) headers, passed on to the Kafka records."""
     ingress: Ingress = request.app.state.ingress
     _check_model(ingress, body.model)
     await ingress.require_redis()  # publish nothing whose answer could not be read
-    wire = body.to_request(**inputs)
-    accepted = await ingress.submit(
-        wire, traceparent=trace[0], tracestate=trace[1], max_tokens_field=body.max_tokens_field
-    )
-    asked = wire.logprobs is not None
+    wires = body.to_requests(**inputs)
+    accepted = await _publish(ingress, wires, trace, body.max_tokens_field)
+    asked = wires[0].logprobs is not None
     created = int(time.time())
-    events = request_events(ingress.redis, accepted.stream, accepted.request_id)
-    rid, model = accepted.request_id, body.model
-    if not body.stream:
-        # Starlette does not cancel a handler whose client left; without this an abandoned call would
-        # keep reading Redis until the answer came, however long that took.
-        collecting = asyncio.create_task(_collect(events))
-        gone = asyncio.create_task(_until_disconnected(request))
-        done, _ = await asyncio.wait({collecting, gone}, return_when=asyncio.FIRST_COMPLETED)
-        loser = gone if collecting in done else collecting
-        loser.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loser
-        if collecting is loser:
-            return Response(status_code=499)  # client closed the request; nobody reads this
-        answer = collecting.result()  # a RedisError here is answered as 503
-        if isinstance(answer.final, ErrorEvent):
-            raise _error_from_event(answer.final)
-        assert isinstance(answer.final, DoneEvent)
-        text = "".join(answer.text)
-        entries = answer.logprobs if asked else None
-        return JSONResponse(
-            full_response(
-                kind, request_id=rid, model=model, created=created, text=text, done=answer.final, entries=entries
-            )
+    streams = [request_events(ingress.redis, a.stream, a.request_id) for a in accepted]
+    rid, model = accepted[0].request_id, body.model
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        payloads = chunks(
+            kind,
+            streams,
+            request_id=rid,
+            model=model,
+            created=created,
+            asked_logprobs=asked,
+            include_usage=include_usage,
         )
+        return EventSourceResponse(payloads, ping=15)
+    # Starlette does not cancel a handler whose client left; without this an abandoned call would
+    # keep reading Redis until the answer came, however long that took.
+    collecting = asyncio.create_task(_collect_all(streams))
+    gone = asyncio.create_task(_until_disconnected(request))
+    done, _ = await asyncio.wait({collecting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    loser = gone if collecting in done else collecting
+    loser.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loser
+    if collecting is loser:
+        return Response(status_code=499)  # client closed the request; nobody reads this
+    choices: list[Finished] = []
+    for answer in collecting.result():  # a RedisError here is answered as 503
+        if isinstance(answer.final, ErrorEvent):
+            raise error_from_event(answer.final)
+        assert isinstance(answer.final, DoneEvent)
+        choices.append(Finished("".join(answer.text), answer.final, answer.logprobs if asked else None))
+    return JSONResponse(full_response(kind, request_id=rid, model=model, created=created, choices=choices))
 
-    include_usage = body.stream_options is not None and body.stream_options.include_usage
 
-    async def stream() -> AsyncIterator[str]:
-        live, live_entries = LiveText[str](), LiveText[list[TokenLogprob]]()
-        first, offset = True, 0
-        async for event, verdict in events:
-            if isinstance(event, TokenEvent | DoneEvent):
-                text = live.feed(event.text, verdict)
-                entries = live_entries.feed(event.logprobs or [], verdict)
-                if text or entries:
-                    lp = logprobs(kind, entries, text_offset=offset) if asked else None
-                    offset += sum(len(e.token) for e in entries)
-                    yield json.dumps(
-                        chunk(kind, request_id=rid, model=model, created=created, text=text, first=first, lp=lp)
-                    )
-                    first = False
-            if isinstance(event, DoneEvent) and verdict is not Verdict.DROP:
-                last = chunk(
-                    kind,
-                    request_id=rid,
-                    model=model,
-                    created=created,
-                    text="" if kind == "text" else None,
-                    finish_reason=event.finish_reason.value,
-                    first=first,
-                )
-                yield json.dumps(last)
-                if include_usage:
-                    yield json.dumps(usage_chunk(kind, request_id=rid, model=model, created=created, done=event))
-            elif isinstance(event, ErrorEvent) and verdict is not Verdict.DROP:
-                err = _error_from_event(event)
-                yield json.dumps(err.body())
-        yield "[DONE]"
-
-    return EventSourceResponse(stream(), ping=15)
+async def _collect_all(streams: list[AsyncIterator[tuple[AnyEvent, Verdict]]]) -> list[Answer]:
+    return list(await asyncio.gather(*(_collect(s) for s in streams)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from schemas.events import DoneEvent, TokenLogprob, TopLogprob
@@ -14,9 +15,19 @@ def completion_id(kind: Kind, request_id: str) -> str:
     return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request_id}"
 
 
-def usage(done: DoneEvent | None) -> dict[str, int]:
-    prompt = done.prompt_tokens if done else 0
-    completion = done.completion_tokens if done else 0
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """One choice of a whole answer: its text, its done event, and its logprobs when the call asked."""
+
+    text: str
+    done: DoneEvent
+    entries: Sequence[TokenLogprob] | None = None
+
+
+def usage(dones: Sequence[DoneEvent]) -> dict[str, int]:
+    """The prompt once (every choice answers the same one), the choices' tokens summed, as OpenAI counts."""
+    prompt = dones[0].prompt_tokens if dones else 0
+    completion = sum(d.completion_tokens for d in dones)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -47,16 +58,16 @@ def logprobs(kind: Kind, entries: Sequence[TokenLogprob], *, text_offset: int = 
 
 
 def _choice(
-    kind: Kind, *, text: str | None, finish_reason: str | None, first: bool, lp: dict[str, Any] | None
+    kind: Kind, *, index: int, text: str | None, finish_reason: str | None, first: bool, lp: dict[str, Any] | None
 ) -> dict[str, Any]:
     if kind == "text":
-        return {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish_reason}
+        return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish_reason}
     delta: dict[str, Any] = {}
     if first:
         delta["role"] = "assistant"
     if text is not None:
         delta["content"] = text
-    return {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
+    return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
 
 
 def chunk(
@@ -65,22 +76,23 @@ def chunk(
     request_id: str,
     model: str,
     created: int,
+    index: int = 0,
     text: str | None = None,
     finish_reason: str | None = None,
     first: bool = False,
     lp: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One ``data:`` payload of a streamed answer; ``lp``: its ``logprobs`` (see ``logprobs``)."""
+    """One ``data:`` payload of a streamed answer, for choice ``index``; ``lp``: its ``logprobs``."""
     return {
         "id": completion_id(kind, request_id),
         "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
         "created": created,
         "model": model,
-        "choices": [_choice(kind, text=text, finish_reason=finish_reason, first=first, lp=lp)],
+        "choices": [_choice(kind, index=index, text=text, finish_reason=finish_reason, first=first, lp=lp)],
     }
 
 
-def usage_chunk(kind: Kind, *, request_id: str, model: str, created: int, done: DoneEvent | None) -> dict[str, Any]:
+def usage_chunk(kind: Kind, *, request_id: str, model: str, created: int, dones: Sequence[DoneEvent]) -> dict[str, Any]:
     """The extra last chunk sent when ``stream_options.include_usage`` is set: no choices, only usage."""
     return {
         "id": completion_id(kind, request_id),
@@ -88,38 +100,28 @@ def usage_chunk(kind: Kind, *, request_id: str, model: str, created: int, done: 
         "created": created,
         "model": model,
         "choices": [],
-        "usage": usage(done),
+        "usage": usage(dones),
     }
 
 
-def full_response(
-    kind: Kind,
-    *,
-    request_id: str,
-    model: str,
-    created: int,
-    text: str,
-    done: DoneEvent,
-    entries: Sequence[TokenLogprob] | None = None,
-) -> dict[str, Any]:
-    """The whole answer of a ``stream: false`` call; ``entries`` the logprobs of a call that asked for them."""
-    lp = logprobs(kind, entries) if entries is not None else None
+def _whole_choice(kind: Kind, index: int, choice: Finished) -> dict[str, Any]:
+    lp = logprobs(kind, choice.entries) if choice.entries is not None else None
+    finish = choice.done.finish_reason.value
     if kind == "chat":
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": lp,
-            "finish_reason": done.finish_reason.value,
-        }
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": done.finish_reason.value}
-        obj = "text_completion"
+        message = {"role": "assistant", "content": choice.text}
+        return {"index": index, "message": message, "logprobs": lp, "finish_reason": finish}
+    return {"index": index, "text": choice.text, "logprobs": lp, "finish_reason": finish}
+
+
+def full_response(
+    kind: Kind, *, request_id: str, model: str, created: int, choices: Sequence[Finished]
+) -> dict[str, Any]:
+    """The whole answer of a ``stream: false`` call, one choice per request it made (``n``)."""
     return {
         "id": completion_id(kind, request_id),
-        "object": obj,
+        "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": created,
         "model": model,
-        "choices": [choice],
-        "usage": usage(done),
+        "choices": [_whole_choice(kind, i, c) for i, c in enumerate(choices)],
+        "usage": usage([c.done for c in choices]),
     }

@@ -18,7 +18,7 @@ from brigade.inprocess import fleet
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob, TopLogprob
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
-from tests.test_ingress import AnyEvent, crash_then, play_worker
+from tests.test_ingress import AnyEvent, crash_then, play_worker, say
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
     [
         ({"max_tokens": 5000}, "max_tokens=5000 is over the limit 1024 (BRIGADE_MAX_NEW_TOKENS_LIMIT)", "max_tokens"),
         ({"max_completion_tokens": 5000}, "max_completion_tokens=5000", "max_completion_tokens"),
-        ({"n": 2}, "n: Input should be less than or equal to 1", "n"),
+        ({"n": 17}, "n: Input should be less than or equal to 16", "n"),
         ({"seed": -1}, "seed: Input should be greater than or equal to 0", "seed"),
         ({"stop": [f"s{i}" for i in range(9)]}, "stop: List should have at most 8 items", "stop"),
         ({"temperature": 3}, "temperature", "temperature"),
@@ -288,3 +288,48 @@ async def test_legacy_logprobs_is_a_count(settings: Settings, ingress: str) -> N
     async with httpx.AsyncClient(base_url=ingress) as http:
         resp = await http.post("/v1/completions", json={"model": settings.model, "prompt": "x", "logprobs": True})
     assert resp.status_code == 422 and resp.json()["error"]["param"] == "logprobs", resp.text
+
+
+def by_seed(req: InferenceRequest) -> list[AnyEvent]:
+    """Answers "seed <its seed>", so a choice shows which request it came from; seed 99 is refused."""
+    if req.seed == 99:
+        return expired(req)
+    return list(say("seed", f" {req.seed}")(req))
+
+
+async def test_n_choices_are_requests_of_their_own_whole_and_streamed(
+    oai: openai.AsyncOpenAI, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=5, script=by_seed))
+    whole = await oai.chat.completions.create(model=settings.model, messages=USER, n=3, seed=5)
+    stream = await oai.completions.create(
+        model=settings.model, prompt="x", n=2, seed=20, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [c async for c in stream]
+    requests = await worker
+
+    assert sorted(r.seed or 0 for r in requests) == [5, 6, 7, 20, 21], "seed + index per choice"
+    assert len({r.request_id for r in requests}) == len({r.session_id for r in requests}) == 5
+    assert [(c.index, c.message.content) for c in whole.choices] == [(0, "seed 5"), (1, "seed 6"), (2, "seed 7")]
+    assert whole.usage is not None and (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (3, 6)
+
+    texts: dict[int, str] = {}
+    finished: list[int] = []
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+            if choice.finish_reason is not None:
+                finished.append(choice.index)
+    assert texts == {0: "seed 20", 1: "seed 21"} and sorted(finished) == [0, 1]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    assert len({c.id for c in chunks}) == 1
+
+
+async def test_one_failed_choice_fails_the_call(
+    oai: openai.AsyncOpenAI, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=2, script=by_seed))
+    with pytest.raises(openai.APIStatusError, match="deadline passed") as err:
+        await oai.completions.create(model=settings.model, prompt="x", n=2, seed=98)
+    assert err.value.status_code == 408
+    await worker

@@ -1,0 +1,114 @@
+"""A streamed OpenAI answer: the events of a call's requests, one request per choice, as SSE chunks.
+
+Each choice is its own request on its own session, so its events come from its own Redis stream; they are
+merged as they arrive, and every chunk names its choice by ``index``, as OpenAI's do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from producer.errors import ApiError
+from producer.openai_format import Kind, chunk, logprobs, usage_chunk
+from producer.stream_reader import ERROR_STATUS, AnyEvent, LiveText, Verdict
+from schemas.events import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob
+
+Judged = AsyncIterator[tuple[AnyEvent, Verdict]]
+
+
+def error_from_event(event: ErrorEvent) -> ApiError:
+    return ApiError(ERROR_STATUS.get(event.code, 500), event.message, code=event.code.value)
+
+
+async def merged(streams: Sequence[Judged]) -> AsyncGenerator[tuple[int, AnyEvent, Verdict], None]:
+    """Every stream's events as they come, each with its stream's index; ends when all have ended."""
+    if len(streams) == 1:  # the common call (n = 1): no tasks, no queue
+        async for event, verdict in streams[0]:
+            yield 0, event, verdict
+        return
+    queue: asyncio.Queue[tuple[int, AnyEvent, Verdict] | BaseException | None] = asyncio.Queue()
+
+    async def pump(index: int, events: Judged) -> None:
+        try:
+            async for event, verdict in events:
+                await queue.put((index, event, verdict))
+        except Exception as exc:  # a Redis failure reaches the reader, not a forgotten task
+            await queue.put(exc)
+        await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class _Choice:
+    """What one choice's client side has: its text and entries (a replayed attempt's seam hidden)."""
+
+    text: LiveText[str] = field(default_factory=LiveText[str])
+    entries: LiveText[list[TokenLogprob]] = field(default_factory=LiveText[list[TokenLogprob]])
+    first: bool = True  # the next chunk is its first (chat's delta names the role)
+    offset: int = 0  # characters of its completion sent: the legacy text_offset of the next entry
+
+
+async def chunks(
+    kind: Kind,
+    streams: Sequence[Judged],
+    *,
+    request_id: str,
+    model: str,
+    created: int,
+    asked_logprobs: bool,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """The ``data:`` payloads of a streamed call, ``[DONE]`` last. An error event ends the whole answer with an
+    error payload (the other choices' requests still finish, unread)."""
+    choices = [_Choice() for _ in streams]
+    dones: list[DoneEvent] = []
+
+    def payload(index: int, **fields: Any) -> str:
+        return json.dumps(chunk(kind, request_id=request_id, model=model, created=created, index=index, **fields))
+
+    async with contextlib.aclosing(merged(streams)) as events:
+        async for index, event, verdict in events:
+            c = choices[index]
+            if isinstance(event, TokenEvent | DoneEvent):
+                text = c.text.feed(event.text, verdict)
+                entries = c.entries.feed(event.logprobs or [], verdict)
+                if text or entries:
+                    lp = logprobs(kind, entries, text_offset=c.offset) if asked_logprobs else None
+                    c.offset += sum(len(e.token) for e in entries)
+                    yield payload(index, text=text, first=c.first, lp=lp)
+                    c.first = False
+            if verdict is Verdict.DROP:
+                continue
+            if isinstance(event, DoneEvent):
+                end = "" if kind == "text" else None
+                reason = event.finish_reason.value
+                yield payload(index, text=end, finish_reason=reason, first=c.first)
+                dones.append(event)
+            elif isinstance(event, ErrorEvent):
+                yield json.dumps(error_from_event(event).body())
+                break
+        else:
+            if include_usage:
+                usage = usage_chunk(kind, request_id=request_id, model=model, created=created, dones=dones)
+                yield json.dumps(usage)
+    yield "[DONE]"
