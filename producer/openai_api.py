@@ -61,12 +61,12 @@ class OpenAIMessage(BaseModel):
 def off_only(*off: Any) -> AfterValidator:
     """For a parameter that changes what OpenAI (or vLLM) would answer and that brigade does not implement:
     accept only null and ``off``, the values that mean "off" (SDKs and frameworks often send those). A caller
-    who asked for tool calls, JSON mode or log-probabilities must not get a plain answer that looks like one."""
+    who asked for tool calls, JSON mode or an echoed prompt must not get a plain answer that looks like one."""
     accepted = (None, *off)
     shown = " or ".join("null" if o is None else json.dumps(o) for o in accepted)
 
     def check(value: Any) -> Any:
-        # bool is an int to ==; keep them apart so that top_logprobs=False or echo=0 is not taken for "off".
+        # bool is an int to ==; keep them apart so that best_of=True or echo=0 is not taken for "off".
         if not any(value == o and isinstance(value, bool) == isinstance(o, bool) for o in accepted):
             raise PydanticCustomError(
                 "not_implemented", "brigade does not implement it; leave the field out (or send {off})", {"off": shown}

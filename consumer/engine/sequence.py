@@ -39,13 +39,16 @@ class SequenceState:
         self._stops = StopMatcher(item.sampling.stop)
         self.token_ids: list[int] = []  # generated ids, for tests and debugging; text is what goes out
         self.seen = Seen(prompt_ids) if item.sampling.penalized else None
-        bias = item.sampling.logit_bias or {}
-        self._bias_ids = np.fromiter(bias, dtype=np.int64, count=len(bias))
-        self._bias = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+        # The arrays ``adjust`` needs, made only for the requests that use them: most skip it.
+        bias = item.sampling.logit_bias
+        self._bias = (
+            (np.fromiter(bias, dtype=np.int64, count=len(bias)), np.fromiter(bias.values(), dtype=np.float32))
+            if bias
+            else None
+        )
         self._min_tokens = item.sampling.min_tokens or 0
-        self._eos_ids = np.fromiter(self._eos, dtype=np.int64, count=len(self._eos))
-        # Whether ``adjust`` has anything to do: most requests skip it.
-        self.adjusts = bool(bias) or (self._min_tokens > 0 and bool(self._eos))
+        self._eos_ids = np.fromiter(self._eos, dtype=np.int64) if self._min_tokens and self._eos else None
+        self.adjusts = self._bias is not None or self._eos_ids is not None
         self.finish_reason: FinishReason | None = None if self.budget > 0 else FinishReason.LENGTH
 
     @property
@@ -59,9 +62,10 @@ class SequenceState:
     def adjust(self, logits: npt.NDArray[np.floating]) -> None:
         """This sequence's own changes to its row of logits before a token is chosen: its logit_bias, and
         end-of-sequence masked while it has fewer than min_tokens."""
-        if self._bias_ids.size:
-            logits[self._bias_ids] += self._bias
-        if self.generated < self._min_tokens:
+        if self._bias is not None:
+            ids, values = self._bias
+            logits[ids] += values
+        if self._eos_ids is not None and self.generated < self._min_tokens:
             logits[self._eos_ids] = -np.inf
 
     def delta(self, text: str = "", logprob: TokenLogprob | None = None) -> TokenDelta:
