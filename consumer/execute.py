@@ -259,6 +259,8 @@ class BatchExecutor:
             request = r.item.request
             if delta.logprob is not None:
                 r.logprobs.append(delta.logprob)
+            if delta.prompt_logprobs is not None:
+                r.prompt_logprobs = delta.prompt_logprobs
             if delta.text:
                 token = TokenEvent(
                     request_id=request.request_id,
@@ -266,6 +268,7 @@ class BatchExecutor:
                     attempt=r.attempt,
                     text=delta.text,
                     logprobs=r.take_logprobs(),
+                    prompt_logprobs=r.take_prompt_logprobs(),
                 )
                 events.append(Outgoing(request.session_id, token))
                 if r.turn is not None:
@@ -280,6 +283,7 @@ class BatchExecutor:
                     prompt_tokens=r.prompt_tokens,
                     completion_tokens=delta.completion_tokens,
                     logprobs=r.take_logprobs(),
+                    prompt_logprobs=r.take_prompt_logprobs(),
                     traceparent=r.item.traceparent,
                     model=self._engine.model_name,
                     published_at_ms=r.item.published_at_ms,

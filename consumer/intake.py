@@ -27,7 +27,7 @@ from consumer.batcher import PendingItem
 from consumer.engine.interface import GenerationInput, InferenceEngine
 from consumer.session import SessionDoc, TurnPlan, plan_turn
 from consumer.sink import RedisSink
-from schemas.events import ErrorCode, ErrorEvent, TokenLogprob
+from schemas.events import ErrorCode, ErrorEvent, PromptLogprob, TokenLogprob
 from schemas.requests import ChatMessage, InferenceRequest, SamplingParams
 from schemas.settings import Settings
 
@@ -49,6 +49,7 @@ class Running:
     finished: bool = False
     turn: TurnPlan | None = None  # a chat turn: its session append, and the reply collected so far
     logprobs: list[TokenLogprob] = field(default_factory=list)  # entries not written yet (their text is held)
+    prompt_logprobs: list[PromptLogprob] | None = None  # the prompt's entries until an event carries them
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -59,6 +60,11 @@ class Running:
         if not self.logprobs:
             return None
         taken, self.logprobs = self.logprobs, []
+        return taken
+
+    def take_prompt_logprobs(self) -> list[PromptLogprob] | None:
+        """The prompt's entries, for the first event written after its prefill; None on the others."""
+        taken, self.prompt_logprobs = self.prompt_logprobs, None
         return taken
 
 

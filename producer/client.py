@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 
 from producer.stream_reader import ERROR_STATUS, Answer, AttemptFilter, Verdict
-from schemas.events import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob, is_final, parse_event
+from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob, is_final, parse_event
 from schemas.requests import ChatMessage, RequestAccepted
 
 AnyEvent = TokenEvent | DoneEvent | ErrorEvent
@@ -98,6 +98,33 @@ def error_for(
 Submitted = RequestAccepted  # the ingress's 202 body, parsed: request_id, session_id, cost_class, stream…
 
 
+class RequestOptions(TypedDict, total=False):
+    """The request contract's other fields (``schemas/requests.py``, ``brigade schema``), for ``submit`` and
+    ``generate``; one left out (or None) takes the contract's default."""
+
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: str | Sequence[str] | None
+    cost_class: str | None
+    model: str | None
+    deadline: datetime | None
+    priority: int
+    ignore_eos: bool
+    top_k: int | None
+    min_p: float | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    repetition_penalty: float | None
+    logit_bias: Mapping[int, float] | None
+    min_tokens: int | None
+    logprobs: int | None
+    """Each generated token's log-probability with this many most likely alternatives (0 to 20), on the
+    events and on ``Completion.logprobs``."""
+    prompt_logprobs: int | None
+    """Each prompt token's, likewise, on the first event and on ``Completion.prompt_logprobs``."""
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """The clean answer to one request: partial attempts dropped, text joined."""
@@ -111,6 +138,7 @@ class Completion:
     attempts: int  # 1 unless a worker crashed mid-generation and the request was regenerated
     traceparent: str | None = None  # the worker's span (W3C): its trace id is the request's
     logprobs: list[TokenLogprob] | None = None  # one per generated token, when the request asked
+    prompt_logprobs: list[PromptLogprob] | None = None  # one per prompt token, when the request asked
 
 
 def _raise_for(resp: httpx.Response) -> None:
@@ -166,62 +194,29 @@ class BrigadeClient:
         session_id: str | None = None,
         request_id: str | None = None,
         max_new_tokens: int | None = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        cost_class: str | None = None,
-        model: str | None = None,
-        deadline: datetime | None = None,
-        priority: int = 0,
-        ignore_eos: bool = False,
-        top_k: int | None = None,
-        min_p: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        repetition_penalty: float | None = None,
-        logit_bias: Mapping[int, float] | None = None,
-        min_tokens: int | None = None,
-        logprobs: int | None = None,
         traceparent: str | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Submitted:
         """Publish one request; returns once the broker has acknowledged it. Raises a ``BrigadeError`` subclass.
 
-        ``logprobs`` asks for each generated token's log-probability with that many most likely alternatives
-        (0 to 20), on the events (and on ``Completion.logprobs``). ``traceparent`` (W3C) joins the request to
-        the caller's trace; without one (or with an invalid one) the ingress starts a new trace, and
-        ``Submitted.traceparent`` says which.
+        ``options`` are the contract's (``RequestOptions``): what is left out takes the contract's default.
+        ``traceparent`` (W3C) joins the request to the caller's trace; without one (or with an invalid one) the
+        ingress starts a new trace, and ``Submitted.traceparent`` says which.
         """
-        stops = [stop] if isinstance(stop, str) else list(stop or ())
-        body: dict[str, Any] = {
-            "prompt": prompt,
-            "messages": [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
-            if messages is not None
-            else None,
-            "session_id": session_id,
-            "request_id": request_id,
-            "temperature": temperature,
-            "top_p": top_p,
-            "seed": seed,
-            "stop": stops,
-            "cost_class": cost_class,
-            "model": model,
-            "deadline": deadline.isoformat() if deadline else None,
-            "priority": priority,
-            "ignore_eos": ignore_eos,
-            "top_k": top_k,
-            "min_p": min_p,
-            "presence_penalty": presence_penalty,
-            "frequency_penalty": frequency_penalty,
-            "repetition_penalty": repetition_penalty,
-            "logit_bias": dict(logit_bias) if logit_bias else None,
-            "min_tokens": min_tokens,
-            "logprobs": logprobs,
-        }
+        body: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+        if isinstance(stop := body.get("stop"), str):
+            body["stop"] = [stop]
+        if "deadline" in body:
+            body["deadline"] = body["deadline"].isoformat()
+        if "logit_bias" in body:
+            body["logit_bias"] = dict(body["logit_bias"])
+        if messages is not None:
+            body["messages"] = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
+        inputs = {"prompt": prompt, "session_id": session_id, "request_id": request_id}
+        body |= {k: v for k, v in inputs.items() if v is not None}
         headers = {"traceparent": traceparent} if traceparent else {}
         # max_new_tokens=None is sent: null asks for as many tokens as the context leaves (absent would be 64)
-        sent = {k: v for k, v in body.items() if v is not None} | {"max_new_tokens": max_new_tokens}
-        resp = await self._http.post("/v1/requests", json=sent, headers=headers)
+        resp = await self._http.post("/v1/requests", json=body | {"max_new_tokens": max_new_tokens}, headers=headers)
         _raise_for(resp)
         return Submitted.model_validate(resp.json())
 
@@ -284,25 +279,9 @@ class BrigadeClient:
         session_id: str | None = None,
         request_id: str | None = None,
         max_new_tokens: int | None = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        cost_class: str | None = None,
-        model: str | None = None,
-        deadline: datetime | None = None,
-        priority: int = 0,
-        ignore_eos: bool = False,
-        top_k: int | None = None,
-        min_p: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        repetition_penalty: float | None = None,
-        logit_bias: Mapping[int, float] | None = None,
-        min_tokens: int | None = None,
-        logprobs: int | None = None,
         timeout_s: float | None = None,
         traceparent: str | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Completion:
         """Submit and wait for the clean answer: a partial attempt of a crashed worker is dropped.
 
@@ -315,24 +294,8 @@ class BrigadeClient:
             session_id=session_id,
             request_id=request_id,
             max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            cost_class=cost_class,
-            model=model,
-            deadline=deadline,
-            priority=priority,
-            ignore_eos=ignore_eos,
-            top_k=top_k,
-            min_p=min_p,
-            presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty,
-            repetition_penalty=repetition_penalty,
-            logit_bias=logit_bias,
-            min_tokens=min_tokens,
-            logprobs=logprobs,
             traceparent=traceparent,
+            **options,
         )
         attempts, answer, attempt = AttemptFilter(), Answer(), 1
         async with asyncio.timeout(timeout_s):
@@ -355,5 +318,6 @@ class BrigadeClient:
             completion_tokens=final.completion_tokens,
             attempts=attempt,
             traceparent=final.traceparent,
-            logprobs=answer.logprobs if logprobs is not None else None,
+            logprobs=answer.logprobs if options.get("logprobs") is not None else None,
+            prompt_logprobs=answer.prompt_logprobs,
         )

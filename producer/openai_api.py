@@ -21,7 +21,7 @@ from sse_starlette import EventSourceResponse
 
 from producer.errors import ApiError
 from producer.ingress import Ingress
-from producer.openai_format import Finished, Kind, full_response
+from producer.openai_format import Echo, Finished, Kind, full_response
 from producer.openai_stream import chunks, error_from_event
 from producer.routing import model_not_found
 from producer.stream_reader import Answer, AnyEvent, Verdict, request_events
@@ -121,7 +121,6 @@ class _Common(BaseModel):
     response_format: Annotated[Any, off_only({"type": "text"})] = None
     logit_bias: dict[str, float] | None = None  # token id (as a string, OpenAI's JSON) to its bias
     best_of: Annotated[Any, off_only(1)] = None
-    echo: Annotated[Any, off_only(False)] = None
     suffix: Annotated[Any, off_only("")] = None
     min_tokens: int | None = None  # vLLM's
     guided_json: Annotated[Any, off_only()] = None
@@ -131,6 +130,14 @@ class _Common(BaseModel):
 
     def logprobs_asked(self) -> int | None:
         """The contract's ``logprobs``: how many alternatives per token, None for no log-probabilities."""
+        return None
+
+    def prompt_logprobs_asked(self) -> int | None:
+        """The contract's ``prompt_logprobs``: the prompt's entries are needed (an echo with logprobs)."""
+        return None
+
+    def echoed(self) -> str | None:
+        """The text each choice starts with (a completion's ``echo``), None for none."""
         return None
 
     @property
@@ -168,6 +175,7 @@ class _Common(BaseModel):
             **{name: getattr(self, name) for name in PASSED_ON},
             max_new_tokens=max_new,
             logprobs=self.logprobs_asked(),
+            prompt_logprobs=self.prompt_logprobs_asked(),
             # their "off" values stay off the wire, so a worker of an earlier release reads the request too
             logit_bias=self.logit_bias or None,
             min_tokens=self.min_tokens or None,
@@ -181,8 +189,17 @@ class CompletionBody(_Common):
     # The legacy form: a count of alternatives per token (strict: a chat-style true is refused, not taken as 1).
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS, strict=True)
 
+    # The prompt's text before the answer's; with logprobs, its tokens' entries first (the first one's null).
+    echo: bool = False
+
     def logprobs_asked(self) -> int | None:
         return self.logprobs
+
+    def prompt_logprobs_asked(self) -> int | None:
+        return self.logprobs if self.echo else None
+
+    def echoed(self) -> str | None:
+        return self.prompt_text() if self.echo else None
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, str):
@@ -196,6 +213,7 @@ class ChatBody(_Common):
     messages: list[OpenAIMessage] = Field(min_length=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: Annotated[Any, off_only(False)] = None  # vLLM's chat echo (the last message first): not served
 
     def logprobs_asked(self) -> int | None:
         if not self.logprobs:
@@ -292,6 +310,7 @@ async def _answer(
     wires = body.to_requests(**inputs)
     accepted = await _publish(ingress, wires, trace, body.max_tokens_field)
     asked = wires[0].logprobs is not None
+    echo = body.echoed()
     created = int(time.time())
     streams = [request_events(ingress.redis, a.stream, a.request_id) for a in accepted]
     rid, model = accepted[0].request_id, body.model
@@ -305,6 +324,7 @@ async def _answer(
             created=created,
             asked_logprobs=asked,
             include_usage=include_usage,
+            echo=echo,
         )
         return EventSourceResponse(payloads, ping=15)
     # Starlette does not cancel a handler whose client left; without this an abandoned call would
@@ -323,7 +343,8 @@ async def _answer(
         if isinstance(answer.final, ErrorEvent):
             raise error_from_event(answer.final)
         assert isinstance(answer.final, DoneEvent)
-        choices.append(Finished("".join(answer.text), answer.final, answer.logprobs if asked else None))
+        echoed = None if echo is None else Echo(echo, answer.prompt_logprobs or ())
+        choices.append(Finished("".join(answer.text), answer.final, answer.logprobs if asked else None, echoed))
     return JSONResponse(full_response(kind, request_id=rid, model=model, created=created, choices=choices))
 
 

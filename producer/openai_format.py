@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from schemas.events import DoneEvent, TokenLogprob, TopLogprob
+from schemas.events import DoneEvent, PromptLogprob, TokenLogprob, TopLogprob
 
 Kind = Literal["text", "chat"]
 
@@ -16,12 +16,21 @@ def completion_id(kind: Kind, request_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Echo:
+    """A completion's ``echo``: the prompt's text before the answer's, and its entries when logprobs were asked."""
+
+    text: str
+    entries: Sequence[PromptLogprob] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """One choice of a whole answer: its text, its done event, and its logprobs when the call asked."""
 
     text: str
     done: DoneEvent
     entries: Sequence[TokenLogprob] | None = None
+    echo: Echo | None = None
 
 
 def usage(dones: Sequence[DoneEvent]) -> dict[str, int]:
@@ -35,24 +44,33 @@ def _chat_token(t: TopLogprob) -> dict[str, Any]:
     return {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode())}
 
 
-def logprobs(kind: Kind, entries: Sequence[TokenLogprob], *, text_offset: int = 0) -> dict[str, Any]:
+def logprobs(
+    kind: Kind, entries: Sequence[TokenLogprob], *, text_offset: int = 0, prompt: Sequence[PromptLogprob] = ()
+) -> dict[str, Any]:
     """A choice's ``logprobs``: chat's ``content`` list, or the legacy completion's parallel lists.
 
     The legacy ``top_logprobs`` maps each position's most likely tokens and always the generated one (so up
     to logprobs + 1 keys, as OpenAI documents); ``text_offset`` is each token's character offset in the
-    completion, starting at ``text_offset`` (a stream's earlier chunks).
+    text, the first generated token's at ``text_offset`` (after the echoed prompt, or a stream's earlier
+    chunks). ``prompt``: an echoed prompt's entries, first (offsets from 0; the first token's value null).
     """
     if kind == "chat":
         content = [_chat_token(e) | {"top_logprobs": [_chat_token(t) for t in e.top]} for e in entries]
         return {"content": content}
-    offsets = []
+    scored: list[TokenLogprob | PromptLogprob] = [*prompt, *entries]
+    offsets, at = [], 0
+    for p in prompt:
+        offsets.append(at)
+        at += len(p.token)
     for e in entries:
         offsets.append(text_offset)
         text_offset += len(e.token)
     return {
-        "tokens": [e.token for e in entries],
-        "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{t.token: t.logprob for t in e.top} | {e.token: e.logprob} for e in entries],
+        "tokens": [e.token for e in scored],
+        "token_logprobs": [e.logprob for e in scored],
+        "top_logprobs": [
+            None if e.logprob is None else {t.token: t.logprob for t in e.top} | {e.token: e.logprob} for e in scored
+        ],
         "text_offset": offsets,
     }
 
@@ -105,12 +123,15 @@ def usage_chunk(kind: Kind, *, request_id: str, model: str, created: int, dones:
 
 
 def _whole_choice(kind: Kind, index: int, choice: Finished) -> dict[str, Any]:
-    lp = logprobs(kind, choice.entries) if choice.entries is not None else None
+    echo = choice.echo or Echo("")
+    lp = None
+    if choice.entries is not None:
+        lp = logprobs(kind, choice.entries, text_offset=len(echo.text), prompt=echo.entries)
     finish = choice.done.finish_reason.value
     if kind == "chat":
         message = {"role": "assistant", "content": choice.text}
         return {"index": index, "message": message, "logprobs": lp, "finish_reason": finish}
-    return {"index": index, "text": choice.text, "logprobs": lp, "finish_reason": finish}
+    return {"index": index, "text": echo.text + choice.text, "logprobs": lp, "finish_reason": finish}
 
 
 def full_response(

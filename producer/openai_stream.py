@@ -16,7 +16,7 @@ from typing import Any
 from producer.errors import ApiError
 from producer.openai_format import Kind, chunk, logprobs, usage_chunk
 from producer.stream_reader import ERROR_STATUS, AnyEvent, LiveText, Verdict
-from schemas.events import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob
+from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob
 
 Judged = AsyncIterator[tuple[AnyEvent, Verdict]]
 
@@ -65,7 +65,8 @@ class _Choice:
     text: LiveText[str] = field(default_factory=LiveText[str])
     entries: LiveText[list[TokenLogprob]] = field(default_factory=LiveText[list[TokenLogprob]])
     first: bool = True  # the next chunk is its first (chat's delta names the role)
-    offset: int = 0  # characters of its completion sent: the legacy text_offset of the next entry
+    offset: int = 0  # characters of its text sent: the legacy text_offset of the next entry
+    echo: str | None = None  # the prompt, until the first chunk carries it (``echo``)
 
 
 async def chunks(
@@ -77,10 +78,12 @@ async def chunks(
     created: int,
     asked_logprobs: bool,
     include_usage: bool,
+    echo: str | None = None,
 ) -> AsyncIterator[str]:
     """The ``data:`` payloads of a streamed call, ``[DONE]`` last. An error event ends the whole answer with an
-    error payload (the other choices' requests still finish, unread)."""
-    choices = [_Choice() for _ in streams]
+    error payload (the other choices' requests still finish, unread). ``echo``: the text each choice's first
+    chunk starts with, with the prompt's entries (which come on its first event) when logprobs were asked."""
+    choices = [_Choice(echo=echo) for _ in streams]
     dones: list[DoneEvent] = []
 
     def payload(index: int, **fields: Any) -> str:
@@ -92,8 +95,12 @@ async def chunks(
             if isinstance(event, TokenEvent | DoneEvent):
                 text = c.text.feed(event.text, verdict)
                 entries = c.entries.feed(event.logprobs or [], verdict)
-                if text or entries:
-                    lp = logprobs(kind, entries, text_offset=c.offset) if asked_logprobs else None
+                prompt: list[PromptLogprob] = []
+                if c.echo is not None and verdict is not Verdict.DROP:
+                    text, c.offset, c.echo = c.echo + text, len(c.echo), None
+                    prompt = event.prompt_logprobs or []
+                if text or entries or prompt:
+                    lp = logprobs(kind, entries, text_offset=c.offset, prompt=prompt) if asked_logprobs else None
                     c.offset += sum(len(e.token) for e in entries)
                     yield payload(index, text=text, first=c.first, lp=lp)
                     c.first = False

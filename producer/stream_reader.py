@@ -14,7 +14,16 @@ from typing import Generic, TypeVar
 
 from brigade.redis_config import RedisClient
 from brigade.streams import xread
-from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent, TokenLogprob, is_final, parse_event
+from schemas.events import (
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    PromptLogprob,
+    TokenEvent,
+    TokenLogprob,
+    is_final,
+    parse_event,
+)
 
 AnyEvent = TokenEvent | DoneEvent | ErrorEvent
 Piece = TypeVar("Piece", str, list[TokenLogprob])
@@ -93,6 +102,7 @@ class Answer:
     text: list[str] = field(default_factory=list)
     final: DoneEvent | ErrorEvent | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per generated token, for requests that asked
+    prompt_logprobs: list[PromptLogprob] | None = None  # one per prompt token, for requests that asked
 
     def add(self, event: AnyEvent, verdict: Verdict) -> None:
         if verdict is Verdict.DROP:
@@ -100,10 +110,13 @@ class Answer:
         if verdict is Verdict.RESTART:
             self.text.clear()
             self.logprobs.clear()
+            self.prompt_logprobs = None
         if isinstance(event, TokenEvent | DoneEvent):
             if event.text:  # the contract lets a final event carry the last piece of text
                 self.text.append(event.text)
             self.logprobs += event.logprobs or ()
+            if event.prompt_logprobs is not None:
+                self.prompt_logprobs = event.prompt_logprobs
         if not isinstance(event, TokenEvent):
             self.final = event
 

@@ -1,7 +1,7 @@
 """Events on ``brigade:stream:<session_id>``: one Redis stream entry each, flat string fields.
 
-Readable with plain ``redis-cli XREAD`` (the one list, ``logprobs``, is JSON text). Every request ends with
-exactly one ``done`` or ``error``.
+Readable with plain ``redis-cli XREAD`` (the lists, ``logprobs`` and ``prompt_logprobs``, are JSON text).
+Every request ends with exactly one ``done`` or ``error``.
 ``attempt`` starts at 1 and grows when a request is regenerated after a crash; a reader that sees a
 higher attempt for a request drops what it collected from the lower one.
 
@@ -55,12 +55,29 @@ class TokenLogprob(TopLogprob):
     among them only if it is one of them)."""
 
 
+class PromptLogprob(BaseModel):
+    """A prompt token's log-probability given the prompt tokens before it, with the most likely tokens there."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    token: str
+    """The token decoded on its own, as in TopLogprob."""
+    id: int
+    """The token's id in the model's vocabulary."""
+    logprob: float | None = None
+    """As in TopLogprob; null for the first prompt token, which nothing precedes."""
+    top: list[TopLogprob] = Field(default_factory=list)
+    """The request's ``prompt_logprobs`` most likely tokens at this position, most likely first (empty for the
+    first prompt token)."""
+
+
 def _json_list(value: Any) -> Any:
     """Stream fields are strings: a list travels as JSON text."""
     return json.loads(value) if isinstance(value, str) else value
 
 
 Logprobs = Annotated[list[TokenLogprob] | None, BeforeValidator(_json_list)]
+PromptLogprobs = Annotated[list[PromptLogprob] | None, BeforeValidator(_json_list)]
 
 
 class _EventBase(BaseModel):
@@ -91,6 +108,10 @@ class TokenEvent(_EventBase):
     """Requests that asked (``logprobs``): one entry per token generated since the previous event, in order,
     as JSON text in the stream. A token whose text is held back (part of a character, a possible stop string)
     has its entry on the event that carries the text, or on ``done``. Absent otherwise."""
+    prompt_logprobs: PromptLogprobs = None
+    """Requests that asked (``prompt_logprobs``): one entry per prompt token, in order, as JSON text in the
+    stream, on the first token event of each attempt (or on ``done`` when no token event came first). Absent
+    otherwise."""
 
 
 class DoneEvent(_EventBase):
@@ -106,6 +127,8 @@ class DoneEvent(_EventBase):
     logprobs: Logprobs = None
     """As on token events: the entries of the tokens no token event carried (the last one, end-of-sequence,
     a stop string's). Over a request's events there is one entry per generated token."""
+    prompt_logprobs: PromptLogprobs = None
+    """As on token events, when no token event of the attempt carried them."""
     traceparent: str | None = None
     """The worker's span (W3C trace context): the same trace id as the request's traceparent."""
     model: str | None = None

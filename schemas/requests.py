@@ -96,6 +96,11 @@ class SamplingParams(BaseModel):
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     """Return each generated token's log-probability with this many most likely tokens at its position (0:
     the generated token's alone), on the events' logprobs field; vLLM's meaning. null: none."""
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    """vLLM's: return each prompt token's log-probability given the tokens before it, with this many most
+    likely tokens at its position (0: the prompt token's alone), on the first event's prompt_logprobs field
+    (scoring, as an evaluation harness's loglikelihood asks it). The worker then computes the model's output
+    at every prompt position, not only the last. null: none."""
 
     @property
     def penalized(self) -> bool:

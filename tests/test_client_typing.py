@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator
-from typing import assert_type
+from typing import assert_type, get_type_hints
 
-from producer.client import BrigadeClient, Completion, Submitted
+from producer.client import BrigadeClient, Completion, RequestOptions, Submitted
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent
+from schemas.requests import InferenceRequest
 
 
 async def _typed_usage(client: BrigadeClient) -> None:
@@ -28,8 +29,8 @@ async def _typed_usage(client: BrigadeClient) -> None:
 def test_only_the_prompt_is_positional() -> None:
     for method in (BrigadeClient.submit, BrigadeClient.generate):
         params = list(inspect.signature(method).parameters.values())[1:]
-        positional = [p.name for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
-        assert positional == ["prompt"], method.__name__
+        keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)
+        assert [p.name for p in params if p.kind not in keyword] == ["prompt"], method.__name__
     stream_params = list(inspect.signature(BrigadeClient.stream).parameters.values())[1:]
     assert [p.name for p in stream_params if p.kind is not inspect.Parameter.KEYWORD_ONLY] == ["session_id"]
 
@@ -38,3 +39,9 @@ def test_submit_and_generate_take_the_same_request_fields() -> None:
     submit = set(inspect.signature(BrigadeClient.submit).parameters)
     generate = set(inspect.signature(BrigadeClient.generate).parameters)
     assert generate - submit == {"timeout_s"}
+
+
+def test_the_client_takes_every_field_of_the_contract() -> None:
+    """A field added to the request contract is one the client can send, by the same name."""
+    given = {"prompt", "messages", "session_id", "request_id", "max_new_tokens", *get_type_hints(RequestOptions)}
+    assert given == set(InferenceRequest.model_fields) - {"schema_version", "created_at"}

@@ -141,3 +141,36 @@ async def test_logprobs_through_the_whole_path(settings: Settings, topics: list[
     assert cut.logprobs is not None and [e.id for e in cut.logprobs] == [e.id for e in full.logprobs][: completes + 1]
     assert cut.completion_tokens == completes + 1 and all(e.top == [] for e in cut.logprobs)
     assert plain.logprobs is None and plain.text == full.text
+
+
+async def test_echoed_prompt_scores_through_the_whole_path(settings: Settings, topics: list[str]) -> None:
+    """An evaluation harness's loglikelihood call against a real worker: the prompt's tokens come back with
+    their values (the first null), then the one generated token's, and the text is the prompt's then the
+    answer's."""
+    prompt = PROMPTS["small"]
+    scoring = {
+        "model": settings.model,
+        "prompt": prompt,
+        "max_tokens": 1,
+        "temperature": 0,
+        "logprobs": 2,
+        "echo": True,
+    }
+    async with fleet(settings, classes=["small"]) as f, httpx.AsyncClient(base_url=f.url, timeout=30) as http:
+        resp = await http.post("/v1/completions", json=scoring)
+        plain = await http.post("/v1/completions", json=scoring | {"echo": False})
+        async with BrigadeClient(f.url) as client:
+            scored = await client.generate(prompt, max_new_tokens=1, temperature=0, prompt_logprobs=0)
+    assert resp.status_code == 200, resp.text
+    (choice,), usage = resp.json()["choices"], resp.json()["usage"]
+    (plain_choice,) = plain.json()["choices"]
+    lp = choice["logprobs"]
+    assert choice["text"] == prompt + plain_choice["text"]
+    assert len(lp["tokens"]) == usage["prompt_tokens"] + 1 and "".join(lp["tokens"][:-1]) == prompt
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(v < 0 for v in lp["token_logprobs"][1:])
+    assert all(2 <= len(top) <= 3 for top in lp["top_logprobs"][1:]), "two alternatives, and the token itself"
+    assert lp["token_logprobs"][-1] == plain_choice["logprobs"]["token_logprobs"][0], "the same generated token"
+    assert lp["text_offset"][-1] == len(prompt)
+    assert scored.prompt_logprobs is not None and len(scored.prompt_logprobs) == scored.prompt_tokens
+    assert [e.logprob for e in scored.prompt_logprobs] == lp["token_logprobs"][:-1], "the same values, by the client"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from consumer.engine import logprobs
 from consumer.engine.interface import GenerationInput
 from consumer.engine.logprobs import FLOOR, TokenText, entry, log_softmax, most_likely
 from consumer.engine.onnx_engine import OnnxEngine, load_engine
@@ -87,3 +88,56 @@ def test_engine_logprobs_are_the_models_own_whatever_the_sampling(engine: OnnxEn
                 assert e.top[0].logprob == pytest.approx(float(reference.max()), abs=1e-4)
             if item.sampling.temperature == 0:  # greedy takes the most likely token
                 assert e.logprob == pytest.approx(float(reference.max()), abs=1e-4)
+
+
+def test_prompt_logprobs_are_each_prompt_tokens_given_the_ones_before(engine: OnnxEngine) -> None:
+    """Rows asking for ``prompt_logprobs`` (two lengths, so one is padded) and one that does not, in one batch,
+    then a joiner asking mid-run: every prompt token's entry is the log-softmax of the model's output over the
+    tokens before it (a no-cache recomputation), and scoring the prompt changes no generated token."""
+    prompt = engine.encode("Service! Two covers on table nine, and the soup is up")
+    greedy = SamplingParams(temperature=0.0, ignore_eos=True)
+
+    def scored(rid: str, ids: list[int], k: int) -> GenerationInput:
+        return GenerationInput(rid, ids, 3, greedy.model_copy(update={"prompt_logprobs": k}))
+
+    batch = [
+        scored("scored", prompt, 3),
+        scored("short", prompt[:4], 0),
+        GenerationInput("plain", prompt[:6], 3, greedy),
+    ]
+    joiner = scored("joiner", prompt[:7], 1)
+    run = engine.start(batch)
+    out = run_all(run)
+    joined = engine.start([GenerationInput("first", prompt[:2], 4, greedy)])
+    joined.step()
+    joined.join([joiner])
+    out |= run_all(joined)
+    assert all(d.prompt_logprobs is None for d in out["plain"] + out["first"])
+    for item, generated in [(batch[0], run), (batch[1], run), (joiner, joined)]:
+        deltas = out[item.request_id]
+        assert all(d.prompt_logprobs is None for d in deltas[1:]), "only the prefill's delta carries them"
+        entries = deltas[0].prompt_logprobs
+        assert entries is not None and [e.id for e in entries] == item.prompt_ids
+        assert entries[0].logprob is None and entries[0].top == []
+        k = item.sampling.prompt_logprobs or 0
+        for i, e in enumerate(entries[1:], start=1):
+            reference = log_softmax(no_cache_logits(engine, item.prompt_ids[:i]))
+            assert e.logprob == pytest.approx(float(reference[e.id]), abs=1e-4)
+            assert e.token == engine.tokenizer.decode([e.id], skip_special_tokens=False)
+            assert [t.id for t in e.top] == most_likely(reference, k).tolist()
+        alone = engine.start([GenerationInput("alone", item.prompt_ids, 3, greedy)])
+        run_all(alone)
+        assert generated.token_ids(item.request_id) == alone.token_ids("alone")
+
+
+def test_prompt_entries_are_the_same_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long prompts are scored a few positions at a time; the seams change nothing."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(7, 11)).astype(np.float32)
+    ids = [int(i) for i in rng.integers(0, 11, size=7)]
+    text = TokenText(lambda i: f"<{i}>")
+    whole = logprobs.prompt_entries(logits, ids, 2, text)
+    monkeypatch.setattr(logprobs, "_PROMPT_CHUNK", 2)
+    assert logprobs.prompt_entries(logits, ids, 2, text) == whole
+    assert [e.id for e in whole] == ids and whole[0].logprob is None
+    assert whole[3].logprob == pytest.approx(float(log_softmax(logits[2])[ids[3]]))

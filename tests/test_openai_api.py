@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import openai
@@ -15,7 +16,7 @@ import redis.asyncio as aioredis
 from openai.types.chat import ChatCompletionMessageParam
 
 from brigade.inprocess import fleet
-from schemas.events import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob, TopLogprob
+from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob, TopLogprob
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
 from tests.test_ingress import AnyEvent, crash_then, play_worker, say
@@ -288,6 +289,61 @@ async def test_legacy_logprobs_is_a_count(settings: Settings, ingress: str) -> N
     async with httpx.AsyncClient(base_url=ingress) as http:
         resp = await http.post("/v1/completions", json={"model": settings.model, "prompt": "x", "logprobs": True})
     assert resp.status_code == 422 and resp.json()["error"]["param"] == "logprobs", resp.text
+
+
+def echoing(req: InferenceRequest) -> list[AnyEvent]:
+    """``with_logprobs``, and the entries of a two-token prompt "x y" on the first event when they were asked."""
+    events = with_logprobs(req)
+    if req.prompt_logprobs is None:
+        return events
+    top = [TopLogprob(token=f"alt{i}", id=100 + i, logprob=-1.0 - i) for i in range(req.prompt_logprobs)]
+    prompt = [PromptLogprob(token="x", id=1), PromptLogprob(token=" y", id=2, logprob=-2.0, top=top)]
+    return [events[0].model_copy(update={"prompt_logprobs": prompt}), *events[1:]]
+
+
+async def test_completion_echo_puts_the_prompt_and_its_entries_first(
+    oai: openai.AsyncOpenAI, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """What an evaluation harness's loglikelihood sends (lm-eval's local-completions: echo, logprobs 1,
+    max_tokens 1, temperature 0) and reads: every token's value, prompt first, the first one null."""
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=3, script=echoing))
+
+    def scoring(stream: bool) -> Any:
+        return oai.completions.create(
+            model=settings.model, prompt="x y", logprobs=1, echo=True, max_tokens=1, temperature=0, stream=stream
+        )
+
+    whole = await scoring(stream=False)
+    stream = await scoring(stream=True)
+    chunks = [c async for c in stream]
+    text_only = await oai.completions.create(model=settings.model, prompt="x y", echo=True)
+    requests = await worker
+    assert [(r.logprobs, r.prompt_logprobs) for r in requests] == [(1, 1), (1, 1), (None, None)]
+
+    lp = whole.choices[0].logprobs
+    assert whole.choices[0].text == "x yHello world" and lp is not None
+    assert lp.tokens == ["x", " y", *TOKENS]
+    assert lp.token_logprobs == [None, -2.0, -0.5, -0.5, -0.5, -0.5]
+    assert lp.top_logprobs is not None and lp.top_logprobs[:3] == [
+        None,
+        {"alt0": -1.0, " y": -2.0},
+        {"alt0": -1.0, "Hello": -0.5},
+    ]
+    assert lp.text_offset == [0, 1, 3, 8, 12, 14], "offsets in the echoed text: the answer's start after the prompt"
+    ctxlen = 1  # lm-eval's parse: the continuation's tokens are token_logprobs[ctxlen:-1]
+    assert sum(lp.token_logprobs[ctxlen:-1]) == pytest.approx(-3.5)
+
+    parts = [c.choices[0] for c in chunks if c.choices]
+    assert "".join(p.text for p in parts) == "x yHello world"
+    assert parts[0].text.startswith("x y") and parts[0].logprobs is not None
+    assert [t for p in parts if p.logprobs for t in p.logprobs.tokens or []] == ["x", " y", *TOKENS]
+    assert [o for p in parts if p.logprobs for o in p.logprobs.text_offset or []] == [0, 1, 3, 8, 12, 14]
+    assert text_only.choices[0].text == "x yHello world" and text_only.choices[0].logprobs is None
+
+
+async def test_chat_refuses_echo(oai: openai.AsyncOpenAI, settings: Settings) -> None:
+    with pytest.raises(openai.UnprocessableEntityError, match="echo"):
+        await oai.chat.completions.create(model=settings.model, messages=USER, extra_body={"echo": True})
 
 
 def by_seed(req: InferenceRequest) -> list[AnyEvent]:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from schemas.events import FinishReason, TokenLogprob
+from schemas.events import FinishReason, PromptLogprob, TokenLogprob
 from schemas.requests import ChatMessage, SamplingParams
 
 
@@ -38,6 +38,8 @@ class TokenDelta:
     completion_tokens: int  # tokens generated so far for this sequence
     finish_reason: FinishReason | None  # set on the sequence's last delta, None while it runs
     logprob: TokenLogprob | None = None  # this step's token's entry, for a request that asked (``logprobs``)
+    # on a prefill's delta, for a request that asked (``prompt_logprobs``): one entry per prompt token
+    prompt_logprobs: list[PromptLogprob] | None = None
 
 
 class BatchRun(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 
 from brigade.models.registry import model_file, resolve_model
 from consumer.engine.interface import GenerationInput, OutOfMemory, TokenDelta
-from consumer.engine.logprobs import TokenText, entry, log_softmax
+from consumer.engine.logprobs import TokenText, entry, log_softmax, prompt_entries
 from consumer.engine.model_files import ChatRenderer, ModelFiles, read_model_files
 from consumer.engine.sampling import choose_tokens
 from consumer.engine.sequence import SequenceState
@@ -232,7 +232,13 @@ class OnnxBatchRun:
         self._started = True
         if self._joining:
             joining, self._joining = self._joining, []
-            deltas.extend(self._prefill(joining))
+            # Scoring a prompt needs the model's output at every position: only those rows pay for it.
+            plain = [s for s in joining if s.sampling.prompt_logprobs is None]
+            scoring = [s for s in joining if s.sampling.prompt_logprobs is not None]
+            if plain:
+                deltas.extend(self._prefill(plain))
+            if scoring:
+                deltas.extend(self._prefill(scoring, every_position=True))
         elif self._rows.seqs:
             deltas.extend(self._decode())
         return deltas
@@ -243,11 +249,12 @@ class OnnxBatchRun:
         feeds = self._feeds(rows.next_ids[:, None], rows.next_pos[:, None], rows.mask, rows.past, decode=True)
         logits, rows.past = self._run(feeds)
         rows.next_pos = rows.next_pos + 1
-        rows.next_ids, deltas = self._sample(logits, rows.seqs)
+        rows.next_ids, deltas = self._sample(logits[:, -1], rows.seqs)
         rows.compact()
         return deltas
 
-    def _prefill(self, seqs: list[SequenceState]) -> list[TokenDelta]:
+    def _prefill(self, seqs: list[SequenceState], *, every_position: bool = False) -> list[TokenDelta]:
+        """The joiners' first tokens; ``every_position``: also their prompts' entries (``prompt_logprobs``)."""
         layout = self._engine.layout
         lengths = [len(s.prompt_ids) for s in seqs]
         batch, width = len(lengths), max(lengths)
@@ -258,8 +265,15 @@ class OnnxBatchRun:
             mask[row, width - n :] = 1
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         empty = np.zeros((batch, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
-        logits, past = self._run(self._feeds(ids, positions, mask, [empty] * len(layout.past_names), decode=False))
-        next_ids, deltas = self._sample(logits, seqs)
+        feeds = self._feeds(ids, positions, mask, [empty] * len(layout.past_names), decode=False, every=every_position)
+        logits, past = self._run(feeds, every_position=every_position)
+        next_ids, deltas = self._sample(logits[:, -1], seqs)
+        if every_position:
+            for row, (s, n) in enumerate(zip(seqs, lengths, strict=True)):
+                logits[row, :, self._engine.suppress_ids] = -np.inf
+                k = s.sampling.prompt_logprobs or 0
+                scored = prompt_entries(logits[row, width - n :], s.prompt_ids, k, self._engine.token_text)
+                deltas[row] = replace(deltas[row], prompt_logprobs=scored)
         new = _Rows(seqs=seqs, past=past, mask=mask, next_pos=np.array(lengths, dtype=np.int64), next_ids=next_ids)
         new.compact()
         self._rows.extend(new)
@@ -282,8 +296,11 @@ class OnnxBatchRun:
             s.advance(int(t), entries.get(row)) for row, (s, t) in enumerate(zip(seqs, tokens, strict=True))
         ]
 
-    def _run(self, feeds: dict[str, npt.NDArray[Any]]) -> tuple[npt.NDArray[Any], list[npt.NDArray[Any]]]:
-        """Last-position logits [batch, sampled_vocab] and the new cache.
+    def _run(
+        self, feeds: dict[str, npt.NDArray[Any]], *, every_position: bool = False
+    ) -> tuple[npt.NDArray[Any], list[npt.NDArray[Any]]]:
+        """Logits [batch, 1, sampled_vocab] of the last position, or of ``every_position`` [batch, width,
+        sampled_vocab], and the new cache.
 
         A model without logits_to_keep returns logits for every prompt position: [32, 2048, 50k] floats
         would be 13 GB, so such a prefill runs in groups of rows sized to stay under a bound.
@@ -291,7 +308,9 @@ class OnnxBatchRun:
         layout, engine = self._engine.layout, self._engine
         names = ["logits", *layout.present_names]
         batch, width = feeds["input_ids"].shape
-        rows = batch if layout.logits_to_keep else max(1, _MAX_LOGITS // (width * engine.model_vocab))
+        every = every_position or not layout.logits_to_keep
+        rows = max(1, _MAX_LOGITS // (width * engine.model_vocab)) if every else batch
+        kept = slice(None) if every_position else slice(-1, None)
         parts, batched = [], layout.batch_inputs
         for start in range(0, batch, rows):
             part = {k: v[start : start + rows] if k in batched else v for k, v in feeds.items()}
@@ -302,14 +321,15 @@ class OnnxBatchRun:
                     raise OutOfMemory(f"{batch} rows of {width} positions did not fit: {exc}") from exc
                 raise
         if len(parts) == 1:
-            logits: npt.NDArray[Any] = parts[0][0][:, -1, : engine.sampled_vocab]
+            logits: npt.NDArray[Any] = parts[0][0][:, kept, : engine.sampled_vocab]
             return logits, parts[0][1:]
         past = [np.concatenate([p[i] for p in parts]) for i in range(1, len(names))]
-        return np.concatenate([p[0][:, -1, : engine.sampled_vocab] for p in parts]), past
+        return np.concatenate([p[0][:, kept, : engine.sampled_vocab] for p in parts]), past
 
     def _feeds(
-        self, ids: I64, positions: I64, mask: I64, past: list[npt.NDArray[Any]], *, decode: bool
+        self, ids: I64, positions: I64, mask: I64, past: list[npt.NDArray[Any]], *, decode: bool, every: bool = False
     ) -> dict[str, npt.NDArray[Any]]:
+        """``every``: the LM head over every position (logits_to_keep 0), not only the last."""
         layout = self._engine.layout
         feeds: dict[str, npt.NDArray[Any]] = {"input_ids": ids, "attention_mask": mask}
         if layout.has_position_ids:
@@ -317,7 +337,7 @@ class OnnxBatchRun:
         if layout.has_cache_branch:
             feeds["use_cache_branch"] = np.array([decode], dtype=np.bool_)
         if layout.logits_to_keep is not None:
-            feeds[layout.logits_to_keep] = np.array(1, dtype=np.int64)
+            feeds[layout.logits_to_keep] = np.array(0 if every else 1, dtype=np.int64)
         feeds.update(zip(layout.past_names, past, strict=True))
         return feeds
 
