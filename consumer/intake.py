@@ -3,14 +3,15 @@
 Requests that must not cost compute are answered first with a single final event:
 - already finished (a redelivery): nothing is written at all;
 - past their deadline: ``expired``;
-- asking for another model, or for more new tokens than this deployment allows: ``invalid_request``;
+- asking for another model, for more new tokens than this deployment allows, or naming token ids outside the
+  model's vocabulary: ``invalid_request``;
 - prompt plus ``max_new_tokens`` beyond the model's context (or, with ``max_new_tokens`` null, a prompt that
   leaves no room for a token): ``context_length_exceeded``.
 
 A chat request (``messages``) is a turn of its session's conversation: its stored history is loaded
 with the admission, merged with the request's messages and trimmed oldest-first to fit
-(``consumer/session.py``); its ``done`` will carry the session append. A ``prompt`` request is a
-stateless completion and never touches the session.
+(``consumer/session.py``); its ``done`` will carry the session append. A ``prompt`` (or ``prompt_token_ids``)
+request is a stateless completion and never touches the session.
 """
 
 from __future__ import annotations
@@ -146,12 +147,13 @@ class Intake:
                 f"max_new_tokens={request.max_new_tokens} exceeds the limit {self._settings.max_new_tokens_limit}"
             )
         vocab = self._engine.vocab_size
-        unknown = sorted(i for i in request.logit_bias or () if i >= vocab)
-        if unknown:
-            return ErrorCode.INVALID_REQUEST, (
-                f"logit_bias names token id {unknown[0]}, outside the vocabulary of {self._engine.model_name} "
-                f"(ids 0 to {vocab - 1})"
-            )
+        for name, ids in (("logit_bias", request.logit_bias), ("prompt_token_ids", request.prompt_token_ids)):
+            unknown = min((i for i in ids or () if i >= vocab), default=None)
+            if unknown is not None:
+                return ErrorCode.INVALID_REQUEST, (
+                    f"{name} names token id {unknown}, outside the vocabulary of {self._engine.model_name} "
+                    f"(ids 0 to {vocab - 1})"
+                )
         return None
 
     def _length_check(self, request: InferenceRequest, prompt_tokens: int) -> tuple[ErrorCode, str] | None:
@@ -175,10 +177,12 @@ class Intake:
         out: list[tuple[list[int], TurnPlan | None] | str] = []
         for request, stored in requests:
             try:
-                if request.messages is None:
-                    out.append((self._engine.encode(request.prompt or ""), None))
-                else:
+                if request.messages is not None:
                     out.append(self._encode_turn(request, request.messages, stored))
+                elif request.prompt_token_ids is not None:
+                    out.append((list(request.prompt_token_ids), None))
+                else:
+                    out.append((self._engine.encode(request.prompt or ""), None))
             except Exception as exc:  # one bad prompt (or stored session) must not fail its batch
                 log.exception("could not render or encode a prompt", extra={"request_id": request.request_id})
                 out.append(f"could not tokenize the prompt: {exc!r}")

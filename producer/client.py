@@ -191,6 +191,7 @@ class BrigadeClient:
         prompt: str | None = None,
         *,
         messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
+        prompt_token_ids: Sequence[int] | None = None,
         session_id: str | None = None,
         request_id: str | None = None,
         max_new_tokens: int | None = 64,
@@ -199,7 +200,8 @@ class BrigadeClient:
     ) -> Submitted:
         """Publish one request; returns once the broker has acknowledged it. Raises a ``BrigadeError`` subclass.
 
-        ``options`` are the contract's (``RequestOptions``): what is left out takes the contract's default.
+        Give one of ``prompt``, ``messages`` and ``prompt_token_ids`` (ids of the model's vocabulary, read as
+        they are). ``options`` are the contract's (``RequestOptions``): what is left out takes its default.
         ``traceparent`` (W3C) joins the request to the caller's trace; without one (or with an invalid one) the
         ingress starts a new trace, and ``Submitted.traceparent`` says which.
         """
@@ -212,7 +214,8 @@ class BrigadeClient:
             body["logit_bias"] = dict(body["logit_bias"])
         if messages is not None:
             body["messages"] = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
-        inputs = {"prompt": prompt, "session_id": session_id, "request_id": request_id}
+        ids = list(prompt_token_ids) if prompt_token_ids is not None else None
+        inputs = {"prompt": prompt, "prompt_token_ids": ids, "session_id": session_id, "request_id": request_id}
         body |= {k: v for k, v in inputs.items() if v is not None}
         headers = {"traceparent": traceparent} if traceparent else {}
         # max_new_tokens=None is sent: null asks for as many tokens as the context leaves (absent would be 64)
@@ -276,6 +279,7 @@ class BrigadeClient:
         prompt: str | None = None,
         *,
         messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
+        prompt_token_ids: Sequence[int] | None = None,
         session_id: str | None = None,
         request_id: str | None = None,
         max_new_tokens: int | None = 64,
@@ -291,6 +295,7 @@ class BrigadeClient:
         sub = await self.submit(
             prompt,
             messages=messages,
+            prompt_token_ids=prompt_token_ids,
             session_id=session_id,
             request_id=request_id,
             max_new_tokens=max_new_tokens,

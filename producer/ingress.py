@@ -60,7 +60,7 @@ class Ingress:
                 413,
                 f"the prompt is {prompt_tokens} tokens, over the limit {s.max_prompt_tokens} "
                 "(BRIGADE_MAX_PROMPT_TOKENS); shorten it or split the work",
-                param="messages" if request.prompt is None else "prompt",
+                param=request.input_field,
                 code="prompt_too_long",
             )
 

@@ -31,6 +31,7 @@ from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest, Reques
 router = APIRouter(prefix="/v1")
 
 MAX_CHOICES = 16  # n: each choice is a request of its own, on the class's topic like any other
+MAX_REQUESTS = 256  # prompts × n of one legacy completion call: each is a request of its own
 
 
 class StreamOptions(BaseModel):
@@ -136,9 +137,13 @@ class _Common(BaseModel):
         """The contract's ``prompt_logprobs``: the prompt's entries are needed (an echo with logprobs)."""
         return None
 
-    def echoed(self) -> str | None:
-        """The text each choice starts with (a completion's ``echo``), None for none."""
-        return None
+    def inputs(self) -> list[dict[str, Any]]:
+        """The prompt field of each request to make, before ``n``: one per prompt."""
+        raise NotImplementedError
+
+    def echo_asked(self) -> bool:
+        """Whether each choice's text starts with its prompt (a legacy completion's ``echo``)."""
+        return False
 
     @property
     def max_tokens_field(self) -> str:
@@ -184,7 +189,8 @@ class _Common(BaseModel):
 
 
 class CompletionBody(_Common):
-    prompt: str | list[str]
+    # Text, token ids, or a list of either (one choice per prompt and n, prompt-major, as OpenAI numbers them).
+    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(default=16, ge=1)
     # The legacy form: a count of alternatives per token (strict: a chat-style true is refused, not taken as 1).
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS, strict=True)
@@ -198,15 +204,26 @@ class CompletionBody(_Common):
     def prompt_logprobs_asked(self) -> int | None:
         return self.logprobs if self.echo else None
 
-    def echoed(self) -> str | None:
-        return self.prompt_text() if self.echo else None
+    def inputs(self) -> list[dict[str, Any]]:
+        if not self.prompt:
+            raise ApiError(
+                422, "prompt: send a string, token ids, or a list of either; this one is empty", param="prompt"
+            )
+        prompts: list[str | list[int]]
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            prompts = [self.prompt]  # one text, or one prompt's token ids
+        else:
+            prompts = list(self.prompt)
+        if len(prompts) * self.n > MAX_REQUESTS:
+            raise ApiError(
+                422,
+                f"prompt: {len(prompts)} prompts × n={self.n} is over {MAX_REQUESTS} choices per call; split the call",
+                param="prompt",
+            )
+        return [{"prompt": p} if isinstance(p, str) else {"prompt_token_ids": p} for p in prompts]
 
-    def prompt_text(self) -> str:
-        if isinstance(self.prompt, str):
-            return self.prompt
-        if len(self.prompt) != 1:
-            raise ApiError(422, "prompt: send one prompt per call (a string or a list of one)", param="prompt")
-        return self.prompt[0]
+    def echo_asked(self) -> bool:
+        return self.echo
 
 
 class ChatBody(_Common):
@@ -214,6 +231,9 @@ class ChatBody(_Common):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: Annotated[Any, off_only(False)] = None  # vLLM's chat echo (the last message first): not served
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return [{"messages": [m.to_chat() for m in self.messages]}]
 
     def logprobs_asked(self) -> int | None:
         if not self.logprobs:
@@ -257,7 +277,7 @@ async def completions(
     traceparent: Annotated[str | None, Header()] = None,
     tracestate: Annotated[str | None, Header()] = None,
 ) -> Response | EventSourceResponse:
-    return await _answer("text", body, {"prompt": body.prompt_text()}, request, (traceparent, tracestate))
+    return await _answer("text", body, request, (traceparent, tracestate))
 
 
 @router.post("/chat/completions", response_model=None)
@@ -267,8 +287,7 @@ async def chat_completions(
     traceparent: Annotated[str | None, Header()] = None,
     tracestate: Annotated[str | None, Header()] = None,
 ) -> Response | EventSourceResponse:
-    messages = [m.to_chat() for m in body.messages]
-    return await _answer("chat", body, {"messages": messages}, request, (traceparent, tracestate))
+    return await _answer("chat", body, request, (traceparent, tracestate))
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -301,16 +320,16 @@ async def _publish(
 
 
 async def _answer(
-    kind: Kind, body: _Common, inputs: dict[str, Any], request: Request, trace: tuple[str | None, str | None]
+    kind: Kind, body: _Common, request: Request, trace: tuple[str | None, str | None]
 ) -> Response | EventSourceResponse:
     """``trace``: the caller's (traceparent, tracestate) headers, passed on to the Kafka records."""
     ingress: Ingress = request.app.state.ingress
     _check_model(ingress, body.model)
     await ingress.require_redis()  # publish nothing whose answer could not be read
-    wires = body.to_requests(**inputs)
+    wires = [wire for inputs in body.inputs() for wire in body.to_requests(**inputs)]
     accepted = await _publish(ingress, wires, trace, body.max_tokens_field)
     asked = wires[0].logprobs is not None
-    echo = body.echoed()
+    echo = [_prompt_text(ingress, body.model, wire) for wire in wires] if body.echo_asked() else None
     created = int(time.time())
     streams = [request_events(ingress.redis, a.stream, a.request_id) for a in accepted]
     rid, model = accepted[0].request_id, body.model
@@ -325,6 +344,7 @@ async def _answer(
             asked_logprobs=asked,
             include_usage=include_usage,
             echo=echo,
+            n=body.n,
         )
         return EventSourceResponse(payloads, ping=15)
     # Starlette does not cancel a handler whose client left; without this an abandoned call would
@@ -339,13 +359,20 @@ async def _answer(
     if collecting is loser:
         return Response(status_code=499)  # client closed the request; nobody reads this
     choices: list[Finished] = []
-    for answer in collecting.result():  # a RedisError here is answered as 503
+    for i, answer in enumerate(collecting.result()):  # a RedisError here is answered as 503
         if isinstance(answer.final, ErrorEvent):
             raise error_from_event(answer.final)
         assert isinstance(answer.final, DoneEvent)
-        echoed = None if echo is None else Echo(echo, answer.prompt_logprobs or ())
+        echoed = None if echo is None else Echo(echo[i], answer.prompt_logprobs or ())
         choices.append(Finished("".join(answer.text), answer.final, answer.logprobs if asked else None, echoed))
-    return JSONResponse(full_response(kind, request_id=rid, model=model, created=created, choices=choices))
+    return JSONResponse(full_response(kind, request_id=rid, model=model, created=created, choices=choices, n=body.n))
+
+
+def _prompt_text(ingress: Ingress, model: str, wire: InferenceRequest) -> str:
+    """What an echo starts with: the prompt as sent, or its token ids decoded by the model's tokenizer."""
+    if wire.prompt is not None:
+        return wire.prompt
+    return ingress.router.decode(model, wire.prompt_token_ids or [])
 
 
 async def _collect_all(streams: list[AsyncIterator[tuple[AnyEvent, Verdict]]]) -> list[Answer]:

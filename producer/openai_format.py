@@ -33,9 +33,10 @@ class Finished:
     echo: Echo | None = None
 
 
-def usage(dones: Sequence[DoneEvent]) -> dict[str, int]:
-    """The prompt once (every choice answers the same one), the choices' tokens summed, as OpenAI counts."""
-    prompt = dones[0].prompt_tokens if dones else 0
+def usage(dones: Sequence[DoneEvent], *, n: int = 1) -> dict[str, int]:
+    """Each prompt once (its ``n`` choices answer the same one; ``dones`` in choice order, prompt-major), the
+    choices' tokens summed, as OpenAI counts."""
+    prompt = sum(d.prompt_tokens for d in dones[::n])
     completion = sum(d.completion_tokens for d in dones)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -110,7 +111,9 @@ def chunk(
     }
 
 
-def usage_chunk(kind: Kind, *, request_id: str, model: str, created: int, dones: Sequence[DoneEvent]) -> dict[str, Any]:
+def usage_chunk(
+    kind: Kind, *, request_id: str, model: str, created: int, dones: Sequence[DoneEvent], n: int = 1
+) -> dict[str, Any]:
     """The extra last chunk sent when ``stream_options.include_usage`` is set: no choices, only usage."""
     return {
         "id": completion_id(kind, request_id),
@@ -118,7 +121,7 @@ def usage_chunk(kind: Kind, *, request_id: str, model: str, created: int, dones:
         "created": created,
         "model": model,
         "choices": [],
-        "usage": usage(dones),
+        "usage": usage(dones, n=n),
     }
 
 
@@ -135,14 +138,14 @@ def _whole_choice(kind: Kind, index: int, choice: Finished) -> dict[str, Any]:
 
 
 def full_response(
-    kind: Kind, *, request_id: str, model: str, created: int, choices: Sequence[Finished]
+    kind: Kind, *, request_id: str, model: str, created: int, choices: Sequence[Finished], n: int = 1
 ) -> dict[str, Any]:
-    """The whole answer of a ``stream: false`` call, one choice per request it made (``n``)."""
+    """The whole answer of a ``stream: false`` call, one choice per request it made (prompts × ``n``)."""
     return {
         "id": completion_id(kind, request_id),
         "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": created,
         "model": model,
         "choices": [_whole_choice(kind, i, c) for i, c in enumerate(choices)],
-        "usage": usage([c.done for c in choices]),
+        "usage": usage([c.done for c in choices], n=n),
     }

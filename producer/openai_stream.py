@@ -78,13 +78,15 @@ async def chunks(
     created: int,
     asked_logprobs: bool,
     include_usage: bool,
-    echo: str | None = None,
+    echo: Sequence[str] | None = None,
+    n: int = 1,
 ) -> AsyncIterator[str]:
     """The ``data:`` payloads of a streamed call, ``[DONE]`` last. An error event ends the whole answer with an
     error payload (the other choices' requests still finish, unread). ``echo``: the text each choice's first
-    chunk starts with, with the prompt's entries (which come on its first event) when logprobs were asked."""
-    choices = [_Choice(echo=echo) for _ in streams]
-    dones: list[DoneEvent] = []
+    chunk starts with, with the prompt's entries (which come on its first event) when logprobs were asked;
+    ``n``: choices per prompt, for usage."""
+    choices = [_Choice(echo=None if echo is None else echo[i]) for i in range(len(streams))]
+    dones: dict[int, DoneEvent] = {}
 
     def payload(index: int, **fields: Any) -> str:
         return json.dumps(chunk(kind, request_id=request_id, model=model, created=created, index=index, **fields))
@@ -110,12 +112,19 @@ async def chunks(
                 end = "" if kind == "text" else None
                 reason = event.finish_reason.value
                 yield payload(index, text=end, finish_reason=reason, first=c.first)
-                dones.append(event)
+                dones[index] = event
             elif isinstance(event, ErrorEvent):
                 yield json.dumps(error_from_event(event).body())
                 break
         else:
             if include_usage:
-                usage = usage_chunk(kind, request_id=request_id, model=model, created=created, dones=dones)
+                usage = usage_chunk(
+                    kind,
+                    request_id=request_id,
+                    model=model,
+                    created=created,
+                    dones=[dones[i] for i in sorted(dones)],
+                    n=n,
+                )
                 yield json.dumps(usage)
     yield "[DONE]"

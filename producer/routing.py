@@ -14,7 +14,7 @@ prompt limit, which for short prompts is never.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -55,7 +55,9 @@ def prompt_texts(request: InferenceRequest) -> tuple[list[str], int]:
 
 
 async def count_tokens(tokenizer: Tokenizer, request: InferenceRequest) -> int:
-    """Prompt tokens, or the messages' tokens plus the chat template's per-turn overhead."""
+    """Prompt tokens, or the messages' tokens plus the chat template's per-turn overhead; token ids are counted."""
+    if request.prompt_token_ids is not None:
+        return len(request.prompt_token_ids)
     texts, overhead = prompt_texts(request)
     if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
         encodings = await asyncio.to_thread(tokenizer.encode_batch, texts)
@@ -77,6 +79,10 @@ class Router:
         # Built once: the settings rebuild these tuples on every access, which is per request here.
         self._classes = settings.cost_classes
         self._serving = {model: settings.classes_serving(model) for model in settings.served_models}
+
+    def decode(self, model: str, ids: Sequence[int]) -> str:
+        """Token ids of ``model``'s vocabulary as text, special tokens included (an echoed prompt)."""
+        return str(self._tokenizers[model].decode(list(ids), skip_special_tokens=False))
 
     async def route(self, request: InferenceRequest, *, max_tokens_field: str = "max_new_tokens") -> Routed:
         """The cheapest fitting class among those allowed; ``ApiError`` naming the field when there is none.
@@ -127,7 +133,7 @@ class Router:
         ``new_tokens`` is the request's ``new_tokens_cap``.
         """
         bound_of = self._bounds.get(model)
-        if bound_of is None:
+        if bound_of is None or request.prompt_token_ids is not None:  # ids are counted at no cost
             return False
         texts, overhead = prompt_texts(request)
         bound = bound_of(texts) + overhead

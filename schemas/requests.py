@@ -1,7 +1,8 @@
 """The request contract: what anyone may publish to ``brigade.requests.<class>``.
 
-Only ``request_id``, ``session_id``, ``prompt`` (or ``messages``) and ``max_new_tokens`` are needed;
-everything else has a default, so a plain Kafka client (kcat, a Java producer) can publish work.
+Only ``request_id``, ``session_id``, ``prompt`` (or ``messages``, or ``prompt_token_ids``) and
+``max_new_tokens`` are needed; everything else has a default, so a plain Kafka client (kcat, a Java producer)
+can publish work.
 """
 
 from __future__ import annotations
@@ -126,9 +127,14 @@ class InferenceRequest(SamplingParams):
     """The Kafka record key and the Redis stream (brigade:stream:<session_id>): a session's turns stay in order
     on one partition, and its history is kept for chat turns."""
     prompt: Text | None = None
-    """Plain text to continue. Give exactly one of prompt and messages."""
+    """Plain text to continue. Give exactly one of prompt, messages and prompt_token_ids."""
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
-    """Chat turns, rendered with the model's chat template. Give exactly one of prompt and messages."""
+    """Chat turns, rendered with the model's chat template. Give exactly one of prompt, messages and
+    prompt_token_ids."""
+    prompt_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    """The prompt as ids of the model's vocabulary, read as they are (no tokenizing, no special tokens added):
+    what an evaluation harness that tokenized the text itself sends. Give exactly one of prompt, messages and
+    prompt_token_ids."""
     max_new_tokens: int | None = Field(default=64, ge=1)
     """The most tokens to generate; deployments cap it (BRIGADE_MAX_NEW_TOKENS_LIMIT). null: as many as the
     model's context leaves after the prompt, up to that cap (what OpenAI's and vLLM's max_tokens left out
@@ -149,13 +155,23 @@ class InferenceRequest(SamplingParams):
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> InferenceRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of 'prompt' (a string) or 'messages' (a list of chat turns)")
+        if sum(given is not None for given in (self.prompt, self.messages, self.prompt_token_ids)) != 1:
+            raise ValueError(
+                "give exactly one of 'prompt' (a string), 'messages' (a list of chat turns) or 'prompt_token_ids' "
+                "(a list of token ids)"
+            )
         if self.min_tokens and self.max_new_tokens is not None and self.min_tokens > self.max_new_tokens:
             raise ValueError(
                 f"min_tokens={self.min_tokens} is over max_new_tokens={self.max_new_tokens}; lower min_tokens"
             )
         return self
+
+    @property
+    def input_field(self) -> str:
+        """The field that carries the prompt, for an error about it to name."""
+        if self.prompt is not None:
+            return "prompt"
+        return "messages" if self.messages is not None else "prompt_token_ids"
 
     def sampling(self) -> SamplingParams:
         # Already validated as part of this request: copied, not checked again.

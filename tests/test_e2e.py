@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
+from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from brigade.inprocess import finals, fleet, read_until_final
+from brigade.models.registry import load_tokenizer
 from brigade.redis_config import RedisClient
-from producer.client import BrigadeClient, Completion
+from producer.client import BrigadeClient, Completion, GenerationFailed
 from schemas.events import DoneEvent
 from schemas.settings import Settings
 from tests.kafka_reader import read_records
@@ -141,6 +144,24 @@ async def test_logprobs_through_the_whole_path(settings: Settings, topics: list[
     assert cut.logprobs is not None and [e.id for e in cut.logprobs] == [e.id for e in full.logprobs][: completes + 1]
     assert cut.completion_tokens == completes + 1 and all(e.top == [] for e in cut.logprobs)
     assert plain.logprobs is None and plain.text == full.text
+
+
+async def test_token_id_prompts_through_the_whole_path(settings: Settings, topics: list[str]) -> None:
+    """A prompt sent as the model's own ids gets the answer its text gets; an id outside the vocabulary is
+    refused by the worker with a final error naming it."""
+    prompt = PROMPTS["small"]
+    ids = load_tokenizer(settings.model, cache_dir=settings.model_cache_dir).encode(prompt).ids
+    async with fleet(settings, classes=["small"]) as f, BrigadeClient(f.url) as client:
+
+        def greedy(**inputs: Any) -> Awaitable[Completion]:
+            return client.generate(max_new_tokens=8, temperature=0, ignore_eos=True, cost_class="small", **inputs)
+
+        as_text = await greedy(prompt=prompt)
+        as_ids = await greedy(prompt_token_ids=ids)
+        with pytest.raises(GenerationFailed, match=r"prompt_token_ids names token id 999999, outside") as err:
+            await greedy(prompt_token_ids=[*ids, 999_999])
+    assert as_ids.text == as_text.text and as_ids.prompt_tokens == as_text.prompt_tokens == len(ids)
+    assert err.value.code == "invalid_request"
 
 
 async def test_echoed_prompt_scores_through_the_whole_path(settings: Settings, topics: list[str]) -> None:

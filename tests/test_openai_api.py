@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from openai.types.chat import ChatCompletionMessageParam
 
 from brigade.inprocess import fleet
+from brigade.models.registry import load_tokenizer
 from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob, TopLogprob
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
@@ -344,6 +345,64 @@ async def test_completion_echo_puts_the_prompt_and_its_entries_first(
 async def test_chat_refuses_echo(oai: openai.AsyncOpenAI, settings: Settings) -> None:
     with pytest.raises(openai.UnprocessableEntityError, match="echo"):
         await oai.chat.completions.create(model=settings.model, messages=USER, extra_body={"echo": True})
+
+
+def by_prompt(req: InferenceRequest) -> list[AnyEvent]:
+    """Answers " <the prompt's length>", and counts the prompt's characters (or ids) as its tokens."""
+    length = len(req.prompt_token_ids or req.prompt or "")
+    rid = req.request_id
+    return [
+        TokenEvent(request_id=rid, seq=0, text=f" <{length}>"),
+        DoneEvent(request_id=rid, seq=1, finish_reason="length", prompt_tokens=length, completion_tokens=1),
+    ]
+
+
+async def test_many_prompts_and_token_ids_make_one_choice_each(
+    oai: openai.AsyncOpenAI, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """A legacy completion's prompt as token ids, or a list of prompts (lm-eval's batches): one request per
+    prompt and choice, numbered prompt-major; an echo of ids is their text; usage counts each prompt once."""
+    tokenizer = load_tokenizer(settings.model, cache_dir=settings.model_cache_dir)
+    ids = tokenizer.encode("x y", add_special_tokens=False).ids
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=7, script=by_prompt))
+    batch = await oai.completions.create(model=settings.model, prompt=[ids, [5, 6, 7]], n=2, echo=True, max_tokens=1)
+    one = await oai.completions.create(model=settings.model, prompt=ids, max_tokens=1)
+    stream = await oai.completions.create(
+        model=settings.model, prompt=["a", "bcd"], stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [c async for c in stream]
+    requests = await worker
+
+    assert sorted(tuple(r.prompt_token_ids or ()) for r in requests if r.prompt is None) == sorted(
+        [tuple(ids)] * 3 + [(5, 6, 7)] * 2
+    )
+    assert sorted(r.prompt for r in requests if r.prompt is not None) == ["a", "bcd"]
+    echoed = tokenizer.decode([5, 6, 7], skip_special_tokens=False)
+    assert [(c.index, c.text) for c in batch.choices] == [
+        (0, f"x y <{len(ids)}>"),
+        (1, f"x y <{len(ids)}>"),
+        (2, f"{echoed} <3>"),
+        (3, f"{echoed} <3>"),
+    ]
+    assert batch.usage is not None and (batch.usage.prompt_tokens, batch.usage.completion_tokens) == (len(ids) + 3, 4)
+    assert one.choices[0].text == f" <{len(ids)}>"
+    texts: dict[int, str] = {}
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert texts == {0: " <1>", 1: " <3>"}
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 4, "each prompt once, in any order"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"), [([], "this one is empty"), (["p"] * 129, "129 prompts × n=2 is over 256 choices")]
+)
+async def test_prompt_lists_are_bounded(settings: Settings, ingress: str, prompt: list[str], message: str) -> None:
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        body = {"model": settings.model, "prompt": prompt, "n": 2}
+        resp = await http.post("/v1/completions", json=body)
+    assert resp.status_code == 422 and resp.json()["error"]["param"] == "prompt", resp.text
+    assert message in resp.json()["error"]["message"]
 
 
 def by_seed(req: InferenceRequest) -> list[AnyEvent]:

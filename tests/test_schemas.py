@@ -74,7 +74,7 @@ def test_invalid_requests_name_the_field(body: dict[str, object], field: str) ->
     assert field in str(err.value)
 
 
-def test_prompt_xor_messages() -> None:
+def test_exactly_one_of_prompt_messages_and_token_ids() -> None:
     with pytest.raises(ValidationError, match="exactly one of 'prompt'"):
         InferenceRequest(request_id="r", session_id="s")
     with pytest.raises(ValidationError, match="exactly one of 'prompt'"):
@@ -85,6 +85,14 @@ def test_prompt_xor_messages() -> None:
         {"request_id": "r", "session_id": "s", "messages": [{"role": "user", "content": "y"}]}
     )
     assert chat.messages is not None and chat.messages[0].content == "y"
+    with pytest.raises(ValidationError, match="exactly one of 'prompt'"):
+        InferenceRequest(request_id="r", session_id="s", prompt="x", prompt_token_ids=[1])
+    ids = InferenceRequest.model_validate_json(b'{"request_id": "r", "session_id": "s", "prompt_token_ids": [0, 9]}')
+    assert ids.prompt_token_ids == [0, 9] and InferenceRequest.from_bytes(ids.to_bytes()) == ids
+    with pytest.raises(ValidationError, match="prompt_token_ids"):
+        InferenceRequest(request_id="r", session_id="s", prompt_token_ids=[])
+    with pytest.raises(ValidationError, match="prompt_token_ids"):
+        InferenceRequest(request_id="r", session_id="s", prompt_token_ids=[3, -1])
 
 
 def test_deadline() -> None:
