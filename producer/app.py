@@ -10,10 +10,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
+from tokenizers import Tokenizer
 
 from brigade import __version__
 from brigade.kafka_config import check_kafka
-from brigade.models.registry import load_tokenizer
+from brigade.models.registry import tokenizer_dir
+from brigade.models.tokenizer_config import read_tokenizer_info
 from brigade.redis_config import open_redis
 from producer.errors import install_error_handlers
 from producer.ingress import Ingress
@@ -25,6 +27,7 @@ from producer.routes import router as native_router
 from producer.routing import Router
 from producer.sessions import router as sessions_router
 from producer.stream_reader import BLOCK_MS
+from producer.tokenizer_api import router as tokenizer_router
 from schemas.settings import Settings
 
 
@@ -33,10 +36,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = IngressMetrics()
         # One tokenizer per distinct model: a request's cost is counted with its class's model's tokenizer.
-        tokenizers = {
-            model: await asyncio.to_thread(load_tokenizer, model, cache_dir=settings.model_cache_dir)
+        dirs = {
+            model: await asyncio.to_thread(tokenizer_dir, model, cache_dir=settings.model_cache_dir)
             for model in settings.served_models
         }
+        tokenizers = {model: Tokenizer.from_file(str(path / "tokenizer.json")) for model, path in dirs.items()}
         # A down Redis must fail a request within its timeout, but a blocked XREAD legitimately waits BLOCK_MS.
         redis = await open_redis(
             settings,
@@ -55,6 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
             router=Router(settings, tokenizers),
             lag=lag,
             metrics=metrics,
+            tokenizer_info={model: read_tokenizer_info(path) for model, path in dirs.items()},
         )
         try:
             yield
@@ -78,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(native_router)
     app.include_router(openai_router)
     app.include_router(sessions_router)
+    app.include_router(tokenizer_router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

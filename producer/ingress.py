@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from aiokafka.structs import RecordMetadata
 
+from brigade.models.tokenizer_config import TokenizerInfo
 from brigade.redis_config import RedisClient
 from producer.errors import ApiError
 from producer.lag import LagMonitor
@@ -29,6 +30,8 @@ class Ingress:
     router: Router
     lag: LagMonitor
     metrics: IngressMetrics
+    # per served model: what its tokenizer files say (special tokens, chat template, limit), for /tokenizer_info
+    tokenizer_info: Mapping[str, TokenizerInfo] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._names = self.settings.names  # built once: the property makes a new one per access

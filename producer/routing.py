@@ -80,9 +80,21 @@ class Router:
         self._classes = settings.cost_classes
         self._serving = {model: settings.classes_serving(model) for model in settings.served_models}
 
+    async def encode(self, model: str, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """``text`` as ``model``'s token ids (a long one off the event loop)."""
+        tokenizer = self._tokenizers[model]
+        if len(text) > _THREAD_TOKENIZE_CHARS:
+            encoding = await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=add_special_tokens)
+        else:
+            encoding = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return list(encoding.ids)
+
     def decode(self, model: str, ids: Sequence[int]) -> str:
         """Token ids of ``model``'s vocabulary as text, special tokens included (an echoed prompt)."""
         return str(self._tokenizers[model].decode(list(ids), skip_special_tokens=False))
+
+    def vocab_size(self, model: str) -> int:
+        return int(self._tokenizers[model].get_vocab_size(with_added_tokens=True))
 
     async def route(self, request: InferenceRequest, *, max_tokens_field: str = "max_new_tokens") -> Routed:
         """The cheapest fitting class among those allowed; ``ApiError`` naming the field when there is none.

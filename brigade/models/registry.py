@@ -102,19 +102,25 @@ def _generate_once(cache_dir: Path, name: str, write: Callable[[Path], None]) ->
     return final
 
 
-def load_tokenizer(spec: str, *, cache_dir: Path) -> Tokenizer:
-    """The tokenizer of a model, without generating the model's weights (the ingress only counts tokens)."""
+def tokenizer_dir(spec: str, *, cache_dir: Path) -> Path:
+    """A directory with the model's tokenizer files, without generating its weights (the ingress only
+    tokenizes)."""
     builtin = _builtin(spec)
     if builtin is None:
-        return Tokenizer.from_file(str(_user_dir(spec, need=("tokenizer",)) / "tokenizer.json"))
+        return _user_dir(spec, need=("tokenizer",))
     model_dir = cache_dir / builtin.dir_name
-    if not (model_dir / "tokenizer.json").is_file():
+    if (model_dir / "tokenizer.json").is_file():
+        return model_dir
 
-        def write(tmp: Path) -> None:
-            write_tokenizer_files(tmp, model_max_length=builtin.n_positions)
+    def write(tmp: Path) -> None:
+        write_tokenizer_files(tmp, model_max_length=builtin.n_positions)
 
-        model_dir = _generate_once(cache_dir, builtin.tokenizer_dir_name, write)
-    return Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    return _generate_once(cache_dir, builtin.tokenizer_dir_name, write)
+
+
+def load_tokenizer(spec: str, *, cache_dir: Path) -> Tokenizer:
+    """The tokenizer of a model, without generating the model's weights."""
+    return Tokenizer.from_file(str(tokenizer_dir(spec, cache_dir=cache_dir) / "tokenizer.json"))
 
 
 def resolve_model(spec: str, *, cache_dir: Path) -> Path:

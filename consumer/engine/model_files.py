@@ -8,7 +8,6 @@ This module gathers them into one typed object so the engine never guesses field
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,26 +17,11 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
+from brigade.models.tokenizer_config import NO_LIMIT, chat_template, read_json, token_text
 from schemas.requests import ChatMessage
 
 DEFAULT_CONTEXT = 2048  # when a model states no limit at all
 _CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    return data if isinstance(data, dict) else {}
-
-
-def _token_text(value: object) -> str | None:
-    """tokenizer_config writes special tokens either as strings or as AddedToken dicts."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return str(value["content"])
-    return None
 
 
 def _ids(value: object) -> set[int]:
@@ -46,18 +30,6 @@ def _ids(value: object) -> set[int]:
     if isinstance(value, list):
         return {v for v in value if isinstance(v, int)}
     return set()
-
-
-def _chat_template(model_dir: Path, tokenizer_config: dict[str, Any]) -> str | None:
-    if (model_dir / "chat_template.jinja").is_file():
-        return (model_dir / "chat_template.jinja").read_text()
-    template = tokenizer_config.get("chat_template") or _read_json(model_dir / "chat_template.json").get(
-        "chat_template"
-    )
-    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    return template if isinstance(template, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +45,15 @@ class ModelFiles:
 
 
 def read_model_files(model_dir: Path, tokenizer: Tokenizer) -> ModelFiles:
-    config = _read_json(model_dir / "config.json")
-    generation = _read_json(model_dir / "generation_config.json")
-    tok_config = _read_json(model_dir / "tokenizer_config.json")
+    config = read_json(model_dir / "config.json")
+    generation = read_json(model_dir / "generation_config.json")
+    tok_config = read_json(model_dir / "tokenizer_config.json")
     context = next((int(config[k]) for k in _CONTEXT_KEYS if isinstance(config.get(k), int)), None)
     tok_limit = tok_config.get("model_max_length")
-    if context is None and isinstance(tok_limit, int) and tok_limit < 1_000_000:  # HF's "no limit" is 1e30
+    if context is None and isinstance(tok_limit, int) and tok_limit < NO_LIMIT:
         context = tok_limit
-    eos_token = _token_text(tok_config.get("eos_token")) or ""
-    bos_token = _token_text(tok_config.get("bos_token")) or ""
+    eos_token = token_text(tok_config.get("eos_token")) or ""
+    bos_token = token_text(tok_config.get("bos_token")) or ""
     eos_ids = _ids(config.get("eos_token_id")) | _ids(generation.get("eos_token_id"))
     named_eos = tokenizer.token_to_id(eos_token) if eos_token else None
     if named_eos is not None:
@@ -95,7 +67,7 @@ def read_model_files(model_dir: Path, tokenizer: Tokenizer) -> ModelFiles:
         bos_id=bos_id if bos_id is not None else min(eos_ids, default=None),
         bos_token=bos_token,
         eos_token=eos_token,
-        chat_template=_chat_template(model_dir, tok_config),
+        chat_template=chat_template(model_dir, tok_config),
         config=config,
         suppress_ids=tuple(sorted(_ids(generation.get("suppress_tokens")))),
     )
