@@ -147,7 +147,12 @@ class Intake:
                 f"max_new_tokens={request.max_new_tokens} exceeds the limit {self._settings.max_new_tokens_limit}"
             )
         vocab = self._engine.vocab_size
-        for name, ids in (("logit_bias", request.logit_bias), ("prompt_token_ids", request.prompt_token_ids)):
+        named = (
+            ("logit_bias", request.logit_bias),
+            ("prompt_token_ids", request.prompt_token_ids),
+            ("stop_token_ids", request.stop_token_ids),
+        )
+        for name, ids in named:
             unknown = min((i for i in ids or () if i >= vocab), default=None)
             if unknown is not None:
                 return ErrorCode.INVALID_REQUEST, (

@@ -118,6 +118,7 @@ class RequestOptions(TypedDict, total=False):
     repetition_penalty: float | None
     logit_bias: Mapping[int, float] | None
     min_tokens: int | None
+    stop_token_ids: Sequence[int] | None
     logprobs: int | None
     """Each generated token's log-probability with this many most likely alternatives (0 to 20), on the
     events and on ``Completion.logprobs``."""
@@ -212,6 +213,8 @@ class BrigadeClient:
             body["deadline"] = body["deadline"].isoformat()
         if "logit_bias" in body:
             body["logit_bias"] = dict(body["logit_bias"])
+        if "stop_token_ids" in body:
+            body["stop_token_ids"] = list(body["stop_token_ids"])
         if messages is not None:
             body["messages"] = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
         ids = list(prompt_token_ids) if prompt_token_ids is not None else None

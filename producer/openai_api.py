@@ -124,6 +124,7 @@ class _Common(BaseModel):
     best_of: Annotated[Any, off_only(1)] = None
     suffix: Annotated[Any, off_only("")] = None
     min_tokens: int | None = None  # vLLM's
+    stop_token_ids: list[int] | None = None  # vLLM's
     guided_json: Annotated[Any, off_only()] = None
     guided_regex: Annotated[Any, off_only()] = None
     guided_choice: Annotated[Any, off_only()] = None
@@ -184,6 +185,7 @@ class _Common(BaseModel):
             # their "off" values stay off the wire, so a worker of an earlier release reads the request too
             logit_bias=self.logit_bias or None,
             min_tokens=self.min_tokens or None,
+            stop_token_ids=self.stop_token_ids or None,
             **inputs,
         )
 

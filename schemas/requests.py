@@ -19,6 +19,7 @@ MAX_ID_LENGTH = 128
 MAX_STOP_STRINGS = 8
 MAX_LOGPROBS = 20  # most likely tokens listed per position: OpenAI's top_logprobs ceiling, vLLM's max_logprobs
 MAX_LOGIT_BIAS = 300  # token ids one request may bias: what OpenAI's API accepts
+MAX_STOP_TOKEN_IDS = 64
 
 Identifier = Annotated[
     str,
@@ -73,6 +74,9 @@ class SamplingParams(BaseModel):
     """Strings that end the generation when produced; the stop string itself is not sent."""
     ignore_eos: bool = False
     """Keep generating past end-of-sequence, up to max_new_tokens (vLLM's flag: fixed-length benchmarks)."""
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
+    """vLLM's: token ids that end the generation as end-of-sequence does (finish_reason stop, their text not
+    sent), such as a chat model's end-of-turn token; min_tokens holds them back too, ignore_eos does not."""
     # The fields below are off when absent (null), so that a request using none of them is the same bytes a
     # worker of an earlier release reads: the wire only grows for the requests that ask.
     top_k: int | None = Field(default=None, ge=-1)

@@ -1,4 +1,5 @@
-"""logit_bias and min_tokens on the ONNX engine (builtin:tiny), against a no-cache recomputation."""
+"""logit_bias, min_tokens and stop_token_ids on the ONNX engine (builtin:tiny), against a no-cache
+recomputation."""
 
 from __future__ import annotations
 
@@ -64,3 +65,23 @@ def test_min_tokens_masks_end_of_sequence_until_reached(engine: OnnxEngine) -> N
     patient = run.token_ids("patient")
     assert len(patient) == 4 and eos not in patient[:3] and patient[3] == eos
     assert out["patient"][-1].finish_reason is FinishReason.STOP
+
+
+def test_stop_token_ids_end_the_sequence_as_end_of_sequence_does(engine: OnnxEngine) -> None:
+    """The request's own stop ids end it (their text not sent) even with ignore_eos, and not before min_tokens."""
+    prompt = engine.encode("The chef calls the order")
+    plain = engine.start([GenerationInput("plain", prompt, 8, greedy())])
+    run_all(plain)
+    tokens = plain.token_ids("plain")
+    stop = next(t for i, t in enumerate(tokens) if i >= 2 and t not in tokens[:i])  # first seen at index >= 2
+    at = tokens.index(stop)
+    inputs = [
+        GenerationInput("stopped", prompt, 8, greedy(stop_token_ids=[stop])),
+        GenerationInput("held", prompt, 8, greedy(stop_token_ids=[stop], min_tokens=at + 2)),
+    ]
+    run = engine.start(inputs)
+    out = run_all(run)
+    assert run.token_ids("stopped") == tokens[: at + 1] and out["stopped"][-1].finish_reason is FinishReason.STOP
+    assert "".join(d.text for d in out["stopped"]) == engine.tokenizer.decode(tokens[:at])
+    held = run.token_ids("held")
+    assert len(held) > at + 1 and stop not in held[: at + 2], "masked until min_tokens: another token took its place"

@@ -248,13 +248,17 @@ async def test_chat_logprobs_whole_and_streamed(
     chunks = [c async for c in stream]
     # what frameworks send for "off" stays off the wire
     plain = await oai.chat.completions.create(
-        model=settings.model, messages=USER, logprobs=False, logit_bias={}, extra_body={"min_tokens": 0}
+        model=settings.model,
+        messages=USER,
+        logprobs=False,
+        logit_bias={},
+        extra_body={"min_tokens": 0, "stop_token_ids": []},
     )
     requests = await worker
     asked = sorted(r.logprobs for r in requests if r.logprobs is not None)
     assert asked == [0, 2], "top_logprobs is the contract's logprobs; logprobs alone asks for 0 alternatives"
     (off,) = [r for r in requests if r.logprobs is None]
-    assert (off.logit_bias, off.min_tokens) == (None, None)
+    assert (off.logit_bias, off.min_tokens, off.stop_token_ids) == (None, None, None)
 
     lp = whole.choices[0].logprobs
     assert lp is not None and lp.content is not None

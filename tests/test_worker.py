@@ -215,6 +215,7 @@ async def test_expired_invalid_and_too_long_requests_get_errors_without_compute(
         request("too-long", "c", max_new_tokens=1000),
         request("fine", "d", deadline=datetime.now(UTC) + timedelta(minutes=5)),
         request("unknown-token", "e", logit_bias={3: 1.0, 10**9: -5.0}),
+        request("unknown-stop", "f", stop_token_ids=[3, 10**8]),
     ]
     await publish_requests(settings, reqs)
     engine = CountingEngine(default_engine_factory(settings))
@@ -234,6 +235,8 @@ async def test_expired_invalid_and_too_long_requests_get_errors_without_compute(
     unknown = only_final(await stream(redis_client, settings, "e"))
     assert isinstance(unknown, ErrorEvent) and unknown.code is ErrorCode.INVALID_REQUEST
     assert f"logit_bias names token id {10**9}, outside" in unknown.message, unknown.message
+    stop = only_final(await stream(redis_client, settings, "f"))
+    assert isinstance(stop, ErrorEvent) and f"stop_token_ids names token id {10**8}, outside" in stop.message
 
 
 async def test_a_null_max_new_tokens_gets_what_the_context_leaves_up_to_the_limit(

@@ -34,7 +34,10 @@ class SequenceState:
         self.rng: np.random.Generator | None = make_generator(item.sampling)
         # Prompt plus generated tokens never exceed the context; both limits end with LENGTH.
         self.budget = max(0, min(item.max_new_tokens, max_context - len(prompt_ids)))
-        self._eos = frozenset(() if item.sampling.ignore_eos else eos_ids)
+        # What ends the sequence like end-of-sequence: the model's (unless ignored) and the request's own.
+        self._eos = frozenset(() if item.sampling.ignore_eos else eos_ids) | frozenset(
+            item.sampling.stop_token_ids or ()
+        )
         self._detok = IncrementalDetokenizer(decoder, prompt_ids=prompt_ids)
         self._stops = StopMatcher(item.sampling.stop)
         self.token_ids: list[int] = []  # generated ids, for tests and debugging; text is what goes out
