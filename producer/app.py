@@ -14,8 +14,8 @@ from tokenizers import Tokenizer
 
 from brigade import __version__
 from brigade.kafka_config import check_kafka
-from brigade.models.registry import tokenizer_dir
-from brigade.models.tokenizer_config import read_tokenizer_info
+from brigade.models.registry import load_tokenizer, tokenizer_dir
+from brigade.models.tokenizer_config import TokenizerInfo, read_tokenizer_info
 from brigade.redis_config import open_redis
 from producer.errors import install_error_handlers
 from producer.ingress import Ingress
@@ -31,16 +31,19 @@ from producer.tokenizer_api import router as tokenizer_router
 from schemas.settings import Settings
 
 
+def _tokenizer_files(settings: Settings, model: str) -> tuple[Tokenizer, TokenizerInfo]:
+    """A served model's tokenizer and what its tokenizer_config says (start-up, in a thread: files on disk)."""
+    cache_dir = settings.model_cache_dir
+    return load_tokenizer(model, cache_dir=cache_dir), read_tokenizer_info(tokenizer_dir(model, cache_dir=cache_dir))
+
+
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = IngressMetrics()
         # One tokenizer per distinct model: a request's cost is counted with its class's model's tokenizer.
-        dirs = {
-            model: await asyncio.to_thread(tokenizer_dir, model, cache_dir=settings.model_cache_dir)
-            for model in settings.served_models
-        }
-        tokenizers = {model: Tokenizer.from_file(str(path / "tokenizer.json")) for model, path in dirs.items()}
+        loaded = {model: await asyncio.to_thread(_tokenizer_files, settings, model) for model in settings.served_models}
+        tokenizers = {model: tokenizer for model, (tokenizer, _) in loaded.items()}
         # A down Redis must fail a request within its timeout, but a blocked XREAD legitimately waits BLOCK_MS.
         redis = await open_redis(
             settings,
@@ -59,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
             router=Router(settings, tokenizers),
             lag=lag,
             metrics=metrics,
-            tokenizer_info={model: read_tokenizer_info(path) for model, path in dirs.items()},
+            tokenizer_info={model: info for model, (_, info) in loaded.items()},
         )
         try:
             yield

@@ -15,7 +15,7 @@ from producer.errors import ApiError
 from producer.lag import LagMonitor
 from producer.metrics import IngressMetrics
 from producer.publisher import BrokerUnavailable, Publisher, Record
-from producer.routing import Router
+from producer.routing import Router, model_not_found
 from schemas.naming import Names
 from schemas.requests import InferenceRequest, RequestAccepted
 from schemas.settings import Settings
@@ -35,6 +35,11 @@ class Ingress:
 
     def __post_init__(self) -> None:
         self._names = self.settings.names  # built once: the property makes a new one per access
+
+    def check_model(self, model: str) -> None:
+        """404 naming the served models when no class serves ``model``."""
+        if model not in self.served_models:
+            raise model_not_found(model, self.served_models)
 
     async def require_redis(self) -> None:
         """Fail fast (RedisError → 503) before work whose answer would have to be read from Redis."""

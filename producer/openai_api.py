@@ -23,7 +23,6 @@ from producer.errors import ApiError
 from producer.ingress import Ingress
 from producer.openai_format import Echo, Finished, Kind, full_response
 from producer.openai_stream import chunks, error_from_event
-from producer.routing import model_not_found
 from producer.stream_reader import Answer, AnyEvent, Verdict, request_events
 from schemas.events import DoneEvent, ErrorEvent
 from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest, RequestAccepted
@@ -253,11 +252,6 @@ def _model_entry(ingress: Ingress, model: str) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": 0, "owned_by": "brigade", "cost_classes": classes}
 
 
-def _check_model(ingress: Ingress, model: str) -> None:
-    if model not in ingress.served_models:
-        raise model_not_found(model, ingress.served_models)
-
-
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
     """Every distinct model some class serves (``BRIGADE_MODEL`` and ``BRIGADE_CLASS_<NAME>_MODEL``)."""
@@ -268,7 +262,7 @@ async def models(request: Request) -> dict[str, Any]:
 @router.get("/models/{model_id:path}")
 async def model(model_id: str, request: Request) -> dict[str, Any]:
     ingress: Ingress = request.app.state.ingress
-    _check_model(ingress, model_id)
+    ingress.check_model(model_id)
     return _model_entry(ingress, model_id)
 
 
@@ -326,7 +320,7 @@ async def _answer(
 ) -> Response | EventSourceResponse:
     """``trace``: the caller's (traceparent, tracestate) headers, passed on to the Kafka records."""
     ingress: Ingress = request.app.state.ingress
-    _check_model(ingress, body.model)
+    ingress.check_model(body.model)
     await ingress.require_redis()  # publish nothing whose answer could not be read
     wires = [wire for inputs in body.inputs() for wire in body.to_requests(**inputs)]
     accepted = await _publish(ingress, wires, trace, body.max_tokens_field)

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict
 
 from producer.errors import ApiError
 from producer.ingress import Ingress
-from producer.routing import model_not_found
 
 router = APIRouter(tags=["tokenizer"])  # at the root, where vLLM serves them
 
@@ -37,8 +36,7 @@ class DetokenizeBody(BaseModel):
 
 def _served(ingress: Ingress, model: str | None) -> str:
     chosen = model or ingress.settings.model
-    if chosen not in ingress.served_models:
-        raise model_not_found(chosen, ingress.served_models)
+    ingress.check_model(chosen)
     return chosen
 
 
