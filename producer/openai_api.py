@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 from sse_starlette import EventSourceResponse
 
@@ -198,6 +206,18 @@ class CompletionBody(_Common):
 
     # The prompt's text before the answer's; with logprobs, its tokens' entries first (the first one's null).
     echo: bool = False
+
+    @field_validator("prompt", mode="wrap")
+    @classmethod
+    def _one_prompt_shape(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """One error naming the four shapes, in place of one per union member that did not match."""
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError(
+                "prompt_shape",
+                "send a string, a list of strings, token ids (a list of integers) or a list of token-id lists",
+            ) from None
 
     def logprobs_asked(self) -> int | None:
         return self.logprobs

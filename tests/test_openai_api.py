@@ -399,9 +399,17 @@ async def test_many_prompts_and_token_ids_make_one_choice_each(
 
 
 @pytest.mark.parametrize(
-    ("prompt", "message"), [([], "this one is empty"), (["p"] * 129, "129 prompts × n=2 is over 256 choices")]
+    ("prompt", "message"),
+    [
+        ([], "this one is empty"),
+        (["p"] * 129, "129 prompts × n=2 is over 256 choices"),
+        (["a", [1, 2]], "prompt: send a string, a list of strings, token ids (a list of integers) or a list of"),
+        ([1.5], "prompt: send a string, a list of strings, token ids"),
+    ],
 )
-async def test_prompt_lists_are_bounded(settings: Settings, ingress: str, prompt: list[str], message: str) -> None:
+async def test_prompt_lists_are_bounded_and_of_one_shape(
+    settings: Settings, ingress: str, prompt: list[object], message: str
+) -> None:
     async with httpx.AsyncClient(base_url=ingress) as http:
         body = {"model": settings.model, "prompt": prompt, "n": 2}
         resp = await http.post("/v1/completions", json=body)
