@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
-
-import onnx
-from onnx import TensorProto, helper
+from typing import TYPE_CHECKING, Any
 
 from brigade.models.registry import model_file
 from consumer.gpu.capacity import ModelShape
+
+if TYPE_CHECKING:
+    import onnx
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.key$")
 _HEAD_KEYS = ("num_key_value_heads", "num_attention_heads", "n_head")
@@ -47,6 +47,8 @@ def _head_dim(config: dict[str, Any]) -> int | None:
 
 def _weight_bytes(path: Path, graph: onnx.GraphProto) -> int:
     """The graph file and the external data files its initializers name, each counted once."""
+    from onnx import TensorProto
+
     locations = {
         entry.value
         for tensor in graph.initializer
@@ -60,6 +62,10 @@ def _weight_bytes(path: Path, graph: onnx.GraphProto) -> int:
 
 def read_model_shape(model_dir: Path) -> ModelShape:
     """Layers, KV heads, head dim and KV dtype from the graph's inputs (config.json where symbolic), weight bytes."""
+    # imported here: onnx (ml_dtypes) costs ~0.6 s of import, and only a worker bound to a GPU plans its memory
+    import onnx
+    from onnx import helper
+
     path = model_file(model_dir)
     graph = onnx.load(str(path), load_external_data=False).graph
     past = {int(m[1]): i for i in graph.input if (m := _PAST.match(i.name))}
