@@ -24,6 +24,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from brigade.structured import grammar_error
 from consumer.batcher import PendingItem
 from consumer.engine.interface import GenerationInput, InferenceEngine
 from consumer.session import SessionDoc, TurnPlan, plan_turn
@@ -67,6 +68,14 @@ class Running:
         """The prompt's entries, for the first event written after its prefill; None on the others."""
         taken, self.prompt_logprobs = self.prompt_logprobs, None
         return taken
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why one request gets an error event instead of a run."""
+
+    code: ErrorCode
+    message: str
 
 
 @dataclass(slots=True)
@@ -114,8 +123,8 @@ class Intake:
         )
         for (item, attempt), result in zip(to_encode, encoded, strict=True):
             request = item.request
-            if isinstance(result, str):
-                out.rejected.append((item, error_event(item, attempt, ErrorCode.INTERNAL, result)))
+            if isinstance(result, Refusal):
+                out.rejected.append((item, error_event(item, attempt, result.code, result.message)))
                 continue
             ids, turn = result
             problem = self._length_check(request, len(ids))
@@ -177,10 +186,16 @@ class Intake:
 
     def _encode_all(
         self, requests: Sequence[tuple[InferenceRequest, str | None]]
-    ) -> list[tuple[list[int], TurnPlan | None] | str]:
-        """Render chats and tokenize (executor thread). A string result is the error for that request."""
-        out: list[tuple[list[int], TurnPlan | None] | str] = []
+    ) -> list[tuple[list[int], TurnPlan | None] | Refusal]:
+        """Check structured outputs' grammars, render chats and tokenize (executor thread: a large grammar takes
+        milliseconds to compile). A ``Refusal`` is the error for that request."""
+        out: list[tuple[list[int], TurnPlan | None] | Refusal] = []
         for request, stored in requests:
+            spec = request.structured_output
+            if spec is not None and (error := grammar_error(spec)) is not None:
+                message = f"structured_output.{spec.kind} does not compile: {error}"
+                out.append(Refusal(ErrorCode.INVALID_REQUEST, message))
+                continue
             try:
                 if request.messages is not None:
                     out.append(self._encode_turn(request, request.messages, stored))
@@ -190,7 +205,7 @@ class Intake:
                     out.append((self._engine.encode(request.prompt or ""), None))
             except Exception as exc:  # one bad prompt (or stored session) must not fail its batch
                 log.exception("could not render or encode a prompt", extra={"request_id": request.request_id})
-                out.append(f"could not tokenize the prompt: {exc!r}")
+                out.append(Refusal(ErrorCode.INTERNAL, f"could not tokenize the prompt: {exc!r}"))
         return out
 
     def _encode_turn(

@@ -20,7 +20,7 @@ import httpx
 
 from producer.stream_reader import ERROR_STATUS, Answer, AttemptFilter, Verdict
 from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob, is_final, parse_event
-from schemas.requests import ChatMessage, RequestAccepted
+from schemas.requests import ChatMessage, RequestAccepted, StructuredOutput
 
 AnyEvent = TokenEvent | DoneEvent | ErrorEvent
 
@@ -124,6 +124,10 @@ class RequestOptions(TypedDict, total=False):
     events and on ``Completion.logprobs``."""
     prompt_logprobs: int | None
     """Each prompt token's, likewise, on the first event and on ``Completion.prompt_logprobs``."""
+    structured_output: StructuredOutput | Mapping[str, Any] | None
+    """Constrain the answer: ``{"json_schema": {...}}``, ``{"json_object": True}``, ``{"regex": ...}``,
+    ``{"choice": [...]}`` or ``{"grammar": ...}`` (Lark); a schema, regex or grammar that does not compile is
+    refused with ``InvalidRequest`` before anything is published."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +219,8 @@ class BrigadeClient:
             body["logit_bias"] = dict(body["logit_bias"])
         if "stop_token_ids" in body:
             body["stop_token_ids"] = list(body["stop_token_ids"])
+        if isinstance(spec := body.get("structured_output"), StructuredOutput):
+            body["structured_output"] = spec.model_dump(exclude_none=True)
         if messages is not None:
             body["messages"] = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
         ids = list(prompt_token_ids) if prompt_token_ids is not None else None

@@ -6,6 +6,7 @@ Every message names the field, the limit and the fix.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,6 +28,19 @@ _TYPES = {
     500: "server_error",
     503: "service_unavailable",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class FieldNames:
+    """What the caller called a request's fields, so an error names what they sent: the contract's names
+    (``POST /v1/requests``), or an OpenAI endpoint's (``max_tokens``, ``prompt``, ``response_format``)."""
+
+    max_tokens: str = "max_new_tokens"
+    prompt: str | None = None  # None: the request's own input field (prompt, messages or prompt_token_ids)
+    structured_output: str | None = None  # None: structured_output.<the constraint given>
+
+
+CONTRACT_FIELDS = FieldNames()
 
 
 class ApiError(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,7 +12,8 @@ from aiokafka.structs import RecordMetadata
 
 from brigade.models.tokenizer_config import TokenizerInfo
 from brigade.redis_config import RedisClient
-from producer.errors import ApiError
+from brigade.structured import grammar_error
+from producer.errors import CONTRACT_FIELDS, ApiError, FieldNames
 from producer.lag import LagMonitor
 from producer.metrics import IngressMetrics
 from producer.publisher import BrokerUnavailable, Publisher, Record
@@ -49,8 +51,8 @@ class Ingress:
     def served_models(self) -> tuple[str, ...]:
         return self.settings.served_models
 
-    def check_limits(self, request: InferenceRequest, prompt_tokens: int | None, *, max_tokens_field: str) -> None:
-        """Refuse what the deployment will not serve; ``max_tokens_field`` is the name the caller used.
+    def check_limits(self, request: InferenceRequest, prompt_tokens: int | None, *, fields: FieldNames) -> None:
+        """Refuse what the deployment will not serve; ``fields`` are the names the caller used.
 
         ``prompt_tokens`` is None when the router proved the prompt under the limit without counting it.
         """
@@ -58,9 +60,9 @@ class Ingress:
         if request.max_new_tokens is not None and request.max_new_tokens > s.max_new_tokens_limit:
             raise ApiError(
                 422,
-                f"{max_tokens_field}={request.max_new_tokens} is over the limit {s.max_new_tokens_limit} "
+                f"{fields.max_tokens}={request.max_new_tokens} is over the limit {s.max_new_tokens_limit} "
                 f"(BRIGADE_MAX_NEW_TOKENS_LIMIT); ask for at most {s.max_new_tokens_limit} tokens",
-                param=max_tokens_field,
+                param=fields.max_tokens,
                 code="max_new_tokens_over_limit",
             )
         if prompt_tokens is not None and prompt_tokens > s.max_prompt_tokens:
@@ -68,7 +70,7 @@ class Ingress:
                 413,
                 f"the prompt is {prompt_tokens} tokens, over the limit {s.max_prompt_tokens} "
                 "(BRIGADE_MAX_PROMPT_TOKENS); shorten it or split the work",
-                param=request.input_field,
+                param=fields.prompt or request.input_field,
                 code="prompt_too_long",
             )
 
@@ -78,7 +80,7 @@ class Ingress:
         *,
         traceparent: str | None = None,
         tracestate: str | None = None,
-        max_tokens_field: str = "max_new_tokens",
+        fields: FieldNames = CONTRACT_FIELDS,
     ) -> RequestAccepted:
         """Route (by ``model``, ``cost_class`` or cost), check, admit and publish; the answer says where it went.
 
@@ -86,9 +88,7 @@ class Ingress:
         passed through as a proxy would (the ingress records no span of its own); without a valid one the
         request starts a new trace, so every request has a trace id the worker's logs and final event repeat.
         """
-        (outcome,) = await self.submit_many(
-            [request], traceparent=traceparent, tracestate=tracestate, max_tokens_field=max_tokens_field
-        )
+        (outcome,) = await self.submit_many([request], traceparent=traceparent, tracestate=tracestate, fields=fields)
         if isinstance(outcome, ApiError):
             raise outcome
         return outcome
@@ -99,7 +99,7 @@ class Ingress:
         *,
         traceparent: str | None = None,
         tracestate: str | None = None,
-        max_tokens_field: str = "max_new_tokens",
+        fields: FieldNames = CONTRACT_FIELDS,
     ) -> list[RequestAccepted | ApiError]:
         """``submit`` for each request, in order, each answered on its own; the accepted share produce requests.
 
@@ -115,7 +115,7 @@ class Ingress:
         fresh = iter(TraceContext.start_many(0 if caller else len(requests)))
         for request in requests:
             try:
-                plan = await self._plan(request, max_tokens_field=max_tokens_field)
+                plan = await self._plan(request, fields=fields)
             except ApiError as exc:
                 planned.append(exc)
                 continue
@@ -141,16 +141,17 @@ class Ingress:
             out.append(item.accepted(ack, self._names))
         return out
 
-    async def _plan(self, request: InferenceRequest, *, max_tokens_field: str) -> _Planned:
+    async def _plan(self, request: InferenceRequest, *, fields: FieldNames) -> _Planned:
         """Route, check and admit one request: where it goes and what it weighs, or the ``ApiError`` why not."""
         try:
-            routed = await self.router.route(request, max_tokens_field=max_tokens_field)
+            routed = await self.router.route(request, max_tokens_field=fields.max_tokens)
         except ApiError:
             self.metrics.count("none", "rejected")
             raise
         cls, prompt_tokens = routed.cost_class, routed.prompt_tokens
         try:
-            self.check_limits(request, prompt_tokens, max_tokens_field=max_tokens_field)
+            self.check_limits(request, prompt_tokens, fields=fields)
+            await _check_structured_output(request, fields)
         except ApiError:
             self.metrics.count(cls.name, "rejected")
             raise
@@ -167,6 +168,22 @@ class Ingress:
         if request.cost_class != cls.name:
             request = request.model_copy(update={"cost_class": cls.name})
         return _Planned(request, cls.name, prompt_tokens, self._names.request_topic(cls.name))
+
+
+async def _check_structured_output(request: InferenceRequest, fields: FieldNames) -> None:
+    """422 for a schema, regex or grammar that does not compile, before the request waits in a queue for it.
+
+    In a thread: a large grammar takes milliseconds to compile, and the event loop serves every other caller.
+    """
+    spec = request.structured_output
+    if spec is None:
+        return
+    error = await asyncio.to_thread(grammar_error, spec)
+    if error is not None:
+        name = fields.structured_output or f"structured_output.{spec.kind}"
+        raise ApiError(
+            422, f"{name} does not compile: {error}; correct it", param=name, code="invalid_structured_output"
+        )
 
 
 class _Planned(NamedTuple):

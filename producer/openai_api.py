@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,13 +27,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sse_starlette import EventSourceResponse
 
-from producer.errors import ApiError
+from producer.errors import ApiError, FieldNames
 from producer.ingress import Ingress
 from producer.openai_format import Echo, Finished, Kind, full_response
 from producer.openai_stream import chunks, error_from_event
+from producer.openai_structured import ResponseFormat, VllmStructuredOutputs, structured_output
 from producer.stream_reader import Answer, AnyEvent, Verdict, request_events
 from schemas.events import DoneEvent, ErrorEvent
-from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest, RequestAccepted
+from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest, RequestAccepted, StructuredOutput
 
 router = APIRouter(prefix="/v1")
 
@@ -101,6 +102,7 @@ PASSED_ON = (
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")  # harmless fields SDKs send (user, store, metadata…) are unused
+    prompt_field: ClassVar[str] = "prompt"  # the field that carries the prompt, for an error about it to name
 
     model: str
     # Unset (or null), as with OpenAI and vLLM: as many as the model's context leaves, up to the deployment's
@@ -126,16 +128,17 @@ class _Common(BaseModel):
     tool_choice: Annotated[Any, off_only("none", "auto")] = None
     functions: Annotated[Any, off_only([])] = None
     function_call: Annotated[Any, off_only("none", "auto")] = None
-    response_format: Annotated[Any, off_only({"type": "text"})] = None
+    response_format: ResponseFormat | None = None  # OpenAI's JSON mode and JSON Schema outputs
+    structured_outputs: VllmStructuredOutputs | None = None  # vLLM's
     logit_bias: dict[str, float] | None = None  # token id (as a string, OpenAI's JSON) to its bias
     best_of: Annotated[Any, off_only(1)] = None
     suffix: Annotated[Any, off_only("")] = None
     min_tokens: int | None = None  # vLLM's
     stop_token_ids: list[int] | None = None  # vLLM's
-    guided_json: Annotated[Any, off_only()] = None
-    guided_regex: Annotated[Any, off_only()] = None
-    guided_choice: Annotated[Any, off_only()] = None
-    guided_grammar: Annotated[Any, off_only()] = None
+    guided_json: dict[str, Any] | str | None = None  # vLLM's older names for structured_outputs
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     def logprobs_asked(self) -> int | None:
         """The contract's ``logprobs``: how many alternatives per token, None for no log-probabilities."""
@@ -157,6 +160,24 @@ class _Common(BaseModel):
     def max_tokens_field(self) -> str:
         """The name the caller used, so a limit error names what they sent."""
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    def structured(self) -> tuple[StructuredOutput, str] | None:
+        """The contract's ``structured_output`` and the field it came from, or None."""
+        guided = {
+            name: getattr(self, name) for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+        }
+        return structured_output(
+            response_format=self.response_format, structured_outputs=self.structured_outputs, guided=guided
+        )
+
+    def fields(self) -> FieldNames:
+        """The names this caller used for the fields an ingress error may name."""
+        asked = self.structured()
+        return FieldNames(
+            max_tokens=self.max_tokens_field,
+            prompt=self.prompt_field,
+            structured_output=asked[1] if asked is not None else None,
+        )
 
     def to_requests(self, **inputs: Any) -> list[InferenceRequest]:
         """One wire request per choice (``n``), each its own session so that the choices run side by side (a
@@ -180,6 +201,7 @@ class _Common(BaseModel):
         if self.min_tokens and max_new is not None and self.min_tokens > max_new:  # the contract's check, in our words
             message = f"min_tokens={self.min_tokens} is over {self.max_tokens_field}={max_new}; lower min_tokens"
             raise ApiError(422, message, param="min_tokens")
+        asked = self.structured()
         return InferenceRequest(
             request_id=uuid.uuid4().hex,
             session_id=uuid.uuid4().hex,
@@ -193,6 +215,7 @@ class _Common(BaseModel):
             logit_bias=self.logit_bias or None,
             min_tokens=self.min_tokens or None,
             stop_token_ids=self.stop_token_ids or None,
+            structured_output=asked[0] if asked is not None else None,
             **inputs,
         )
 
@@ -248,6 +271,7 @@ class CompletionBody(_Common):
 
 
 class ChatBody(_Common):
+    prompt_field: ClassVar[str] = "messages"
     messages: list[OpenAIMessage] = Field(min_length=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
@@ -320,11 +344,11 @@ async def _collect(events: AsyncIterator[tuple[AnyEvent, Verdict]]) -> Answer:
 
 
 async def _publish(
-    ingress: Ingress, wires: list[InferenceRequest], trace: tuple[str | None, str | None], max_tokens_field: str
+    ingress: Ingress, wires: list[InferenceRequest], trace: tuple[str | None, str | None], fields: FieldNames
 ) -> list[RequestAccepted]:
     """One record per choice. With ``n`` > 1 and one refused (its class over its backlog), the call is answered
     with that refusal; the accepted ones still run, unread."""
-    options: dict[str, Any] = {"traceparent": trace[0], "tracestate": trace[1], "max_tokens_field": max_tokens_field}
+    options: dict[str, Any] = {"traceparent": trace[0], "tracestate": trace[1], "fields": fields}
     if len(wires) == 1:
         return [await ingress.submit(wires[0], **options)]
     accepted: list[RequestAccepted] = []
@@ -343,7 +367,7 @@ async def _answer(
     ingress.check_model(body.model)
     await ingress.require_redis()  # publish nothing whose answer could not be read
     wires = [wire for inputs in body.inputs() for wire in body.to_requests(**inputs)]
-    accepted = await _publish(ingress, wires, trace, body.max_tokens_field)
+    accepted = await _publish(ingress, wires, trace, body.fields())
     asked = wires[0].logprobs is not None
     echo = [_prompt_text(ingress, body.model, wire) for wire in wires] if body.echo_asked() else None
     created = int(time.time())

@@ -7,10 +7,11 @@ can publish work.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -20,6 +21,8 @@ MAX_STOP_STRINGS = 8
 MAX_LOGPROBS = 20  # most likely tokens listed per position: OpenAI's top_logprobs ceiling, vLLM's max_logprobs
 MAX_LOGIT_BIAS = 300  # token ids one request may bias: what OpenAI's API accepts
 MAX_STOP_TOKEN_IDS = 64
+MAX_GRAMMAR_CHARS = 65_536  # a JSON schema (as JSON), regex or grammar: compiled for every request that sends it
+MAX_CHOICES = 256
 
 Identifier = Annotated[
     str,
@@ -53,6 +56,53 @@ class ChatMessage(BaseModel):
     """Who speaks; OpenAI's developer role arrives here as system (the OpenAI endpoints map it)."""
     content: Text
     """The turn's text."""
+
+
+class StructuredOutput(BaseModel):
+    """Constrain the answer to a language: give exactly one field. vLLM's structured outputs (its
+    ``structured_outputs`` / ``guided_*`` and OpenAI's ``response_format``), enforced token by token, so the
+    answer parses; one cut short by max_new_tokens or a stop string ends with finish_reason ``length`` / ``stop``
+    and may not."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    json_schema: dict[str, Any] | None = None
+    """The answer is JSON valid against this JSON Schema (vLLM's ``json``; OpenAI's json_schema.schema)."""
+    json_object: Literal[True] | None = None
+    """The answer is a JSON object, any object (OpenAI's JSON mode)."""
+    regex: Annotated[Text, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS)] | None = None
+    """The whole answer matches this regular expression (Rust regex syntax, no lookaround or backreferences)."""
+    choice: list[Annotated[Text, Field(min_length=1, max_length=1024)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_CHOICES
+    )
+    """The answer is exactly one of these strings."""
+    grammar: Annotated[Text, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS)] | None = None
+    """The answer is a sentence of this Lark grammar (llguidance's dialect: rules, regex terminals, %json)."""
+
+    @field_validator("json_schema")
+    @classmethod
+    def _bounded(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None and len(json.dumps(schema)) > MAX_GRAMMAR_CHARS:
+            raise ValueError(f"the schema is over {MAX_GRAMMAR_CHARS} characters as JSON; send a smaller schema")
+        return schema
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutput:
+        if len(self.given) != 1:
+            raise ValueError(
+                "give exactly one of json_schema (an object), json_object (true), regex, choice (a list of "
+                f"strings) or grammar; got {', '.join(self.given) or 'none'}"
+            )
+        return self
+
+    @property
+    def given(self) -> list[str]:
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
+    @property
+    def kind(self) -> str:
+        """The one field given, for an error to name."""
+        return self.given[0]
 
 
 class SamplingParams(BaseModel):
@@ -106,6 +156,9 @@ class SamplingParams(BaseModel):
     likely tokens at its position (0: the prompt token's alone), on the first event's prompt_logprobs field
     (scoring, as an evaluation harness's loglikelihood asks it). The worker then computes the model's output
     at every prompt position, not only the last. null: none."""
+    structured_output: StructuredOutput | None = None
+    """Constrain the answer to JSON (a schema, or any object), a regular expression, a list of choices or a
+    grammar; null: free text."""
 
     @property
     def penalized(self) -> bool:

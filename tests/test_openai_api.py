@@ -52,7 +52,25 @@ USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
         ({"messages": []}, "messages", "messages"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", "messages.0.role"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools: brigade does not implement", "tools"),
-        ({"response_format": {"type": "json_object"}}, 'send null or {"type": "text"}', "response_format"),
+        (
+            {"response_format": {"type": "structural_tag"}},
+            "response_format.type: Input should be",
+            "response_format.type",
+        ),
+        ({"response_format": {"type": "json_schema"}}, 'type "json_schema" needs', "response_format.json_schema"),
+        ({"guided_regex": "a(b"}, "guided_regex does not compile: at 1(8): invalid regex", "guided_regex"),
+        ({"guided_json": "{nope"}, "guided_json: not JSON", "guided_json"),
+        (
+            {"response_format": {"type": "json_object"}, "guided_choice": ["a"]},
+            "response_format, guided_choice: each asks for structured output; send one of them",
+            "guided_choice",
+        ),
+        (
+            {"structured_outputs": {"regex": "a", "choice": ["b"]}},
+            "give exactly one of json_schema",
+            "structured_outputs.regex",
+        ),
+        ({"guided_choice": []}, "guided_choice: List should have at least 1 item", "guided_choice"),
         ({"top_logprobs": 3}, "top_logprobs: send logprobs: true with it", "top_logprobs"),
         (
             {"logprobs": True, "top_logprobs": 21},
@@ -415,6 +433,23 @@ async def test_prompt_lists_are_bounded_and_of_one_shape(
         resp = await http.post("/v1/completions", json=body)
     assert resp.status_code == 422 and resp.json()["error"]["param"] == "prompt", resp.text
     assert message in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"prompt": [7] * 3000}, "prompt"),  # token ids travel as prompt_token_ids
+        ("/v1/completions", {"prompt": "word " * 3000}, "prompt"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 3000}]}, "messages"),
+    ],
+)
+async def test_a_prompt_over_the_limit_names_the_field_the_caller_sent(
+    settings: Settings, ingress: str, path: str, body: dict[str, object], param: str
+) -> None:
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        resp = await http.post(path, json={"model": settings.model, "max_tokens": 4} | body)
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"]["param"] == param and "BRIGADE_MAX_PROMPT_TOKENS" in resp.json()["error"]["message"]
 
 
 def by_seed(req: InferenceRequest) -> list[AnyEvent]:

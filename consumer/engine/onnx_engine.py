@@ -22,6 +22,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from brigade.models.registry import model_file, resolve_model
+from consumer.engine.constraint import Constraints
 from consumer.engine.interface import GenerationInput, OutOfMemory, TokenDelta
 from consumer.engine.logprobs import TokenText, entry, log_softmax, prompt_entries
 from consumer.engine.model_files import ChatRenderer, ModelFiles, read_model_files
@@ -362,6 +363,7 @@ class OnnxEngine:
         self.suppress_ids = np.array([i for i in self.files.suppress_ids if i < self.sampled_vocab], dtype=np.int64)
         # Special tokens by name (an end-of-sequence token reads as itself, not as ""), as vLLM lists them.
         self.token_text = TokenText(lambda i: self.tokenizer.decode([i], skip_special_tokens=False))
+        self.constraints = Constraints(self.tokenizer, vocab=self.sampled_vocab, eos_ids=self.files.eos_ids)
 
     @property
     def session(self) -> ort.InferenceSession:
@@ -390,12 +392,15 @@ class OnnxEngine:
         return self._chat(messages)
 
     def sequence(self, item: GenerationInput) -> SequenceState:
+        """Raises ValueError for a structured output that does not compile: the worker's intake checks first."""
+        spec = item.sampling.structured_output
         return SequenceState(
             item,
             prompt_ids=list(item.prompt_ids) or [self.pad_id],  # an empty prompt starts from BOS, as HF
             decoder=self.tokenizer,
             eos_ids=self.files.eos_ids,
             max_context=self.max_context,
+            constraint=self.constraints.for_sequence(spec) if spec is not None else None,
         )
 
     def start(self, inputs: Sequence[GenerationInput]) -> OnnxBatchRun:

@@ -11,6 +11,7 @@ from collections.abc import Collection
 import numpy as np
 import numpy.typing as npt
 
+from consumer.engine.constraint import Constraint
 from consumer.engine.detokenizer import Decoder, IncrementalDetokenizer
 from consumer.engine.interface import GenerationInput, TokenDelta
 from consumer.engine.sampling import Seen, make_generator
@@ -27,6 +28,7 @@ class SequenceState:
         decoder: Decoder,
         eos_ids: Collection[int],
         max_context: int,
+        constraint: Constraint | None = None,
     ) -> None:
         self.request_id = item.request_id
         self.prompt_ids = prompt_ids
@@ -51,7 +53,8 @@ class SequenceState:
         )
         self._min_tokens = item.sampling.min_tokens or 0
         self._eos_ids = np.fromiter(self._eos, dtype=np.int64) if self._min_tokens and self._eos else None
-        self.adjusts = self._bias is not None or self._eos_ids is not None
+        self.constraint = constraint  # structured output: its mask comes last, after every other adjustment
+        self.adjusts = self._bias is not None or self._eos_ids is not None or constraint is not None
         self.finish_reason: FinishReason | None = None if self.budget > 0 else FinishReason.LENGTH
 
     @property
@@ -63,13 +66,15 @@ class SequenceState:
         return self.finish_reason is not None
 
     def adjust(self, logits: npt.NDArray[np.floating]) -> None:
-        """This sequence's own changes to its row of logits before a token is chosen: its logit_bias, and
-        end-of-sequence masked while it has fewer than min_tokens."""
+        """This sequence's own changes to its row of logits before a token is chosen: its logit_bias,
+        end-of-sequence masked while it has fewer than min_tokens, and what its structured output forbids."""
         if self._bias is not None:
             ids, values = self._bias
             logits[ids] += values
         if self._eos_ids is not None and self.generated < self._min_tokens:
             logits[self._eos_ids] = -np.inf
+        if self.constraint is not None:
+            self.constraint.mask(logits)
 
     def delta(self, text: str = "", logprob: TokenLogprob | None = None) -> TokenDelta:
         return TokenDelta(self.request_id, text, self.generated, self.finish_reason, logprob)
@@ -83,11 +88,16 @@ class SequenceState:
         if token_id in self._eos:
             self.finish_reason = FinishReason.STOP
             return self.delta(self._drain(), logprob)
+        if self.constraint is not None:
+            self.constraint.consume(token_id)
         piece = self._detok.push(token_id)
         # Before min_tokens no stop string may end it: that text goes out unsearched.
         text, stopped = self._stops.push(piece) if self.generated >= self._min_tokens else (piece, False)
         if stopped:
             self.finish_reason = FinishReason.STOP
+        elif self.constraint is not None and self.constraint.finished:
+            self.finish_reason = FinishReason.STOP  # the answer is complete: its end-of-sequence is not generated
+            text += self._drain()
         elif self.generated >= self.budget:
             self.finish_reason = FinishReason.LENGTH
             text += self._drain()

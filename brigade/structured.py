@@ -1,0 +1,54 @@
+"""A request's ``structured_output`` as an llguidance grammar, and the check both the ingress and the worker run.
+
+llguidance (the Rust library behind vLLM's ``guidance`` backend) compiles JSON Schema, regular expressions
+and Lark grammars to one grammar format and computes, per step, which tokens keep the answer inside the
+language: the worker masks the rest (``consumer/engine/constraint.py``). The ingress checks the grammar
+before it publishes, so a typo in a schema is a 422 naming the field, not an error event after a queue wait;
+the worker checks again for what was published straight to Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from llguidance import LLMatcher
+
+from schemas.requests import StructuredOutput
+
+# The JSON a constrained answer is written in: compact, as json.dumps(separators=(",", ":")) writes it.
+# Flexible whitespace would let a sampled answer wander through newlines and spaces up to max_new_tokens.
+_JSON_OPTIONS = {"whitespace_flexible": False}
+
+
+def to_grammar(spec: StructuredOutput) -> str:
+    """The llguidance grammar (its serialized form) of the one constraint ``spec`` gives."""
+    if spec.json_schema is not None:
+        return LLMatcher.grammar_from_json_schema(spec.json_schema, defaults=_JSON_OPTIONS)  # type: ignore[arg-type]
+    if spec.json_object is not None:
+        return LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=_JSON_OPTIONS)  # type: ignore[arg-type]
+    if spec.regex is not None:
+        return LLMatcher.grammar_from_regex(spec.regex)
+    if spec.choice is not None:
+        # a regex alternation of the literal strings: JSON string escapes quote every character exactly
+        return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in spec.choice))
+    assert spec.grammar is not None  # the model allows exactly one field
+    return LLMatcher.grammar_from_lark(spec.grammar)
+
+
+def grammar_error(spec: StructuredOutput) -> str | None:
+    """Why ``spec`` cannot constrain an answer (llguidance's message, which points into the grammar), or None.
+
+    Remembered per spec: OpenAI's ``n`` and prompt lists send one grammar with many requests.
+    """
+    return _grammar_error(spec.model_dump_json(exclude_none=True))
+
+
+@lru_cache(maxsize=256)
+def _grammar_error(spec_json: str) -> str | None:
+    try:
+        grammar = to_grammar(StructuredOutput.model_validate_json(spec_json))
+    except ValueError as exc:
+        return str(exc)
+    error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    return messages[0].strip() if error else None

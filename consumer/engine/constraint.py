@@ -1,0 +1,85 @@
+"""Structured output in the engine: one llguidance matcher per constrained sequence, masking its logits row.
+
+Each step the matcher says which tokens keep the answer inside its language; the others get -inf before
+the sampler sees the row, so greedy, sampling, penalties and logit_bias all choose among allowed tokens only.
+A matcher that has reached the end of its language (only end-of-sequence could follow) ends the sequence at
+once, without a step for that token. Compiling a grammar costs ~0.2 ms for a small schema and much more for a
+large one, so each engine keeps the last compiled matchers by grammar and copies them for new sequences.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Collection
+
+import numpy as np
+import numpy.typing as npt
+from llguidance import LLMatcher, LLTokenizer
+from tokenizers import Tokenizer
+
+from brigade.structured import to_grammar
+from schemas.requests import StructuredOutput
+
+_CACHED_GRAMMARS = 64
+
+
+class Constraint:
+    """One sequence's matcher and its mask buffer."""
+
+    def __init__(self, matcher: LLMatcher, *, tokenizer_vocab: int, width: int) -> None:
+        self._matcher = matcher
+        self._width = width  # the logits row: the ids the engine samples from
+        self._bits = np.zeros((max(tokenizer_vocab, width) + 31) // 32, dtype=np.int32)
+
+    @property
+    def finished(self) -> bool:
+        """The answer is complete: nothing but end-of-sequence may follow."""
+        return bool(self._matcher.is_stopped())
+
+    def allowed(self) -> npt.NDArray[np.bool_]:
+        """Which ids of the logits row may come next."""
+        self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+        bits = np.unpackbits(self._bits.view(np.uint8), bitorder="little")
+        return bits[: self._width].astype(np.bool_)
+
+    def mask(self, logits: npt.NDArray[np.floating]) -> None:
+        """Disallowed ids to -inf in this row. Should an earlier adjustment (min_tokens holding back the end)
+        have left no allowed id above -inf, the grammar wins: its ids are made equally likely."""
+        allowed = self.allowed()
+        logits[~allowed] = -np.inf
+        if not np.isfinite(logits).any():
+            logits[allowed] = 0.0
+
+    def consume(self, token_id: int) -> None:
+        if not self._matcher.consume_token(token_id):
+            raise RuntimeError(f"structured output: token {token_id} was not allowed: {self._matcher.get_error()}")
+
+
+class Constraints:
+    """An engine's way to constraints: its tokenizer as llguidance sees it, built once, and compiled grammars."""
+
+    def __init__(self, tokenizer: Tokenizer, *, vocab: int, eos_ids: Collection[int]) -> None:
+        self._tokenizer = tokenizer
+        self._vocab = vocab
+        self._eos = sorted(eos_ids)
+        self._ll: LLTokenizer | None = None
+        self._compiled: OrderedDict[str, LLMatcher] = OrderedDict()
+
+    def _llg_tokenizer(self) -> LLTokenizer:
+        if self._ll is None:  # ~50 ms for a 50k vocabulary: only engines that meet a constraint pay it
+            self._ll = LLTokenizer(self._tokenizer.to_str(), eos_token=self._eos or None)
+        return self._ll
+
+    def for_sequence(self, spec: StructuredOutput) -> Constraint:
+        grammar = to_grammar(spec)
+        matcher = self._compiled.get(grammar)
+        if matcher is None:
+            matcher = LLMatcher(self._llg_tokenizer(), grammar, log_level=0)
+            if matcher.is_error():
+                raise ValueError(f"structured_output.{spec.kind}: {matcher.get_error()}")
+            self._compiled[grammar] = matcher
+            if len(self._compiled) > _CACHED_GRAMMARS:
+                self._compiled.popitem(last=False)
+        else:
+            self._compiled.move_to_end(grammar)
+        return Constraint(matcher.deep_copy(), tokenizer_vocab=self._llg_tokenizer().vocab_size, width=self._vocab)
