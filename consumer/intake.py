@@ -215,7 +215,7 @@ class Intake:
         ids_by_length: dict[int, list[int]] = {}  # each candidate drops a different number of messages
 
         def count(conversation: list[ChatMessage]) -> int:
-            ids = self._engine.encode(self._engine.render_chat(conversation))
+            ids = self._engine.encode(self._engine.render_chat(conversation, request.tools))
             ids_by_length[len(conversation)] = ids
             return len(ids)
 

@@ -190,7 +190,10 @@ class SessionAppend:
             "session_id": self.session_id,
             "model": self.model,
             "drop": self.drop,
-            "append": [m.model_dump() for m in (*self.append, ChatMessage(role="assistant", content=reply))],
+            # a turn's unused tool fields stay out: a worker of an earlier release reads the document too
+            "append": [
+                m.model_dump(exclude_none=True) for m in (*self.append, ChatMessage(role="assistant", content=reply))
+            ],
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
             "trimmed": self.trimmed,

@@ -124,6 +124,9 @@ class RequestOptions(TypedDict, total=False):
     events and on ``Completion.logprobs``."""
     prompt_logprobs: int | None
     """Each prompt token's, likewise, on the first event and on ``Completion.prompt_logprobs``."""
+    tools: Sequence[Mapping[str, Any]] | None
+    """With ``messages``: the tools the model's chat template describes (OpenAI's shape); pair with a
+    ``structured_output`` to make the answer a call."""
     structured_output: StructuredOutput | Mapping[str, Any] | None
     """Constrain the answer: ``{"json_schema": {...}}``, ``{"json_object": True}``, ``{"regex": ...}``,
     ``{"choice": [...]}`` or ``{"grammar": ...}`` (Lark); a schema, regex or grammar that does not compile is
@@ -195,7 +198,7 @@ class BrigadeClient:
         self,
         prompt: str | None = None,
         *,
-        messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
+        messages: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
         prompt_token_ids: Sequence[int] | None = None,
         session_id: str | None = None,
         request_id: str | None = None,
@@ -219,10 +222,14 @@ class BrigadeClient:
             body["logit_bias"] = dict(body["logit_bias"])
         if "stop_token_ids" in body:
             body["stop_token_ids"] = list(body["stop_token_ids"])
+        if "tools" in body:
+            body["tools"] = [dict(t) for t in body["tools"]]
         if isinstance(spec := body.get("structured_output"), StructuredOutput):
             body["structured_output"] = spec.model_dump(exclude_none=True)
         if messages is not None:
-            body["messages"] = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
+            body["messages"] = [
+                m.model_dump(exclude_none=True) if isinstance(m, ChatMessage) else dict(m) for m in messages
+            ]
         ids = list(prompt_token_ids) if prompt_token_ids is not None else None
         inputs = {"prompt": prompt, "prompt_token_ids": ids, "session_id": session_id, "request_id": request_id}
         body |= {k: v for k, v in inputs.items() if v is not None}
@@ -287,7 +294,7 @@ class BrigadeClient:
         self,
         prompt: str | None = None,
         *,
-        messages: Sequence[ChatMessage | Mapping[str, str]] | None = None,
+        messages: Sequence[ChatMessage | Mapping[str, Any]] | None = None,
         prompt_token_ids: Sequence[int] | None = None,
         session_id: str | None = None,
         request_id: str | None = None,

@@ -31,6 +31,8 @@ class Finished:
     done: DoneEvent
     entries: Sequence[TokenLogprob] | None = None
     echo: Echo | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # a forced tool call's: the message carries these, not text
+    finish_reason: str | None = None  # where it is not the done event's own (tool calls)
 
 
 def usage(dones: Sequence[DoneEvent], *, n: int = 1) -> dict[str, int]:
@@ -77,7 +79,14 @@ def logprobs(
 
 
 def _choice(
-    kind: Kind, *, index: int, text: str | None, finish_reason: str | None, first: bool, lp: dict[str, Any] | None
+    kind: Kind,
+    *,
+    index: int,
+    text: str | None,
+    finish_reason: str | None,
+    first: bool,
+    lp: dict[str, Any] | None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     if kind == "text":
         return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish_reason}
@@ -86,6 +95,8 @@ def _choice(
         delta["role"] = "assistant"
     if text is not None:
         delta["content"] = text
+    if tool_calls is not None:
+        delta["tool_calls"] = tool_calls
     return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
 
 
@@ -100,14 +111,17 @@ def chunk(
     finish_reason: str | None = None,
     first: bool = False,
     lp: dict[str, Any] | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One ``data:`` payload of a streamed answer, for choice ``index``; ``lp``: its ``logprobs``."""
+    """One ``data:`` payload of a streamed answer, for choice ``index``; ``lp``: its ``logprobs``; ``tool_calls``:
+    chat's ``delta.tool_calls`` (each with its ``index``)."""
+    one = _choice(kind, index=index, text=text, finish_reason=finish_reason, first=first, lp=lp, tool_calls=tool_calls)
     return {
         "id": completion_id(kind, request_id),
         "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
         "created": created,
         "model": model,
-        "choices": [_choice(kind, index=index, text=text, finish_reason=finish_reason, first=first, lp=lp)],
+        "choices": [one],
     }
 
 
@@ -130,9 +144,11 @@ def _whole_choice(kind: Kind, index: int, choice: Finished) -> dict[str, Any]:
     lp = None
     if choice.entries is not None:
         lp = logprobs(kind, choice.entries, text_offset=len(echo.text), prompt=echo.entries)
-    finish = choice.done.finish_reason.value
+    finish = choice.finish_reason or choice.done.finish_reason.value
     if kind == "chat":
-        message = {"role": "assistant", "content": choice.text}
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+        if choice.tool_calls is not None:
+            message |= {"content": None, "tool_calls": choice.tool_calls}
         return {"index": index, "message": message, "logprobs": lp, "finish_reason": finish}
     return {"index": index, "text": echo.text + choice.text, "logprobs": lp, "finish_reason": finish}
 

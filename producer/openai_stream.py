@@ -15,6 +15,7 @@ from typing import Any
 
 from producer.errors import ApiError
 from producer.openai_format import Kind, chunk, logprobs, usage_chunk
+from producer.openai_tools import ToolCalling, tool_call
 from producer.stream_reader import ERROR_STATUS, AnyEvent, LiveText, Verdict
 from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob
 
@@ -67,6 +68,19 @@ class _Choice:
     first: bool = True  # the next chunk is its first (chat's delta names the role)
     offset: int = 0  # characters of its text sent: the legacy text_offset of the next entry
     echo: str | None = None  # the prompt, until the first chunk carries it (``echo``)
+    held: str = ""  # a list of tool calls' text, parsed whole at its end
+
+
+def _text_fields(tools: ToolCalling | None, c: _Choice, text: str) -> dict[str, Any] | None:
+    """What a choice's new text becomes in its chunk: content, a named call's arguments, or nothing yet."""
+    if tools is None:
+        return {"text": text}
+    if tools.named is None:
+        c.held += text
+        return None
+    if c.first:
+        return {"tool_calls": [tool_call(tools.named, text, index=0)]}
+    return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
 
 
 async def chunks(
@@ -80,11 +94,13 @@ async def chunks(
     include_usage: bool,
     echo: Sequence[str] | None = None,
     n: int = 1,
+    tools: ToolCalling | None = None,
 ) -> AsyncIterator[str]:
     """The ``data:`` payloads of a streamed call, ``[DONE]`` last. An error event ends the whole answer with an
     error payload (the other choices' requests still finish, unread). ``echo``: the text each choice's first
     chunk starts with, with the prompt's entries (which come on its first event) when logprobs were asked;
-    ``n``: choices per prompt, for usage."""
+    ``n``: choices per prompt, for usage; ``tools``: a forced tool call, whose text goes out as ``tool_calls``
+    (a named function's arguments as they come; a list of calls whole, once it has ended and parsed)."""
     choices = [_Choice(echo=None if echo is None else echo[i]) for i in range(len(streams))]
     dones: dict[int, DoneEvent] = {}
 
@@ -104,13 +120,23 @@ async def chunks(
                 if text or entries or prompt:
                     lp = logprobs(kind, entries, text_offset=c.offset, prompt=prompt) if asked_logprobs else None
                     c.offset += sum(len(e.token) for e in entries)
-                    yield payload(index, text=text, first=c.first, lp=lp)
-                    c.first = False
+                    fields = _text_fields(tools, c, text)
+                    if fields is not None or lp is not None:
+                        yield payload(index, first=c.first, lp=lp, **(fields or {}))
+                        c.first = False
             if verdict is Verdict.DROP:
                 continue
             if isinstance(event, DoneEvent):
                 end = "" if kind == "text" else None
                 reason = event.finish_reason.value
+                if tools is not None and tools.named is None:
+                    calls = tools.calls(c.held)
+                    listed = None if calls is None else [{"index": i, **call} for i, call in enumerate(calls)]
+                    yield payload(
+                        index, first=c.first, **({"text": c.held} if listed is None else {"tool_calls": listed})
+                    )
+                    c.first = False
+                    reason = tools.finish_reason(reason, calls)
                 yield payload(index, text=end, finish_reason=reason, first=c.first)
                 dones[index] = event
             elif isinstance(event, ErrorEvent):

@@ -14,6 +14,7 @@ prompt limit, which for short prompts is never.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,8 +51,12 @@ def prompt_texts(request: InferenceRequest) -> tuple[list[str], int]:
     """The texts the model will read, and the tokens a chat template adds: a few per turn for role markers."""
     if request.prompt is not None:
         return [request.prompt], 0
-    texts = [m.content for m in request.messages or ()]
-    return texts, _MESSAGE_OVERHEAD_TOKENS * len(texts)
+    messages = request.messages or ()
+    texts = [m.content for m in messages]
+    texts += [f"{c.function.name} {c.function.arguments}" for m in messages for c in m.tool_calls or ()]
+    if request.tools:  # a template for tool use writes them out, much as JSON
+        texts.append(json.dumps(request.tools))
+    return texts, _MESSAGE_OVERHEAD_TOKENS * len(messages)
 
 
 async def count_tokens(tokenizer: Tokenizer, request: InferenceRequest) -> int:

@@ -23,6 +23,7 @@ MAX_LOGIT_BIAS = 300  # token ids one request may bias: what OpenAI's API accept
 MAX_STOP_TOKEN_IDS = 64
 MAX_GRAMMAR_CHARS = 65_536  # a JSON schema (as JSON), regex or grammar: compiled for every request that sends it
 MAX_CHOICES = 256
+MAX_TOOLS = 128  # OpenAI's limit on tools per request
 
 Identifier = Annotated[
     str,
@@ -47,15 +48,50 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    """The function called."""
+    arguments: Text
+    """Its arguments, as JSON text (OpenAI's shape; chat templates are given the parsed object)."""
+
+
+class ToolCall(BaseModel):
+    """A call an assistant turn made, in OpenAI's shape."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+    """The call's id, which the tool turn answering it repeats."""
+    type: Literal["function"] = "function"
+    """Always function: the one kind of tool the contract carries."""
+    function: FunctionCall
+    """What was called, with which arguments."""
+
+
 class ChatMessage(BaseModel):
     """One turn of a conversation, in OpenAI's shape."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    role: Literal["system", "user", "assistant"]
-    """Who speaks; OpenAI's developer role arrives here as system (the OpenAI endpoints map it)."""
+    role: Literal["system", "user", "assistant", "tool"]
+    """Who speaks; OpenAI's developer role arrives here as system (the OpenAI endpoints map it). A tool turn
+    carries a tool's result back."""
     content: Text
-    """The turn's text."""
+    """The turn's text ("" for an assistant turn that only called tools)."""
+    tool_calls: list[ToolCall] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    """An assistant turn's calls of the request's tools."""
+    tool_call_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)] | None = None
+    """A tool turn's: the id of the call it answers."""
+
+    @model_validator(mode="after")
+    def _tool_fields_on_their_roles(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls belong to an assistant turn, not a {self.role} turn")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool turn names the call it answers in tool_call_id, and only a tool turn has one")
+        return self
 
 
 class StructuredOutput(BaseModel):
@@ -188,6 +224,11 @@ class InferenceRequest(SamplingParams):
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     """Chat turns, rendered with the model's chat template. Give exactly one of prompt, messages and
     prompt_token_ids."""
+    tools: list[dict[str, Any]] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    """With messages: the tools the conversation may call, in OpenAI's shape ({"type": "function", "function":
+    {"name", "description", "parameters"}}), given to the model's chat template as ``tools``, where a template
+    written for tool use describes them to the model. To make the answer a call, constrain it with
+    structured_output (the OpenAI endpoint does that for tool_choice "required" or a named function)."""
     prompt_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
     """The prompt as ids of the model's vocabulary, read as they are (no tokenizing, no special tokens added):
     what an evaluation harness that tokenized the text itself sends. Give exactly one of prompt, messages and
@@ -217,6 +258,10 @@ class InferenceRequest(SamplingParams):
                 "give exactly one of 'prompt' (a string), 'messages' (a list of chat turns) or 'prompt_token_ids' "
                 "(a list of token ids)"
             )
+        if self.tools is not None and self.messages is None:
+            raise ValueError("tools go with messages: only a chat template can describe them to the model")
+        if self.tools is not None and len(json.dumps(self.tools)) > MAX_GRAMMAR_CHARS:
+            raise ValueError(f"tools are over {MAX_GRAMMAR_CHARS} characters as JSON; describe fewer or shorter")
         if self.min_tokens and self.max_new_tokens is not None and self.min_tokens > self.max_new_tokens:
             raise ValueError(
                 f"min_tokens={self.min_tokens} is over max_new_tokens={self.max_new_tokens}; lower min_tokens"

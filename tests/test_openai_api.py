@@ -50,8 +50,9 @@ USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
         ({"stop": [f"s{i}" for i in range(9)]}, "stop: List should have at most 8 items", "stop"),
         ({"temperature": 3}, "temperature", "temperature"),
         ({"messages": []}, "messages", "messages"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", "messages.0.role"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools: brigade does not implement", "tools"),
+        ({"messages": [{"role": "function", "content": "x"}]}, "messages.0.role", "messages.0.role"),
+        ({"tools": [{"type": "web_search"}]}, "tools.0.type: Input should be 'function'", "tools.0.type"),
+        ({"functions": [{"name": "f"}]}, "functions: brigade does not implement", "functions"),
         (
             {"response_format": {"type": "structural_tag"}},
             "response_format.type: Input should be",

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine, TokenDelta
 from schemas.events import FinishReason
@@ -112,7 +113,7 @@ class WordEngine:
     def encode(self, text: str) -> list[int]:
         return [len(w) for w in text.split()]
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
         return " ".join(f"<{m.role}> {m.content}" for m in messages) + " <assistant>"
 
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
@@ -171,8 +172,8 @@ class CountingEngine:
     def encode(self, text: str) -> list[int]:
         return self.inner.encode(text)
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        return self.inner.render_chat(messages)
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
+        return self.inner.render_chat(messages, tools)
 
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
         with self._lock:

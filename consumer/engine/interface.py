@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from schemas.events import FinishReason, PromptLogprob, TokenLogprob
 from schemas.requests import ChatMessage, SamplingParams
@@ -81,8 +81,9 @@ class InferenceEngine(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        """The model's chat template applied to a conversation, ending where the assistant speaks."""
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The model's chat template applied to a conversation (and the tools it may call, OpenAI's shape),
+        ending where the assistant speaks."""
         ...
 
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun: ...

@@ -8,6 +8,7 @@ This module gathers them into one typed object so the engine never guesses field
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +89,46 @@ class ChatRenderer:
             env.globals["raise_exception"] = _raise
             self._template = env.from_string(files.chat_template)
 
-    def __call__(self, messages: Sequence[ChatMessage]) -> str:
-        turns = [{"role": m.role, "content": m.content} for m in messages]
+    def __call__(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """``tools`` (OpenAI's shape) go to the template as transformers passes them; without a template, where
+        nothing could describe them, the plain lines show each call and result as text."""
+        turns = [template_turn(m) for m in messages]
         if self._template is None:
-            return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant:"
+            return "".join(f"{m.role}: {_plain(m)}\n" for m in messages) + "assistant:"
         return self._template.render(
-            messages=turns, add_generation_prompt=True, bos_token=self._files.bos_token, eos_token=self._files.eos_token
+            messages=turns,
+            tools=list(tools) if tools else None,
+            add_generation_prompt=True,
+            bos_token=self._files.bos_token,
+            eos_token=self._files.eos_token,
         )
+
+
+def template_turn(message: ChatMessage) -> dict[str, Any]:
+    """A turn as chat templates read it: tool calls' arguments as objects (as transformers and vLLM give them;
+    templates such as Llama 3.1's write them out with ``tojson``), kept as text when they are not JSON."""
+    turn: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls is not None:
+        turn["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": c.type,
+                "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)},
+            }
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        turn["tool_call_id"] = message.tool_call_id
+    return turn
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _plain(message: ChatMessage) -> str:
+    calls = " ".join(f"{c.function.name}({c.function.arguments})" for c in message.tool_calls or ())
+    return " ".join(part for part in (message.content, calls) if part)

@@ -388,8 +388,8 @@ class OnnxEngine:
         special = not (self.files.bos_token and text.startswith(self.files.bos_token))
         return list(self.tokenizer.encode(text, add_special_tokens=special).ids)
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        return self._chat(messages)
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
+        return self._chat(messages, tools)
 
     def sequence(self, item: GenerationInput) -> SequenceState:
         """Raises ValueError for a structured output that does not compile: the worker's intake checks first."""

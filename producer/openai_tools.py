@@ -1,0 +1,134 @@
+"""Tool calling on the chat endpoint, as vLLM serves it without a model-specific parser: the call is forced.
+
+``tool_choice`` a named function: the answer is that function's arguments, constrained to its ``parameters``
+schema. ``"required"``: the answer is a JSON list of ``{"name", "parameters"}`` objects, one of the tools each
+(vLLM's shape). Either way the answer is structured output (``brigade/structured.py``), so it parses, and it
+comes back as ``message.tool_calls`` (streamed as ``delta.tool_calls``). ``"auto"`` (OpenAI's default when tools
+are given) needs a parser for each model family's own call format (vLLM's ``--tool-call-parser``); brigade has
+none and refuses it, as vLLM does without ``--enable-auto-tool-choice``. ``"none"``: the tools only reach the
+chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from producer.errors import ApiError
+from schemas.requests import StructuredOutput
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # left out: a function without parameters
+    strict: bool | None = None  # enforced either way
+
+
+class OpenAITool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+def _parameters(tool: OpenAITool) -> dict[str, Any]:
+    return tool.function.parameters or {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCalling:
+    """How one call's answers become tool calls: ``named``'s arguments, or (None) a list of calls."""
+
+    named: str | None
+
+    def calls(self, text: str) -> list[dict[str, Any]] | None:
+        """OpenAI's ``tool_calls`` from an answer's text; None when a list of calls does not parse (an answer
+        cut short by max_tokens or a stop string), whose text is then returned as content."""
+        if self.named is not None:
+            return [tool_call(self.named, text)]
+        try:
+            items = json.loads(text)
+            return [tool_call(i["name"], json.dumps(i["parameters"], ensure_ascii=False)) for i in items]
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def finish_reason(self, reason: str, calls: list[dict[str, Any]] | None) -> str:
+        """vLLM's and OpenAI's: ``tool_calls`` where the model chose the calls (``required``); a named
+        function's answer keeps its own reason."""
+        return "tool_calls" if self.named is None and calls is not None and reason == "stop" else reason
+
+
+def tool_call(name: str, arguments: str, *, index: int | None = None) -> dict[str, Any]:
+    call: dict[str, Any] = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
+    call["function"] = {"name": name, "arguments": arguments}
+    return call if index is None else {"index": index, **call}
+
+
+def plan_tools(
+    tools: list[OpenAITool] | None, choice: ToolChoice | None, *, structured: bool
+) -> tuple[StructuredOutput | None, ToolCalling | None]:
+    """The constraint and the response mapping a call's ``tools`` / ``tool_choice`` ask for; an ``ApiError``
+    naming the field when they cannot be served. ``structured``: the call also asked for structured output."""
+    if not tools:
+        if isinstance(choice, NamedToolChoice) or choice == "required":
+            raise ApiError(422, "tool_choice: there are no tools to call; send tools with it", param="tools")
+        return None, None
+    if choice is None or choice == "auto":
+        raise ApiError(
+            422,
+            'tool_choice: "auto" (the default when tools are given) needs a parser for the model\'s own tool-call '
+            'format, which brigade does not have (vLLM\'s --enable-auto-tool-choice); send "required", a named '
+            'function ({"type": "function", "function": {"name": …}}) or "none"',
+            param="tool_choice",
+        )
+    if choice == "none":
+        return None, None
+    if structured:
+        raise ApiError(
+            422,
+            "tool_choice: a forced tool call constrains the answer itself; leave out response_format and "
+            "structured_outputs / guided_* with it",
+            param="tool_choice",
+        )
+    if isinstance(choice, NamedToolChoice):
+        named = next((t for t in tools if t.function.name == choice.function.name), None)
+        if named is None:
+            offered = ", ".join(t.function.name for t in tools)
+            raise ApiError(
+                422,
+                f"tool_choice.function.name: {choice.function.name!r} is not one of the tools ({offered})",
+                param="tool_choice.function.name",
+            )
+        return StructuredOutput(json_schema=_parameters(named)), ToolCalling(named.function.name)
+    one_of = [
+        {
+            "type": "object",
+            "properties": {"name": {"type": "string", "enum": [t.function.name]}, "parameters": _parameters(t)},
+            "required": ["name", "parameters"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    schema = {"type": "array", "minItems": 1, "items": {"anyOf": one_of}}
+    return StructuredOutput(json_schema=schema), ToolCalling(None)
