@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from typing import Any
 
 from llguidance import LLMatcher
 
@@ -21,10 +22,43 @@ from schemas.requests import StructuredOutput
 _JSON_OPTIONS = {"whitespace_flexible": False}
 
 
+def closed(schema: Any) -> Any:
+    """``schema`` with every object that lists its ``properties`` closed to others unless it says otherwise.
+
+    JSON Schema allows unlisted properties by default, and a model let loose in one writes keys nobody asked
+    for until max_tokens (seen on the dev stack). OpenAI's strict schemas require them closed, vLLM's default
+    backend (xgrammar) closes them, and vLLM's guidance backend has ``disable-additional-properties`` for it:
+    what callers expect. An object without ``properties`` (``{"type": "object"}``) stays any object.
+    """
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: closed(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [closed(sub) for sub in value]
+        elif key in _SCHEMAS:
+            out[key] = closed(value)
+        else:
+            out[key] = value  # enum, const, default, examples…: values, not schemas
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+# Where JSON Schema nests schemas: by name, in a list, or alone.
+_SCHEMA_MAPS = frozenset(("properties", "patternProperties", "$defs", "definitions", "dependentSchemas"))
+_SCHEMA_LISTS = frozenset(("anyOf", "oneOf", "allOf", "prefixItems", "items"))
+_SCHEMAS = frozenset(
+    ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames", "unevaluatedProperties")
+)
+
+
 def to_grammar(spec: StructuredOutput) -> str:
     """The llguidance grammar (its serialized form) of the one constraint ``spec`` gives."""
     if spec.json_schema is not None:
-        return LLMatcher.grammar_from_json_schema(spec.json_schema, defaults=_JSON_OPTIONS)  # type: ignore[arg-type]
+        return LLMatcher.grammar_from_json_schema(closed(spec.json_schema), defaults=_JSON_OPTIONS)  # type: ignore[arg-type]
     if spec.json_object is not None:
         return LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=_JSON_OPTIONS)  # type: ignore[arg-type]
     if spec.regex is not None:

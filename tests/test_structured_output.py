@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from brigade.inprocess import finals, fleet, read_until_final
-from brigade.structured import grammar_error
+from brigade.structured import closed, grammar_error
 from consumer.engine.interface import GenerationInput
 from consumer.engine.onnx_engine import OnnxEngine, load_engine
 from producer.client import BrigadeClient, InvalidRequest
@@ -136,6 +136,26 @@ def test_compiled_grammars_are_reused_and_each_sequence_has_its_own_state(engine
     assert np.array_equal(b.allowed(), engine.constraints.for_sequence(spec).allowed())
     with pytest.raises(RuntimeError, match=r"structured output: token \d+ was not allowed"):
         b.consume(engine.tokenizer.encode("x", add_special_tokens=False).ids[0])
+
+
+def test_objects_that_list_their_properties_are_closed_unless_they_say_otherwise(engine: OnnxEngine) -> None:
+    """What OpenAI's strict mode and vLLM's default backend do: without it a model writes keys nobody asked for."""
+    nested = {"type": "object", "properties": {"properties": {"type": "object", "properties": {"a": {}}}}}
+    assert closed(nested)["additionalProperties"] is False
+    assert closed(nested)["properties"]["properties"]["additionalProperties"] is False, "a property named properties"
+    assert "additionalProperties" not in closed(nested)["properties"], "the name mapping is not a schema"
+    kept = {"anyOf": [{"properties": {}, "additionalProperties": True}, {"enum": [{"properties": {}}]}]}
+    assert closed(kept) == kept and closed({"type": "object"}) == {"type": "object"}
+
+    open_person = {k: v for k, v in PERSON.items() if k != "additionalProperties"}
+    spec = StructuredOutput(json_schema={**open_person, "required": ["name"]})
+    prompt = engine.encode("The chef calls the order")
+    inputs = [GenerationInput(f"r{seed}", prompt, 96, _params(spec, sampled=True, seed=seed)) for seed in range(6)]
+    run = engine.start(inputs)
+    out = run_all(run)
+    for item in inputs:
+        answer = json.loads("".join(d.text for d in out[item.request_id]))
+        assert set(answer) <= set(PERSON["properties"]), answer  # type: ignore[call-overload]
 
 
 def test_the_contract_takes_exactly_one_bounded_constraint() -> None:
