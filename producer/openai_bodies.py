@@ -274,6 +274,7 @@ class ChatBody(OpenAIBody):
     prompt_field: ClassVar[str] = "messages"
     messages: list[OpenAIMessage] = Field(min_length=1)
     tools: list[OpenAITool] | None = None
+    parallel_tool_calls: bool | None = None  # false: "required" makes exactly one call
     tool_choice: ToolChoice | None = None  # "required" or a named function forces a call (producer/openai_tools.py)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
@@ -295,11 +296,15 @@ class ChatBody(OpenAIBody):
 
     def structured(self) -> tuple[StructuredOutput, str] | None:
         asked = super().structured()
-        forced, _ = plan_tools(self.tools, self.tool_choice, structured=asked is not None)
+        forced, _ = self._tools(structured=asked is not None)
         return (forced, "tool_choice") if forced is not None else asked
 
     def tool_calling(self) -> ToolCalling | None:
-        return plan_tools(self.tools, self.tool_choice, structured=super().structured() is not None)[1]
+        return self._tools(structured=super().structured() is not None)[1]
+
+    def _tools(self, *, structured: bool) -> tuple[StructuredOutput | None, ToolCalling | None]:
+        parallel = self.parallel_tool_calls is not False
+        return plan_tools(self.tools, self.tool_choice, structured=structured, parallel=parallel)
 
     def logprobs_asked(self) -> int | None:
         if not self.logprobs:

@@ -86,10 +86,11 @@ def tool_call(name: str, arguments: str, *, index: int | None = None) -> dict[st
 
 
 def plan_tools(
-    tools: list[OpenAITool] | None, choice: ToolChoice | None, *, structured: bool
+    tools: list[OpenAITool] | None, choice: ToolChoice | None, *, structured: bool, parallel: bool = True
 ) -> tuple[StructuredOutput | None, ToolCalling | None]:
     """The constraint and the response mapping a call's ``tools`` / ``tool_choice`` ask for; an ``ApiError``
-    naming the field when they cannot be served. ``structured``: the call also asked for structured output."""
+    naming the field when they cannot be served. ``structured``: the call also asked for structured output;
+    ``parallel`` (OpenAI's ``parallel_tool_calls``): ``"required"`` may make more than one call."""
     if not tools:
         if isinstance(choice, NamedToolChoice) or choice == "required":
             raise ApiError(422, "tool_choice: there are no tools to call; send tools with it", param="tools")
@@ -130,5 +131,7 @@ def plan_tools(
         }
         for t in tools
     ]
-    schema = {"type": "array", "minItems": 1, "items": {"anyOf": one_of}}
+    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": one_of}}
+    if not parallel:
+        schema["maxItems"] = 1
     return StructuredOutput(json_schema=schema), ToolCalling(None)

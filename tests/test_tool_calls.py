@@ -93,6 +93,12 @@ async def test_required_makes_a_list_of_calls_whole_and_streamed(oai: openai.Asy
         (c.function.name, c.function.arguments) for c in calls
     ], "same seed, same calls: the stream sends the list once it has parsed"
     assert [t.index for t in listed] == list(range(len(listed))) and deltas[-1].finish_reason == "tool_calls"
+    for seed in range(4):  # a random model lists calls until max_tokens unless told to make one
+        one = await oai.chat.completions.create(
+            model=settings.model, messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False,
+            max_tokens=200, seed=seed,
+        )  # fmt: skip
+        assert len(_functions(one.choices[0].message.tool_calls)) == 1 and one.choices[0].finish_reason == "tool_calls"
 
 
 async def test_an_agent_loops_tool_turns_are_accepted(oai: openai.AsyncOpenAI, settings: Settings) -> None:
