@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,9 +15,14 @@ import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from brigade.inprocess import fleet
+from consumer.engine.interface import GenerationInput
 from consumer.engine.model_files import ChatRenderer, ModelFiles
-from schemas.requests import ChatMessage, FunctionCall, InferenceRequest, ToolCall
+from consumer.engine.onnx_engine import load_engine
+from producer.openai_bodies import ChatBody
+from producer.openai_tools import OpenAITool, plan_tools
+from schemas.requests import ChatMessage, FunctionCall, InferenceRequest, SamplingParams, ToolCall
 from schemas.settings import Settings
+from tests.test_engine import run_all
 
 WEATHER = {
     "type": "object",
@@ -93,12 +99,6 @@ async def test_required_makes_a_list_of_calls_whole_and_streamed(oai: openai.Asy
         (c.function.name, c.function.arguments) for c in calls
     ], "same seed, same calls: the stream sends the list once it has parsed"
     assert [t.index for t in listed] == list(range(len(listed))) and deltas[-1].finish_reason == "tool_calls"
-    for seed in range(4):  # a random model lists calls until max_tokens unless told to make one
-        one = await oai.chat.completions.create(
-            model=settings.model, messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False,
-            max_tokens=200, seed=seed,
-        )  # fmt: skip
-        assert len(_functions(one.choices[0].message.tool_calls)) == 1 and one.choices[0].finish_reason == "tool_calls"
 
 
 async def test_an_agent_loops_tool_turns_are_accepted(oai: openai.AsyncOpenAI, settings: Settings) -> None:
@@ -175,6 +175,28 @@ def test_the_chat_template_gets_the_tools_and_each_calls_arguments_as_an_object(
     assert rendered == "[get_weather][get_time]user:Weather?;assistant:get_weather(Oslo);tool:-3 C#call_1;"
     plain = ChatRenderer(ModelFiles(2048, frozenset(), None, "", "", None, {}, ()))(messages, TOOLS)
     assert 'assistant: get_weather({"city": "Oslo"})' in plain
+
+
+def test_parallel_tool_calls_false_makes_required_one_call(model_cache_dir: Path) -> None:
+    body = {"model": "m", "messages": ASK, "tools": TOOLS, "tool_choice": "required"}
+    for parallel in (True, False):
+        asked = ChatBody.model_validate(body | {"parallel_tool_calls": parallel}).structured()
+        assert asked is not None and asked[1] == "tool_choice" and asked[0].json_schema is not None
+        assert asked[0].json_schema.get("maxItems") == (None if parallel else 1)
+    engine = load_engine(Settings(model="builtin:tiny", model_cache_dir=model_cache_dir, device="cpu"))
+    tools = [OpenAITool.model_validate(t) for t in TOOLS]
+    counts = {}
+    for parallel in (True, False):
+        spec, calling = plan_tools(tools, "required", structured=False, parallel=parallel)
+        prompt = engine.encode("Weather in Oslo?")
+        inputs = [
+            GenerationInput(f"s{i}", prompt, 200, SamplingParams(seed=i, structured_output=spec)) for i in range(12)
+        ]
+        out = run_all(engine.start(inputs))
+        assert calling is not None
+        counts[parallel] = [len(calling.calls("".join(d.text for d in out[i.request_id])) or ()) for i in inputs]
+    engine.close()
+    assert max(counts[True]) > 1 and set(counts[False]) == {1}, counts
 
 
 def test_tools_go_with_messages_on_the_contract() -> None:
