@@ -43,6 +43,11 @@ class VllmStructuredOutputs(BaseModel):
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None
+    # vLLM's backend knobs, accepted and unused: brigade has one backend, writes JSON without optional whitespace
+    # and closes objects that list their properties (brigade/structured.py).
+    disable_fallback: bool | None = None
+    disable_any_whitespace: bool | None = None
+    disable_additional_properties: bool | None = None
 
 
 def _schema(value: dict[str, Any] | str, field: str) -> dict[str, Any]:
@@ -73,7 +78,8 @@ def _from_response_format(rf: ResponseFormat) -> dict[str, Any] | None:
 
 
 def _from_vllm(so: VllmStructuredOutputs) -> dict[str, Any] | None:
-    given = so.model_dump(exclude_none=True, by_alias=True)
+    knobs = {"disable_fallback", "disable_any_whitespace", "disable_additional_properties"}
+    given = so.model_dump(exclude_none=True, by_alias=True, exclude=knobs)
     if so.json_object is False:
         given.pop("json_object")
     if "json" in given:
