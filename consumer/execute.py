@@ -254,6 +254,14 @@ class BatchExecutor:
             if r is None or r.finished:
                 continue
             self._token_metrics(r, delta, now)
+            if delta.error is not None:  # the engine gave up on this request alone: the cause is the request's
+                r.finished = True
+                code = ErrorCode.INVALID_REQUEST
+                failed = ErrorEvent(request_id=r.item.request.request_id, seq=r.next_seq(), attempt=r.attempt,
+                                    code=code, message=delta.error, traceparent=r.item.traceparent)  # fmt: skip
+                events.append(Outgoing(r.item.session_id, failed))
+                finished.append(r)
+                continue
             if r.first_token_at_ms is None and delta.completion_tokens > 0:
                 r.first_token_at_ms = now_ms
             request = r.item.request

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from brigade.inprocess import finals, fleet, read_until_final
 from brigade.structured import closed, grammar_error
+from consumer.engine.constraint import Constraint
 from consumer.engine.interface import GenerationInput
 from consumer.engine.onnx_engine import OnnxEngine, load_engine
 from producer.client import BrigadeClient, InvalidRequest
@@ -134,8 +135,9 @@ def test_compiled_grammars_are_reused_and_each_sequence_has_its_own_state(engine
     assert a.finished and not b.finished, "the second copy did not see the first one's tokens"
     assert not np.array_equal(a.allowed(), b.allowed())
     assert np.array_equal(b.allowed(), engine.constraints.for_sequence(spec).allowed())
-    with pytest.raises(RuntimeError, match=r"structured output: token \d+ was not allowed"):
-        b.consume(engine.tokenizer.encode("x", add_special_tokens=False).ids[0])
+    assert a.failure is None and b.failure is None
+    b.consume(engine.tokenizer.encode("x", add_special_tokens=False).ids[0])
+    assert b.failure is not None and a.failure is None, "a forbidden token fails that matcher only"
 
 
 def test_objects_that_list_their_properties_are_closed_unless_they_say_otherwise(engine: OnnxEngine) -> None:
@@ -249,3 +251,42 @@ async def test_openai_response_format_and_vllm_fields(settings: Settings, topics
         assert text.startswith("{") and (c.finish_reason == "length" or isinstance(json.loads(text), dict)), text
     assert re.fullmatch(PLATE, streamed), streamed
     assert choice.choices[0].text in CHOICES and choice.choices[0].finish_reason == "stop"
+
+
+def _unmasked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The matcher's mask not applied: the model picks tokens the grammar forbids, as a failed matcher would
+    see. (llguidance fails mid-answer only past its parser limits, which no small grammar reaches.)"""
+    monkeypatch.setattr(Constraint, "mask", lambda self, logits: None)
+
+
+def test_a_failed_grammar_ends_its_sequence_alone(engine: OnnxEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    _unmasked(monkeypatch)
+    prompt = engine.encode("The chef calls the order")
+    inputs = [
+        GenerationInput("bound", prompt, 16, _params(SPECS["regex"], sampled=False)),
+        GenerationInput("free", prompt, 6, SamplingParams(temperature=0.0, ignore_eos=True)),
+    ]
+    run = engine.start(inputs)
+    out = run_all(run)
+    last = out["bound"][-1]
+    assert last.error is not None and last.error.startswith("structured output failed after ")
+    assert last.finish_reason is None and last.text == ""
+    assert out["free"][-1].finish_reason is FinishReason.LENGTH and out["free"][-1].completion_tokens == 6
+
+
+async def test_the_worker_answers_a_failed_grammar_with_an_error_and_serves_the_rest(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _unmasked(monkeypatch)
+    async with fleet(settings, classes=["small"]) as f, httpx.AsyncClient(base_url=f.url) as http:
+        bodies = [
+            {"session_id": "sf-bound", "request_id": "sf-b", "prompt": "x", "structured_output": {"regex": PLATE}},
+            {"session_id": "sf-free", "request_id": "sf-f", "prompt": "x", "max_new_tokens": 4},
+        ]
+        assert (await http.post("/v1/requests/batch", json={"requests": bodies})).status_code == 202
+        bound = await read_until_final(redis_client, settings.names.stream_key("sf-bound"), {"sf-b"})
+        free = await read_until_final(redis_client, settings.names.stream_key("sf-free"), {"sf-f"})
+    (err,) = finals(bound["sf-b"])
+    assert isinstance(err, ErrorEvent) and err.code == "invalid_request" and "structured output failed" in err.message
+    (done,) = finals(free["sf-f"])
+    assert isinstance(done, DoneEvent) and done.completion_tokens == 4

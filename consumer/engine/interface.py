@@ -40,6 +40,9 @@ class TokenDelta:
     logprob: TokenLogprob | None = None  # this step's token's entry, for a request that asked (``logprobs``)
     # on a prefill's delta, for a request that asked (``prompt_logprobs``): one entry per prompt token
     prompt_logprobs: list[PromptLogprob] | None = None
+    # set on the last delta of a sequence the engine gave up on alone (its structured output's grammar failed):
+    # the request is answered with this error, and the rest of the batch goes on
+    error: str | None = None
 
 
 class BatchRun(Protocol):

@@ -56,6 +56,7 @@ class SequenceState:
         self.constraint = constraint  # structured output: its mask comes last, after every other adjustment
         self.adjusts = self._bias is not None or self._eos_ids is not None or constraint is not None
         self.finish_reason: FinishReason | None = None if self.budget > 0 else FinishReason.LENGTH
+        self.error: str | None = None  # why the engine gave up on this sequence alone (its grammar failed)
 
     @property
     def generated(self) -> int:
@@ -63,7 +64,7 @@ class SequenceState:
 
     @property
     def done(self) -> bool:
-        return self.finish_reason is not None
+        return self.finish_reason is not None or self.error is not None
 
     def adjust(self, logits: npt.NDArray[np.floating]) -> None:
         """This sequence's own changes to its row of logits before a token is chosen: its logit_bias,
@@ -77,7 +78,7 @@ class SequenceState:
             self.constraint.mask(logits)
 
     def delta(self, text: str = "", logprob: TokenLogprob | None = None) -> TokenDelta:
-        return TokenDelta(self.request_id, text, self.generated, self.finish_reason, logprob)
+        return TokenDelta(self.request_id, text, self.generated, self.finish_reason, logprob, error=self.error)
 
     def advance(self, token_id: int, logprob: TokenLogprob | None = None) -> TokenDelta:
         """Take the sampled token (and its log-probability entry, when the request asked for one); say what
@@ -90,6 +91,9 @@ class SequenceState:
             return self.delta(self._drain(), logprob)
         if self.constraint is not None:
             self.constraint.consume(token_id)
+            if (failure := self.constraint.failure) is not None:
+                self.error = f"structured output failed after {self.generated - 1} tokens: {failure}"
+                return self.delta(logprob=logprob)
         piece = self._detok.push(token_id)
         # Before min_tokens no stop string may end it: that text goes out unsearched.
         text, stopped = self._stops.push(piece) if self.generated >= self._min_tokens else (piece, False)
