@@ -216,8 +216,8 @@ def bench(
     figure: Annotated[
         list[str] | None,
         typer.Option(
-            help="Figures (repeatable or comma list): batching, pipeline, latency, ingress, continuous, scaleout, "
-            "coldstart; default all."
+            help="Figures (repeatable or comma list): batching, pipeline, structured, latency, ingress, continuous, "
+            "scaleout, coldstart; default all."
         ),
     ] = None,
     consumers: Annotated[
@@ -236,7 +236,8 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Measure batching gain, pipeline efficiency, queue hop latency, ingress throughput and continuous batching.
+    """Measure batching gain, pipeline efficiency, structured output's cost, queue hop latency, ingress throughput
+    and continuous batching.
 
     Starts its own broker and redis-server (the 'dev' extra). Prints ratios with the absolute figures.
     The latency figure runs on builtin:tiny so that the hop, not the model, dominates.

@@ -40,9 +40,11 @@ def engine_loop(
     prompt_words: int,
     new_tokens: int,
     on_batch: Callable[[int], None] | None = None,
+    sampling: SamplingParams | None = None,
 ) -> LoopResult:
-    """Run ``requests`` prompts through the engine in static batches, greedy, no Kafka or Redis."""
-    sampling = SamplingParams(temperature=0.0, ignore_eos=True)
+    """Run ``requests`` prompts through the engine in static batches, no Kafka or Redis; greedy to
+    ``new_tokens`` unless ``sampling`` says otherwise."""
+    sampling = sampling or SamplingParams(temperature=0.0, ignore_eos=True)
     inputs: Sequence[GenerationInput] = [
         GenerationInput(
             request_id=f"b{i}",

@@ -21,6 +21,7 @@ from brigade.bench.scaleout import (
     scaleout_json,
     scaleout_lines,
 )
+from brigade.bench.structured import StructuredResult, structured_json, structured_line
 
 if TYPE_CHECKING:
     from brigade.bench.runner import BenchConfig
@@ -43,6 +44,7 @@ class BenchReport:
     paired: dict[str, list[float]] = field(default_factory=dict)
     scaleout: ScaleoutResult | None = None
     coldstart: ColdStartResult | None = None
+    structured: StructuredResult | None = None
 
     def ratios(self) -> dict[str, float]:
         lo, hi = self.config.batch_sizes
@@ -59,6 +61,8 @@ class BenchReport:
                 out["ingress_batched_vs_bare_producer"] = self.ingress.batched_ratio
         if self.mixed is not None:
             out["continuous_vs_static"] = self.mixed.speedup
+        if self.structured is not None:
+            out["structured_vs_free"] = self.structured.ratio
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +84,7 @@ class BenchReport:
             "paired_ratios": self.paired,
             "scaleout": None if self.scaleout is None else scaleout_json(self.scaleout),
             "cold_start": None if self.coldstart is None else cold_start_json(self.coldstart),
+            "structured_output": None if self.structured is None else structured_json(self.structured),
             "ratios": self.ratios(),
         }
 
@@ -143,6 +148,7 @@ def print_report(report: BenchReport) -> None:
     if report.mixed is not None:
         _print_mixed(report.mixed)
     for line in [
+        *([structured_line(report.structured, report.config.model)] if report.structured is not None else []),
         *(scaleout_lines(report.scaleout) if report.scaleout is not None else []),
         *(cold_start_lines(report.coldstart) if report.coldstart is not None else []),
     ]:

@@ -26,12 +26,13 @@ from brigade.bench.pipeline import run_through_fleet
 from brigade.bench.report import BenchReport, console, print_report
 from brigade.bench.rounds import median_run
 from brigade.bench.scaleout import ColdStartConfig, ScaleoutConfig, run_cold_starts, run_scaleout
+from brigade.bench.structured import StructuredConfig, run_structured
 from brigade.devtools.process import free_port
 from brigade.devtools.servers import kafka_service, on_dev_servers, redis_service
 from consumer.engine.interface import InferenceEngine
 from schemas.settings import Settings
 
-FIGURES = ("batching", "pipeline", "latency", "ingress", "continuous", "scaleout", "coldstart")
+FIGURES = ("batching", "pipeline", "structured", "latency", "ingress", "continuous", "scaleout", "coldstart")
 
 
 def parse_figures(values: list[str] | None) -> tuple[str, ...]:
@@ -61,6 +62,7 @@ class BenchConfig:
     mixed: MixedConfig = field(default_factory=MixedConfig)
     scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
     coldstart: ColdStartConfig = field(default_factory=ColdStartConfig)
+    structured: StructuredConfig = field(default_factory=StructuredConfig)
 
     @property
     def small_requests(self) -> int:
@@ -82,6 +84,7 @@ class BenchConfig:
             mixed=MixedConfig.quick(),
             scaleout=ScaleoutConfig.quick(),
             coldstart=ColdStartConfig.quick(),
+            structured=StructuredConfig.quick(),
         )
 
 
@@ -124,7 +127,11 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
         f"[bold]brigade bench[/] figures={','.join(figures)} model={config.model} requests={config.requests} "
         f"prompt≈{config.prompt_words} words new_tokens={config.new_tokens}"
     )
-    engine = _engine_loops(config, report, settings) if "batching" in figures or "pipeline" in figures else None
+    engine = _engine_loops(config, report, settings) if {"batching", "pipeline", "structured"} & set(figures) else None
+    if engine is not None and "structured" in figures:
+        with _progress() as progress:
+            task = progress.add_task("structured output: free, then constrained", total=2 * config.structured.rounds)
+            report.structured = run_structured(engine, config.structured, on_run=lambda: progress.advance(task))
     prefill: dict[str, float] = {}
     if "latency" in figures:
         prefill = _prefill(config.latency, settings)
@@ -134,7 +141,7 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     redis = redis_service(port=free_port(), log_dir=logs).start()
     try:
         settings = settings.model_copy(update=on_dev_servers(kafka, redis))
-        if engine is not None:
+        if engine is not None and {"batching", "pipeline"} & set(figures):
             _rounds(config, report, settings, engine)
         _fleet_figures(config, report, settings, prefill)
     finally:
@@ -165,7 +172,8 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
 
 
 def _engine_loops(config: BenchConfig, report: BenchReport, settings: Settings) -> InferenceEngine:
-    """Load and warm the model, and run the engine loop at the small batch size (long enough to be steady)."""
+    """Load and warm the model, and (for figures 1 and 2) run the engine loop at the small batch size, long
+    enough to be steady."""
     from consumer.engine.onnx_engine import load_engine
 
     with console.status("loading model (built-in models are generated on first use) and warming up…"):
@@ -177,6 +185,8 @@ def _engine_loops(config: BenchConfig, report: BenchReport, settings: Settings) 
         for b in config.batch_sizes:
             engine_loop(engine, batch_size=b, requests=b, prompt_words=words, new_tokens=new_tokens)
     lo = config.batch_sizes[0]
+    if not {"batching", "pipeline"} & set(config.figures):
+        return engine
     with _progress() as progress:
         task = progress.add_task(f"engine loop, batch {lo}", total=config.small_requests)
         report.engine[lo] = engine_loop(
