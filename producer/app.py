@@ -89,8 +89,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tokenizer_router)
 
     @app.get("/healthz", include_in_schema=False)
+    @app.get("/health", include_in_schema=False)  # vLLM's name, which probes and clients written for it call
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/version", include_in_schema=False)
+    async def version() -> dict[str, str]:
+        """vLLM's: the server's version."""
+        return {"version": __version__}
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:

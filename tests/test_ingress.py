@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
+from brigade import __version__
 from brigade.inprocess import fleet
 from producer.client import BrigadeClient, BrigadeError, InvalidRequest, NotFound
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent
@@ -316,6 +317,8 @@ async def test_traceparent_travels_in_kafka_headers(settings: Settings, ingress:
 async def test_metrics_count_outcomes_and_export_lag(settings: Settings, ingress: str) -> None:
     async with httpx.AsyncClient(base_url=ingress) as http:
         assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/health")).status_code == 200, "vLLM's name for it"
+        assert (await http.get("/version")).json() == {"version": __version__}
         assert (await http.post("/v1/requests", json={"prompt": "x", "max_new_tokens": 4})).status_code == 202
         too_long = await http.post("/v1/requests", json={"prompt": "x", "max_new_tokens": 5000, "cost_class": "small"})
         assert too_long.status_code == 422
