@@ -63,6 +63,21 @@ class OpenAIMessage(BaseModel):
         )
 
 
+def chat_turns(messages: list[OpenAIMessage]) -> list[ChatMessage]:
+    """The contract's turns; one that breaks the contract's rules for a turn (tool fields on their roles) is a
+    422 naming it."""
+    turns = []
+    for index, message in enumerate(messages):
+        try:
+            turns.append(message.to_chat())
+        except ValidationError as exc:
+            param = f"messages.{index}"
+            raise ApiError(
+                422, f"{param}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}", param=param
+            ) from None
+    return turns
+
+
 def off_only(*off: Any) -> AfterValidator:
     """For a parameter that changes what OpenAI (or vLLM) would answer and that brigade does not implement:
     accept only null and ``off``, the values that mean "off" (SDKs and frameworks often send those). A caller
@@ -282,17 +297,7 @@ class ChatBody(OpenAIBody):
 
     def inputs(self) -> list[dict[str, Any]]:
         tools = [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
-        return [{"messages": [self._turn(i, m) for i, m in enumerate(self.messages)], "tools": tools}]
-
-    @staticmethod
-    def _turn(index: int, message: OpenAIMessage) -> ChatMessage:
-        try:
-            return message.to_chat()
-        except ValidationError as exc:  # the contract's rules for a turn (tool fields on their roles)
-            param = f"messages.{index}"
-            raise ApiError(
-                422, f"{param}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}", param=param
-            ) from None
+        return [{"messages": chat_turns(self.messages), "tools": tools}]
 
     def structured(self) -> tuple[StructuredOutput, str] | None:
         asked = super().structured()

@@ -7,13 +7,20 @@ from the ingress's tokenizers (one per served model, loaded at start); nothing g
 
 from __future__ import annotations
 
+import asyncio
+from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from jinja2.exceptions import TemplateError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from brigade.models.chat_template import ChatRenderer
+from brigade.models.tokenizer_config import TokenizerInfo
 from producer.errors import ApiError
 from producer.ingress import Ingress
+from producer.openai_bodies import OpenAIMessage, chat_turns
+from producer.openai_tools import OpenAITool
 
 router = APIRouter(tags=["tokenizer"])  # at the root, where vLLM serves them
 
@@ -22,9 +29,21 @@ class TokenizeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None  # absent: BRIGADE_MODEL
-    prompt: str
-    add_special_tokens: bool = True
+    prompt: str | None = None
+    # vLLM's chat form: the conversation rendered with the model's chat template, as a worker renders it
+    messages: list[OpenAIMessage] | None = Field(default=None, min_length=1)
+    tools: list[OpenAITool] | None = None
+    add_generation_prompt: bool = True
+    # absent: True for a prompt; for messages, what the worker does (the tokenizer's specials unless the
+    # rendered template already starts with the BOS text)
+    add_special_tokens: bool | None = None
     return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeBody:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt (a string) and messages (chat turns)")
+        return self
 
 
 class DetokenizeBody(BaseModel):
@@ -59,15 +78,37 @@ async def tokenizer_info(request: Request, model: str | None = None) -> dict[str
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeBody, request: Request) -> dict[str, Any]:
-    """``prompt`` as the model's token ids; ``add_special_tokens`` adds what the tokenizer adds around a text."""
+    """``prompt``, or ``messages`` rendered with the model's chat template, as the model's token ids (for
+    messages, the ids a worker would feed); ``add_special_tokens`` adds what the tokenizer adds around a text."""
     ingress: Ingress = request.app.state.ingress
     model = _served(ingress, body.model)
-    ids = await ingress.router.encode(model, body.prompt, add_special_tokens=body.add_special_tokens)
-    limit = ingress.tokenizer_info[model].model_max_length
+    info = ingress.tokenizer_info[model]
+    text, special = body.prompt or "", body.add_special_tokens
+    if body.messages is not None:
+        text = await asyncio.to_thread(_render, info, body)
+        if special is None:
+            special = not (info.bos_token and text.startswith(info.bos_token))
+    ids = await ingress.router.encode(model, text, add_special_tokens=special is not False)
+    limit = info.model_max_length
     answer: dict[str, Any] = {"count": len(ids), "max_model_len": limit, "tokens": ids}
     if body.return_token_strs:
         answer["token_strs"] = [ingress.router.decode(model, [i]) for i in ids]
     return answer
+
+
+@lru_cache(maxsize=16)
+def _renderer(template: str | None, bos_token: str, eos_token: str) -> ChatRenderer:
+    return ChatRenderer(template, bos_token=bos_token, eos_token=eos_token)
+
+
+def _render(info: TokenizerInfo, body: TokenizeBody) -> str:
+    """The conversation as the worker's template renders it (a thread: a template is code and may be slow)."""
+    renderer = _renderer(info.chat_template, info.bos_token or "", info.eos_token or "")
+    tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+    try:
+        return renderer(chat_turns(body.messages or []), tools, add_generation_prompt=body.add_generation_prompt)
+    except TemplateError as exc:
+        raise ApiError(422, f"messages: the model's chat template refused them: {exc}", param="messages") from None
 
 
 @router.post("/detokenize")

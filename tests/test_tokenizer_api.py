@@ -9,6 +9,8 @@ import pytest
 
 from brigade.inprocess import fleet
 from brigade.models.registry import load_tokenizer
+from consumer.engine.onnx_engine import load_engine
+from schemas.requests import ChatMessage
 from schemas.settings import Settings
 
 
@@ -37,9 +39,25 @@ async def test_tokenize_and_detokenize_are_the_models_tokenizer(settings: Settin
 
 async def test_tokenizer_errors_name_the_field(http: httpx.AsyncClient) -> None:
     unknown = await http.post("/tokenize", json={"model": "nope", "prompt": "x"})
-    chat = await http.post("/tokenize", json={"messages": [{"role": "user", "content": "x"}]})
+    both = await http.post("/tokenize", json={"prompt": "x", "messages": [{"role": "user", "content": "x"}]})
+    bad_turn = await http.post("/tokenize", json={"messages": [{"role": "tool", "content": "x"}]})
     outside = await http.post("/detokenize", json={"tokens": [1, 10**9]})
     assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "model", unknown.text
-    assert chat.status_code == 422 and "messages" in chat.text, chat.text
+    assert both.status_code == 422 and "give exactly one of prompt (a string) and messages" in both.text, both.text
+    assert bad_turn.status_code == 422 and bad_turn.json()["error"]["param"] == "messages.0", bad_turn.text
     assert outside.status_code == 422 and outside.json()["error"]["param"] == "tokens", outside.text
     assert f"{10**9} is not a token id" in outside.json()["error"]["message"]
+
+
+async def test_a_conversation_counts_as_the_worker_will_feed_it(settings: Settings, http: httpx.AsyncClient) -> None:
+    """vLLM's chat form of /tokenize: the model's chat template over the turns (and tools), then the worker's
+    encoding, so a client sizing a conversation gets the count the worker will see."""
+    engine = load_engine(settings)
+    tools = [{"type": "function", "function": {"name": "fire", "parameters": {"type": "object"}}}]
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Fire table four"}]
+    chat = (await http.post("/tokenize", json={"messages": turns, "tools": tools})).json()
+    bare = (await http.post("/tokenize", json={"messages": turns, "add_generation_prompt": False})).json()
+    expected = engine.encode(engine.render_chat([ChatMessage.model_validate(t) for t in turns], tools))
+    engine.close()
+    assert chat["tokens"] == expected and chat["count"] == len(expected)
+    assert bare["count"] < chat["count"] and chat["tokens"][: bare["count"]] == bare["tokens"]

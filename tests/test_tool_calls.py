@@ -15,8 +15,8 @@ import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from brigade.inprocess import fleet
+from brigade.models.chat_template import ChatRenderer
 from consumer.engine.interface import GenerationInput
-from consumer.engine.model_files import ChatRenderer, ModelFiles
 from consumer.engine.onnx_engine import load_engine
 from producer.openai_bodies import ChatBody
 from producer.openai_tools import OpenAITool, plan_tools
@@ -164,16 +164,15 @@ def test_the_chat_template_gets_the_tools_and_each_calls_arguments_as_an_object(
         "{% for c in m.tool_calls or [] %}{{ c.function.name }}({{ c.function.arguments.city }}){% endfor %}"
         "{% if m.tool_call_id %}#{{ m.tool_call_id }}{% endif %};{% endfor %}"
     )
-    files = ModelFiles(2048, frozenset(), None, "", "", template, {}, ())
     call = ToolCall(id="call_1", function=FunctionCall(name="get_weather", arguments='{"city": "Oslo"}'))
     messages = [
         ChatMessage(role="user", content="Weather?"),
         ChatMessage(role="assistant", content="", tool_calls=[call]),
         ChatMessage(role="tool", content="-3 C", tool_call_id="call_1"),
     ]
-    rendered = ChatRenderer(files)(messages, TOOLS)
+    rendered = ChatRenderer(template)(messages, TOOLS)
     assert rendered == "[get_weather][get_time]user:Weather?;assistant:get_weather(Oslo);tool:-3 C#call_1;"
-    plain = ChatRenderer(ModelFiles(2048, frozenset(), None, "", "", None, {}, ()))(messages, TOOLS)
+    plain = ChatRenderer(None)(messages, TOOLS)
     assert 'assistant: get_weather({"city": "Oslo"})' in plain
 
 

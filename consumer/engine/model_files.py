@@ -8,18 +8,13 @@ This module gathers them into one typed object so the engine never guesses field
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2.exceptions import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from brigade.models.tokenizer_config import NO_LIMIT, chat_template, read_json, token_text
-from schemas.requests import ChatMessage
 
 DEFAULT_CONTEXT = 2048  # when a model states no limit at all
 _CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
@@ -72,63 +67,3 @@ def read_model_files(model_dir: Path, tokenizer: Tokenizer) -> ModelFiles:
         config=config,
         suppress_ids=tuple(sorted(_ids(generation.get("suppress_tokens")))),
     )
-
-
-def _raise(message: str) -> None:
-    raise TemplateError(message)
-
-
-class ChatRenderer:
-    """The model's own template when it has one (sandboxed, as transformers renders it), else plain lines."""
-
-    def __init__(self, files: ModelFiles) -> None:
-        self._files = files
-        self._template = None
-        if files.chat_template is not None:
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = _raise
-            self._template = env.from_string(files.chat_template)
-
-    def __call__(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
-        """``tools`` (OpenAI's shape) go to the template as transformers passes them; without a template, where
-        nothing could describe them, the plain lines show each call and result as text."""
-        turns = [template_turn(m) for m in messages]
-        if self._template is None:
-            return "".join(f"{m.role}: {_plain(m)}\n" for m in messages) + "assistant:"
-        return self._template.render(
-            messages=turns,
-            tools=list(tools) if tools else None,
-            add_generation_prompt=True,
-            bos_token=self._files.bos_token,
-            eos_token=self._files.eos_token,
-        )
-
-
-def template_turn(message: ChatMessage) -> dict[str, Any]:
-    """A turn as chat templates read it: tool calls' arguments as objects (as transformers and vLLM give them;
-    templates such as Llama 3.1's write them out with ``tojson``), kept as text when they are not JSON."""
-    turn: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.tool_calls is not None:
-        turn["tool_calls"] = [
-            {
-                "id": c.id,
-                "type": c.type,
-                "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)},
-            }
-            for c in message.tool_calls
-        ]
-    if message.tool_call_id is not None:
-        turn["tool_call_id"] = message.tool_call_id
-    return turn
-
-
-def _arguments(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _plain(message: ChatMessage) -> str:
-    calls = " ".join(f"{c.function.name}({c.function.arguments})" for c in message.tool_calls or ())
-    return " ".join(part for part in (message.content, calls) if part)

@@ -21,11 +21,12 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from brigade.models.chat_template import ChatRenderer
 from brigade.models.registry import model_file, resolve_model
 from consumer.engine.constraint import Constraints
 from consumer.engine.interface import GenerationInput, OutOfMemory, TokenDelta
 from consumer.engine.logprobs import TokenText, entry, log_softmax, prompt_entries
-from consumer.engine.model_files import ChatRenderer, ModelFiles, read_model_files
+from consumer.engine.model_files import ModelFiles, read_model_files
 from consumer.engine.sampling import choose_tokens
 from consumer.engine.sequence import SequenceState
 from schemas.requests import ChatMessage, SamplingParams
@@ -348,7 +349,9 @@ class OnnxEngine:
         self._name = model_name
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.files: ModelFiles = read_model_files(model_dir, self.tokenizer)
-        self._chat = ChatRenderer(self.files)
+        self._chat = ChatRenderer(
+            self.files.chat_template, bos_token=self.files.bos_token, eos_token=self.files.eos_token
+        )
         providers = execution_providers(device)
         self._session: ort.InferenceSession | None = ort.InferenceSession(
             str(model_file(model_dir)), sess_options=session_options(allow_spinning=allow_spinning), providers=providers
