@@ -267,7 +267,7 @@ class OnnxBatchRun:
             mask[row, width - n :] = 1
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         empty = np.zeros((batch, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
-        feeds = self._feeds(ids, positions, mask, [empty] * len(layout.past_names), decode=False, every=every_position)
+        feeds = self._feeds(ids, positions, mask, [empty] * len(layout.past_names), decode=False)
         logits, past = self._run(feeds, every_position=every_position)
         next_ids, deltas = self._sample(logits[:, -1], seqs)
         if every_position:
@@ -308,6 +308,8 @@ class OnnxBatchRun:
         would be 13 GB, so such a prefill runs in groups of rows sized to stay under a bound.
         """
         layout, engine = self._engine.layout, self._engine
+        if layout.logits_to_keep is not None:  # the LM head over every position (0), or the last one only
+            feeds[layout.logits_to_keep] = np.array(0 if every_position else 1, dtype=np.int64)
         names = ["logits", *layout.present_names]
         batch, width = feeds["input_ids"].shape
         every = every_position or not layout.logits_to_keep
@@ -329,17 +331,15 @@ class OnnxBatchRun:
         return np.concatenate([p[0][:, kept, : engine.sampled_vocab] for p in parts]), past
 
     def _feeds(
-        self, ids: I64, positions: I64, mask: I64, past: list[npt.NDArray[Any]], *, decode: bool, every: bool = False
+        self, ids: I64, positions: I64, mask: I64, past: list[npt.NDArray[Any]], *, decode: bool
     ) -> dict[str, npt.NDArray[Any]]:
-        """``every``: the LM head over every position (logits_to_keep 0), not only the last."""
+        """The graph's inputs but logits_to_keep, which ``_run`` sets from what it is asked to return."""
         layout = self._engine.layout
         feeds: dict[str, npt.NDArray[Any]] = {"input_ids": ids, "attention_mask": mask}
         if layout.has_position_ids:
             feeds["position_ids"] = positions
         if layout.has_cache_branch:
             feeds["use_cache_branch"] = np.array([decode], dtype=np.bool_)
-        if layout.logits_to_keep is not None:
-            feeds[layout.logits_to_keep] = np.array(0 if every else 1, dtype=np.int64)
         feeds.update(zip(layout.past_names, past, strict=True))
         return feeds
 
