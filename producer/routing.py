@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from producer.errors import ApiError
 from producer.prompt_bound import TokenBound, byte_bound
@@ -64,11 +64,15 @@ async def count_tokens(tokenizer: Tokenizer, request: InferenceRequest) -> int:
     if request.prompt_token_ids is not None:
         return len(request.prompt_token_ids)
     texts, overhead = prompt_texts(request)
-    if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
-        encodings = await asyncio.to_thread(tokenizer.encode_batch, texts)
-    else:
-        encodings = tokenizer.encode_batch(texts)
+    encodings = await encode_texts(tokenizer, texts)
     return sum(len(e.ids) for e in encodings) + overhead
+
+
+async def encode_texts(tokenizer: Tokenizer, texts: list[str], *, add_special_tokens: bool = True) -> list[Encoding]:
+    """On the event loop when short; a long text goes to a thread (tokenizing it would hold every other caller)."""
+    if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
+        return await asyncio.to_thread(tokenizer.encode_batch, texts, add_special_tokens=add_special_tokens)
+    return tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
 
 
 class Router:
@@ -87,11 +91,7 @@ class Router:
 
     async def encode(self, model: str, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """``text`` as ``model``'s token ids (a long one off the event loop)."""
-        tokenizer = self._tokenizers[model]
-        if len(text) > _THREAD_TOKENIZE_CHARS:
-            encoding = await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=add_special_tokens)
-        else:
-            encoding = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        (encoding,) = await encode_texts(self._tokenizers[model], [text], add_special_tokens=add_special_tokens)
         return list(encoding.ids)
 
     def decode(self, model: str, ids: Sequence[int]) -> str:
