@@ -179,9 +179,11 @@ class Intake:
             if request.max_new_tokens is None
             else f"max_new_tokens is {request.max_new_tokens}"
         )
+        # The OpenAI endpoints' callers sent max_tokens: the message names both, as the worker cannot tell which.
         return ErrorCode.CONTEXT_LENGTH_EXCEEDED, (
             f"prompt has {prompt_tokens} tokens and {asked}; their sum may not exceed the model's context of "
-            f"{context} (and the prompt may not exceed {self._settings.max_prompt_tokens} tokens)"
+            f"{context} (and the prompt may not exceed {self._settings.max_prompt_tokens} tokens); shorten the "
+            "prompt or ask for fewer new tokens (max_new_tokens, or max_tokens on the OpenAI endpoints)"
         )
 
     def _encode_all(
