@@ -102,6 +102,7 @@ async def _answer(
     """``trace``: the caller's (traceparent, tracestate) headers, passed on to the Kafka records."""
     ingress: Ingress = request.app.state.ingress
     ingress.check_model(body.model)
+    body.use_tool_parser(ingress.settings.tool_call_parser)
     await ingress.require_redis()  # publish nothing whose answer could not be read
     wires = [wire for inputs in body.inputs() for wire in body.to_requests(**inputs)]
     accepted = await _publish(ingress, wires, trace, body.fields())
@@ -143,13 +144,14 @@ async def _answer(
             raise error_from_event(answer.final)
         assert isinstance(answer.final, DoneEvent)
         echoed = None if echo is None else Echo(echo[i], answer.prompt_logprobs or ())
-        text = "".join(answer.text)
-        calls = calling.calls(text) if calling is not None else None
+        text: str | None = "".join(answer.text)
+        calls = None
         reason = answer.final.finish_reason.value
-        if calling is not None:
+        if calling is not None and text is not None:
+            text, calls = calling.split(text)
             reason = calling.finish_reason(reason, calls)
         entries = answer.logprobs if asked else None
-        choices.append(Finished(text, answer.final, entries, echoed, tool_calls=calls, finish_reason=reason))
+        choices.append(Finished(text or "", answer.final, entries, echoed, tool_calls=calls, finish_reason=reason))
     return JSONResponse(full_response(kind, request_id=rid, model=model, created=created, choices=choices, n=body.n))
 
 

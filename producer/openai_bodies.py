@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -25,6 +26,7 @@ from producer.errors import ApiError, FieldNames
 from producer.openai_structured import ResponseFormat, VllmStructuredOutputs, structured_output
 from producer.openai_tools import OpenAITool, ToolCalling, ToolChoice, plan_tools
 from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest, StructuredOutput, ToolCall
+from schemas.settings import ToolCallParser
 
 MAX_CHOICES = 16  # n: each choice is a request of its own, on the class's topic like any other
 MAX_REQUESTS = 256  # prompts × n of one legacy completion call: each is a request of its own
@@ -166,8 +168,11 @@ class OpenAIBody(BaseModel):
         return False
 
     def tool_calling(self) -> ToolCalling | None:
-        """How answers become ``tool_calls``: chat with a forced tool call; None otherwise."""
+        """How answers become ``tool_calls``: chat with tools; None otherwise."""
         return None
+
+    def use_tool_parser(self, parser: ToolCallParser) -> None:
+        """Only chat reads tool calls."""
 
     @property
     def max_tokens_field(self) -> str:
@@ -290,7 +295,10 @@ class ChatBody(OpenAIBody):
     messages: list[OpenAIMessage] = Field(min_length=1)
     tools: list[OpenAITool] | None = None
     parallel_tool_calls: bool | None = None  # false: "required" makes exactly one call
-    tool_choice: ToolChoice | None = None  # "required" or a named function forces a call (producer/openai_tools.py)
+    tool_choice: ToolChoice | None = None
+    _parser: ToolCallParser = PrivateAttr(
+        default="none"
+    )  # "required" or a named function forces a call (producer/openai_tools.py)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: Annotated[Any, off_only(False)] = None  # vLLM's chat echo (the last message first): not served
@@ -307,9 +315,13 @@ class ChatBody(OpenAIBody):
     def tool_calling(self) -> ToolCalling | None:
         return self._tools(structured=super().structured() is not None)[1]
 
+    def use_tool_parser(self, parser: ToolCallParser) -> None:
+        """The deployment's BRIGADE_TOOL_CALL_PARSER, which decides whether tool_choice "auto" is served."""
+        self._parser = parser
+
     def _tools(self, *, structured: bool) -> tuple[StructuredOutput | None, ToolCalling | None]:
         parallel = self.parallel_tool_calls is not False
-        return plan_tools(self.tools, self.tool_choice, structured=structured, parallel=parallel)
+        return plan_tools(self.tools, self.tool_choice, structured=structured, parallel=parallel, parser=self._parser)
 
     def logprobs_asked(self) -> int | None:
         if not self.logprobs:

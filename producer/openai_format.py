@@ -147,8 +147,8 @@ def _whole_choice(kind: Kind, index: int, choice: Finished) -> dict[str, Any]:
     finish = choice.finish_reason or choice.done.finish_reason.value
     if kind == "chat":
         message: dict[str, Any] = {"role": "assistant", "content": choice.text}
-        if choice.tool_calls is not None:
-            message |= {"content": None, "tool_calls": choice.tool_calls}
+        if choice.tool_calls is not None:  # content: what the model wrote around its calls (auto), else null
+            message |= {"content": choice.text or None, "tool_calls": choice.tool_calls}
         return {"index": index, "message": message, "logprobs": lp, "finish_reason": finish}
     return {"index": index, "text": echo.text + choice.text, "logprobs": lp, "finish_reason": finish}
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from producer.errors import ApiError
 from producer.openai_format import Kind, chunk, logprobs, usage_chunk
-from producer.openai_tools import ToolCalling, tool_call
+from producer.openai_tools import ToolCalling
 from producer.stream_reader import ERROR_STATUS, AnyEvent, LiveText, Verdict
+from producer.tool_parsers import HermesStream, tool_call
 from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob
 
 Judged = AsyncIterator[tuple[AnyEvent, Verdict]]
@@ -69,18 +70,31 @@ class _Choice:
     offset: int = 0  # characters of its text sent: the legacy text_offset of the next entry
     echo: str | None = None  # the prompt, until the first chunk carries it (``echo``)
     held: str = ""  # a list of tool calls' text, parsed whole at its end
+    auto: HermesStream = field(default_factory=HermesStream)  # tool_choice auto: content now, calls at the end
 
 
 def _text_fields(tools: ToolCalling | None, c: _Choice, text: str) -> dict[str, Any] | None:
     """What a choice's new text becomes in its chunk: content, a named call's arguments, or nothing yet."""
     if tools is None:
         return {"text": text}
+    if tools.auto:
+        content = c.auto.feed(text)
+        return {"text": content} if content else None
     if tools.named is None:
         c.held += text
         return None
     if c.first:
         return {"tool_calls": [tool_call(tools.named, text, index=0)]}
     return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
+
+
+def _held_fields(tools: ToolCalling, c: _Choice) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """At a choice's end, what its held text becomes: content, then the calls it made (each with its index)."""
+    content, calls = c.auto.end() if tools.auto else tools.split(c.held)
+    fields: list[dict[str, Any]] = [{"text": content}] if content else []
+    if calls is not None:
+        fields.append({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
+    return fields, calls
 
 
 async def chunks(
@@ -99,8 +113,9 @@ async def chunks(
     """The ``data:`` payloads of a streamed call, ``[DONE]`` last. An error event ends the whole answer with an
     error payload (the other choices' requests still finish, unread). ``echo``: the text each choice's first
     chunk starts with, with the prompt's entries (which come on its first event) when logprobs were asked;
-    ``n``: choices per prompt, for usage; ``tools``: a forced tool call, whose text goes out as ``tool_calls``
-    (a named function's arguments as they come; a list of calls whole, once it has ended and parsed)."""
+    ``n``: choices per prompt, for usage; ``tools``: a tool call, whose text goes out as ``tool_calls`` (a named
+    function's arguments as they come; a list of calls whole, once it has ended and parsed; with ``auto``, the
+    text before the model's first call as content, its calls at the end)."""
     choices = [_Choice(echo=None if echo is None else echo[i]) for i in range(len(streams))]
     dones: dict[int, DoneEvent] = {}
 
@@ -130,12 +145,10 @@ async def chunks(
                 end = "" if kind == "text" else None
                 reason = event.finish_reason.value
                 if tools is not None and tools.named is None:
-                    calls = tools.calls(c.held)
-                    listed = None if calls is None else [{"index": i, **call} for i, call in enumerate(calls)]
-                    yield payload(
-                        index, first=c.first, **({"text": c.held} if listed is None else {"tool_calls": listed})
-                    )
-                    c.first = False
+                    held, calls = _held_fields(tools, c)
+                    for fields in held:
+                        yield payload(index, first=c.first, **fields)
+                        c.first = False
                     reason = tools.finish_reason(reason, calls)
                 yield payload(index, text=end, finish_reason=reason, first=c.first)
                 dones[index] = event

@@ -12,14 +12,15 @@ chat template.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from producer.errors import ApiError
+from producer.tool_parsers import parse_hermes, tool_call
 from schemas.requests import StructuredOutput
+from schemas.settings import ToolCallParser
 
 
 class FunctionSpec(BaseModel):
@@ -58,49 +59,56 @@ def _parameters(tool: OpenAITool) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class ToolCalling:
-    """How one call's answers become tool calls: ``named``'s arguments, or (None) a list of calls."""
+    """How one call's answers become tool calls: ``named``'s arguments, (None) a list of calls, or with
+    ``auto`` the calls the model chose to write in its own format (``producer/tool_parsers.py``)."""
 
     named: str | None
+    auto: bool = False
 
-    def calls(self, text: str) -> list[dict[str, Any]] | None:
-        """OpenAI's ``tool_calls`` from an answer's text; None when a list of calls does not parse (an answer
-        cut short by max_tokens or a stop string), whose text is then returned as content."""
+    def split(self, text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
+        """An answer's content and OpenAI's ``tool_calls``. A forced list of calls that does not parse (cut
+        short by max_tokens or a stop string) is returned as content, and so is an auto answer without calls."""
+        if self.auto:
+            return parse_hermes(text)
         if self.named is not None:
-            return [tool_call(self.named, text)]
+            return None, [tool_call(self.named, text)]
         try:
             items = json.loads(text)
-            return [tool_call(i["name"], json.dumps(i["parameters"], ensure_ascii=False)) for i in items]
+            return None, [tool_call(i["name"], json.dumps(i["parameters"], ensure_ascii=False)) for i in items]
         except (ValueError, TypeError, KeyError):
-            return None
+            return text, None
 
     def finish_reason(self, reason: str, calls: list[dict[str, Any]] | None) -> str:
-        """vLLM's and OpenAI's: ``tool_calls`` where the model chose the calls (``required``); a named
+        """vLLM's and OpenAI's: ``tool_calls`` where the model chose the calls (``required``, ``auto``); a named
         function's answer keeps its own reason."""
         return "tool_calls" if self.named is None and calls is not None and reason == "stop" else reason
 
 
-def tool_call(name: str, arguments: str, *, index: int | None = None) -> dict[str, Any]:
-    call: dict[str, Any] = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
-    call["function"] = {"name": name, "arguments": arguments}
-    return call if index is None else {"index": index, **call}
-
-
 def plan_tools(
-    tools: list[OpenAITool] | None, choice: ToolChoice | None, *, structured: bool, parallel: bool = True
+    tools: list[OpenAITool] | None,
+    choice: ToolChoice | None,
+    *,
+    structured: bool,
+    parallel: bool = True,
+    parser: ToolCallParser = "none",
 ) -> tuple[StructuredOutput | None, ToolCalling | None]:
     """The constraint and the response mapping a call's ``tools`` / ``tool_choice`` ask for; an ``ApiError``
     naming the field when they cannot be served. ``structured``: the call also asked for structured output;
-    ``parallel`` (OpenAI's ``parallel_tool_calls``): ``"required"`` may make more than one call."""
+    ``parallel`` (OpenAI's ``parallel_tool_calls``): ``"required"`` may make more than one call; ``parser``
+    (``BRIGADE_TOOL_CALL_PARSER``): how to read the calls of ``"auto"``, which without one is refused."""
     if not tools:
         if isinstance(choice, NamedToolChoice) or choice == "required":
             raise ApiError(422, "tool_choice: there are no tools to call; send tools with it", param="tools")
         return None, None
     if choice is None or choice == "auto":
+        if parser == "hermes":
+            return None, ToolCalling(None, auto=True)
         raise ApiError(
             422,
             'tool_choice: "auto" (the default when tools are given) needs a parser for the model\'s own tool-call '
-            'format, which brigade does not have (vLLM\'s --enable-auto-tool-choice); send "required", a named '
-            'function ({"type": "function", "function": {"name": …}}) or "none"',
+            "format, and this deployment has none (BRIGADE_TOOL_CALL_PARSER=hermes reads Qwen's and Hermes's, as "
+            'vLLM\'s --tool-call-parser does); send "required", a named function ({"type": "function", "function": '
+            '{"name": …}}) or "none"',
             param="tool_choice",
         )
     if choice == "none":

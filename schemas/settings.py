@@ -94,6 +94,9 @@ class _ClassEnvSource(EnvSettingsSource):
 EventLoop = Literal["auto", "uvloop", "asyncio"]
 
 
+ToolCallParser = Literal["none", "hermes"]
+
+
 class Settings(BaseSettings):
     """Every knob of the fleet. Documented, one row each, in the README's configuration table."""
 
@@ -163,6 +166,9 @@ class Settings(BaseSettings):
     # request waits for its ack, so this adds straight to time to first token; under load records batch anyway,
     # behind the produce request already in flight
     kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
+    # how the OpenAI endpoint reads the calls a model chose to make (tool_choice "auto"): the served models'
+    # own format, as vLLM's --tool-call-parser; none refuses "auto"
+    tool_call_parser: ToolCallParser = "none"
 
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
