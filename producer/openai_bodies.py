@@ -295,10 +295,8 @@ class ChatBody(OpenAIBody):
     messages: list[OpenAIMessage] = Field(min_length=1)
     tools: list[OpenAITool] | None = None
     parallel_tool_calls: bool | None = None  # false: "required" makes exactly one call
-    tool_choice: ToolChoice | None = None
-    _parser: ToolCallParser = PrivateAttr(
-        default="none"
-    )  # "required" or a named function forces a call (producer/openai_tools.py)
+    tool_choice: ToolChoice | None = None  # "required" or a named function forces a call (producer/openai_tools.py)
+    _parser: ToolCallParser = PrivateAttr(default="none")  # "auto" is read with it (use_tool_parser)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: Annotated[Any, off_only(False)] = None  # vLLM's chat echo (the last message first): not served
