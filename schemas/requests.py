@@ -22,7 +22,7 @@ MAX_LOGPROBS = 20  # most likely tokens listed per position: OpenAI's top_logpro
 MAX_LOGIT_BIAS = 300  # token ids one request may bias: what OpenAI's API accepts
 MAX_STOP_TOKEN_IDS = 64
 MAX_GRAMMAR_CHARS = 65_536  # a JSON schema (as JSON), regex or grammar: compiled for every request that sends it
-MAX_CHOICES = 256
+MAX_CHOICE_STRINGS = 256  # structured_output.choice: the strings an answer may be one of
 MAX_TOOLS = 128  # OpenAI's limit on tools per request
 
 Identifier = Annotated[
@@ -109,7 +109,7 @@ class StructuredOutput(BaseModel):
     regex: Annotated[Text, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS)] | None = None
     """The whole answer matches this regular expression (Rust regex syntax, no lookaround or backreferences)."""
     choice: list[Annotated[Text, Field(min_length=1, max_length=1024)]] | None = Field(
-        default=None, min_length=1, max_length=MAX_CHOICES
+        default=None, min_length=1, max_length=MAX_CHOICE_STRINGS
     )
     """The answer is exactly one of these strings."""
     grammar: Annotated[Text, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS)] | None = None
