@@ -107,7 +107,7 @@ async def _answer(
     wires = [wire for inputs in body.inputs() for wire in body.to_requests(**inputs)]
     accepted = await _publish(ingress, wires, trace, body.fields())
     asked = wires[0].logprobs is not None
-    calling = body.tool_calling()
+    calling = body.output().calling
     echo = [_prompt_text(ingress, body.model, wire) for wire in wires] if body.echo_asked() else None
     created = int(time.time())
     streams = [request_events(ingress.redis, a.stream, a.request_id) for a in accepted]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +30,13 @@ from schemas.settings import ToolCallParser
 
 MAX_CHOICES = 16  # n: each choice is a request of its own, on the class's topic like any other
 MAX_REQUESTS = 256  # prompts × n of one legacy completion call: each is a request of its own
+
+
+class OutputPlan(NamedTuple):
+    """What a call's answer is held to and how it is read back."""
+
+    structured: tuple[StructuredOutput, str] | None  # the contract's structured_output, and the field it came from
+    calling: ToolCalling | None  # how answers become tool_calls: chat with tools
 
 
 class StreamOptions(BaseModel):
@@ -150,6 +157,7 @@ class OpenAIBody(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    _output: OutputPlan | None = PrivateAttr(default=None)  # output(): planned once per call
 
     def logprobs_asked(self) -> int | None:
         """The contract's ``logprobs``: how many alternatives per token, None for no log-probabilities."""
@@ -167,10 +175,6 @@ class OpenAIBody(BaseModel):
         """Whether each choice's text starts with its prompt (a legacy completion's ``echo``)."""
         return False
 
-    def tool_calling(self) -> ToolCalling | None:
-        """How answers become ``tool_calls``: chat with tools; None otherwise."""
-        return None
-
     def use_tool_parser(self, parser: ToolCallParser) -> None:
         """Only chat reads tool calls."""
 
@@ -179,18 +183,25 @@ class OpenAIBody(BaseModel):
         """The name the caller used, so a limit error names what they sent."""
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
-    def structured(self) -> tuple[StructuredOutput, str] | None:
-        """The contract's ``structured_output`` and the field it came from, or None."""
+    def output(self) -> OutputPlan:
+        """Planned once per call (a schema closed, tools turned into one), then read by each choice, the error
+        names and the answer."""
+        if self._output is None:
+            self._output = self._plan_output()
+        return self._output
+
+    def _plan_output(self) -> OutputPlan:
         guided = {
             name: getattr(self, name) for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
         }
-        return structured_output(
+        asked = structured_output(
             response_format=self.response_format, structured_outputs=self.structured_outputs, guided=guided
         )
+        return OutputPlan(asked, None)
 
     def fields(self) -> FieldNames:
         """The names this caller used for the fields an ingress error may name."""
-        asked = self.structured()
+        asked = self.output().structured
         return FieldNames(
             max_tokens=self.max_tokens_field,
             prompt=self.prompt_field,
@@ -219,7 +230,7 @@ class OpenAIBody(BaseModel):
         if self.min_tokens and max_new is not None and self.min_tokens > max_new:  # the contract's check, in our words
             message = f"min_tokens={self.min_tokens} is over {self.max_tokens_field}={max_new}; lower min_tokens"
             raise ApiError(422, message, param="min_tokens")
-        asked = self.structured()
+        asked = self.output().structured
         return InferenceRequest(
             request_id=uuid.uuid4().hex,
             session_id=uuid.uuid4().hex,
@@ -305,21 +316,18 @@ class ChatBody(OpenAIBody):
         tools = [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
         return [{"messages": chat_turns(self.messages), "tools": tools}]
 
-    def structured(self) -> tuple[StructuredOutput, str] | None:
-        asked = super().structured()
-        forced, _ = self._tools(structured=asked is not None)
-        return (forced, "tool_choice") if forced is not None else asked
-
-    def tool_calling(self) -> ToolCalling | None:
-        return self._tools(structured=super().structured() is not None)[1]
-
     def use_tool_parser(self, parser: ToolCallParser) -> None:
         """The deployment's BRIGADE_TOOL_CALL_PARSER, which decides whether tool_choice "auto" is served."""
         self._parser = parser
+        self._output = None
 
-    def _tools(self, *, structured: bool) -> tuple[StructuredOutput | None, ToolCalling | None]:
+    def _plan_output(self) -> OutputPlan:
+        asked = super()._plan_output().structured
         parallel = self.parallel_tool_calls is not False
-        return plan_tools(self.tools, self.tool_choice, structured=structured, parallel=parallel, parser=self._parser)
+        forced, calling = plan_tools(
+            self.tools, self.tool_choice, structured=asked is not None, parallel=parallel, parser=self._parser
+        )
+        return OutputPlan((forced, "tool_choice") if forced is not None else asked, calling)
 
     def logprobs_asked(self) -> int | None:
         if not self.logprobs:

@@ -179,7 +179,7 @@ def test_the_chat_template_gets_the_tools_and_each_calls_arguments_as_an_object(
 def test_parallel_tool_calls_false_makes_required_one_call(model_cache_dir: Path) -> None:
     body = {"model": "m", "messages": ASK, "tools": TOOLS, "tool_choice": "required"}
     for parallel in (True, False):
-        asked = ChatBody.model_validate(body | {"parallel_tool_calls": parallel}).structured()
+        asked = ChatBody.model_validate(body | {"parallel_tool_calls": parallel}).output().structured
         assert asked is not None and asked[1] == "tool_choice" and asked[0].json_schema is not None
         assert asked[0].json_schema.get("maxItems") == (None if parallel else 1)
     engine = load_engine(Settings(model="builtin:tiny", model_cache_dir=model_cache_dir, device="cpu"))
