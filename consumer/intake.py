@@ -24,7 +24,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from brigade.structured import grammar_error
 from consumer.batcher import PendingItem
 from consumer.engine.interface import GenerationInput, InferenceEngine
 from consumer.session import SessionDoc, TurnPlan, plan_turn
@@ -194,7 +193,7 @@ class Intake:
         out: list[tuple[list[int], TurnPlan | None] | Refusal] = []
         for request, stored in requests:
             spec = request.structured_output
-            if spec is not None and (error := grammar_error(spec)) is not None:
+            if spec is not None and (error := self._engine.constraint_error(spec)) is not None:
                 message = f"structured_output.{spec.kind} does not compile: {error}"
                 out.append(Refusal(ErrorCode.INVALID_REQUEST, message))
                 continue

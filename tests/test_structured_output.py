@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from brigade.inprocess import finals, fleet, read_until_final
-from brigade.structured import closed, grammar_error
+from brigade.structured import closed, grammar_error, to_grammar
 from consumer.engine.constraint import Constraint
 from consumer.engine.interface import GenerationInput
 from consumer.engine.onnx_engine import OnnxEngine, load_engine
@@ -138,6 +138,31 @@ def test_compiled_grammars_are_reused_and_each_sequence_has_its_own_state(engine
     assert a.failure is None and b.failure is None
     b.consume(engine.tokenizer.encode("x", add_special_tokens=False).ids[0])
     assert b.failure is not None and a.failure is None, "a forbidden token fails that matcher only"
+
+
+def test_the_intakes_check_compiles_what_the_sequences_then_use(
+    engine: OnnxEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's intake checks a spec on the engine (off the step's thread); its sequences reuse that
+    compilation, and a spec that does not compile is compiled once however many requests carry it."""
+    built: list[StructuredOutput] = []
+
+    def counting(spec: StructuredOutput) -> str:
+        built.append(spec)
+        return to_grammar(spec)
+
+    monkeypatch.setattr("consumer.engine.constraint.to_grammar", counting)
+    good = StructuredOutput(json_schema={"type": "object", "properties": {"n": {"type": "integer", "minimum": 7}}})
+    assert engine.constraint_error(good) is None
+    engine.constraints.for_sequence(good)
+    engine.constraints.for_sequence(StructuredOutput.model_validate(good.model_dump()))
+    assert built == [good]
+    bad = StructuredOutput(grammar="start: nope")
+    for _ in range(3):
+        assert "unknown name" in (engine.constraint_error(bad) or "")
+    with pytest.raises(ValueError, match=r"structured_output\.grammar: .*unknown name"):
+        engine.constraints.for_sequence(bad)
+    assert built == [good, bad]
 
 
 def test_objects_that_list_their_properties_are_closed_unless_they_say_otherwise(engine: OnnxEngine) -> None:

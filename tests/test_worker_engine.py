@@ -15,7 +15,7 @@ from typing import Any
 
 from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine, TokenDelta
 from schemas.events import FinishReason
-from schemas.requests import ChatMessage, SamplingParams
+from schemas.requests import ChatMessage, SamplingParams, StructuredOutput
 
 WORDS = ("mise", "en", "place", "oui", "chef", "service", "pass", "fire")
 
@@ -116,6 +116,9 @@ class WordEngine:
     def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
         return " ".join(f"<{m.role}> {m.content}" for m in messages) + " <assistant>"
 
+    def constraint_error(self, spec: StructuredOutput) -> str | None:
+        return "this fake engine constrains nothing"
+
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
         run = _Run(inputs=list(inputs), gate=self._gate, fail_at=self._fail_at)
         with self._lock:
@@ -174,6 +177,9 @@ class CountingEngine:
 
     def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
         return self.inner.render_chat(messages, tools)
+
+    def constraint_error(self, spec: StructuredOutput) -> str | None:
+        return self.inner.constraint_error(spec)
 
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
         with self._lock:

@@ -4,7 +4,8 @@ Each step the matcher says which tokens keep the answer inside its language; the
 the sampler sees the row, so greedy, sampling, penalties and logit_bias all choose among allowed tokens only.
 A matcher that has reached the end of its language (only end-of-sequence could follow) ends the sequence at
 once, without a step for that token. Compiling a grammar costs ~0.2 ms for a small schema and much more for a
-large one, so each engine keeps the last compiled matchers by grammar and copies them for new sequences.
+large one, so each engine keeps the last compiled matchers by spec and copies them for new sequences; the
+worker's intake compiles a request's spec before it joins, off the step's path.
 """
 
 from __future__ import annotations
@@ -78,23 +79,39 @@ class Constraints:
         self._vocab = vocab
         self._eos = sorted(eos_ids)
         self._ll: LLTokenizer | None = None
-        self._compiled: OrderedDict[str, LLMatcher] = OrderedDict()
+        self._compiled: OrderedDict[str, LLMatcher | str] = OrderedDict()
 
     def _llg_tokenizer(self) -> LLTokenizer:
         if self._ll is None:  # ~50 ms for a 50k vocabulary: only engines that meet a constraint pay it
             self._ll = LLTokenizer(self._tokenizer.to_str(), eos_token=self._eos or None)
         return self._ll
 
+    def error(self, spec: StructuredOutput) -> str | None:
+        """Why ``spec`` cannot constrain an answer on this vocabulary (llguidance's message, which points into the
+        grammar), or None. Compiles it, so that the sequences asking for it find it ready."""
+        compiled = self._compile(spec)
+        return compiled if isinstance(compiled, str) else None
+
     def for_sequence(self, spec: StructuredOutput) -> Constraint:
-        grammar = to_grammar(spec)
-        matcher = self._compiled.get(grammar)
-        if matcher is None:
-            matcher = LLMatcher(self._llg_tokenizer(), grammar, log_level=0)
-            if matcher.is_error():
-                raise ValueError(f"structured_output.{spec.kind}: {matcher.get_error()}")
-            self._compiled[grammar] = matcher
-            if len(self._compiled) > _CACHED_GRAMMARS:
-                self._compiled.popitem(last=False)
-        else:
-            self._compiled.move_to_end(grammar)
-        return Constraint(matcher.deep_copy(), tokenizer_vocab=self._llg_tokenizer().vocab_size, width=self._vocab)
+        compiled = self._compile(spec)
+        if isinstance(compiled, str):
+            raise ValueError(f"structured_output.{spec.kind}: {compiled}")
+        return Constraint(compiled.deep_copy(), tokenizer_vocab=self._llg_tokenizer().vocab_size, width=self._vocab)
+
+    def _compile(self, spec: StructuredOutput) -> LLMatcher | str:
+        """The matcher for ``spec``, or why there is none; the last few are kept by spec (OpenAI's ``n`` and
+        prompt lists send one spec with many requests), failures too."""
+        key = spec.model_dump_json(exclude_none=True)
+        compiled = self._compiled.get(key)
+        if compiled is not None:
+            self._compiled.move_to_end(key)
+            return compiled
+        try:
+            matcher = LLMatcher(self._llg_tokenizer(), to_grammar(spec), log_level=0)
+            compiled = matcher.get_error().strip() if matcher.is_error() else matcher
+        except ValueError as exc:
+            compiled = str(exc)
+        self._compiled[key] = compiled
+        if len(self._compiled) > _CACHED_GRAMMARS:
+            self._compiled.popitem(last=False)
+        return compiled

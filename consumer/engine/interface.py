@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from schemas.events import FinishReason, PromptLogprob, TokenLogprob
-from schemas.requests import ChatMessage, SamplingParams
+from schemas.requests import ChatMessage, SamplingParams, StructuredOutput
 
 
 class OutOfMemory(RuntimeError):
@@ -87,6 +87,11 @@ class InferenceEngine(Protocol):
     def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
         """The model's chat template applied to a conversation (and the tools it may call, OpenAI's shape),
         ending where the assistant speaks."""
+        ...
+
+    def constraint_error(self, spec: StructuredOutput) -> str | None:
+        """Why ``spec`` cannot constrain an answer on this model's vocabulary, or None; the engine keeps what it
+        compiled for the sequences that ask for it."""
         ...
 
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun: ...

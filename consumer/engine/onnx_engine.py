@@ -29,7 +29,7 @@ from consumer.engine.logprobs import TokenText, entry, log_softmax, prompt_entri
 from consumer.engine.model_files import ModelFiles, read_model_files
 from consumer.engine.sampling import choose_tokens
 from consumer.engine.sequence import SequenceState
-from schemas.requests import ChatMessage, SamplingParams
+from schemas.requests import ChatMessage, SamplingParams, StructuredOutput
 from schemas.settings import Settings
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -393,6 +393,9 @@ class OnnxEngine:
 
     def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
         return self._chat(messages, tools)
+
+    def constraint_error(self, spec: StructuredOutput) -> str | None:
+        return self.constraints.error(spec)
 
     def sequence(self, item: GenerationInput) -> SequenceState:
         """Raises ValueError for a structured output that does not compile: the worker's intake checks first."""
