@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
+import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -435,9 +436,14 @@ _add_deploy_commands()
 
 
 def main() -> None:
-    # A closed pipe (brigade schema | head) is not an error worth a traceback.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    app(prog_name="brigade")
+    try:
+        app(prog_name="brigade")
+    except BrokenPipeError:
+        # A closed pipe (brigade schema | head) is not an error worth a traceback. SIGPIPE itself stays ignored
+        # (Python's default): with it at SIG_DFL, any peer hanging up while a worker or the ingress writes to its
+        # socket (a probe that timed out) killed the whole process.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to fail
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -26,3 +29,16 @@ def test_help_shows_no_type_beside_a_flag(path: tuple[str, ...]) -> None:
     assert result.exit_code == 0, result.output
     assert "Show this message and exit." in result.output
     assert "<bool>" not in result.output, result.output
+
+
+def test_a_closed_pipe_ends_a_command_quietly() -> None:
+    """``brigade schema | head`` with the reader gone before the first write: no traceback, a failing status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "brigade", "schema"], stdout=write_end, stderr=subprocess.PIPE, timeout=60
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1 and done.stderr == b"", done.stderr.decode(errors="replace")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -42,6 +43,16 @@ async def test_sigterm_ends_session_streams_and_exits_cleanly(ingress_process: t
     assert await proc.wait() == 0, child.log
     log = await child.final_log()
     assert "[shutdown] draining" in log and "[shutdown] stopped" in log
+
+
+async def test_a_peer_that_hangs_up_cannot_kill_the_process(ingress_process: tuple[Child, str]) -> None:
+    """SIGPIPE stays ignored in the servers, so a write to a socket whose peer left (a probe that timed out,
+    a client gone mid-stream) fails in the write instead of killing the process. A worker generating its model
+    died this way when its readiness probe's client gave up (rc -13 in ``brigade bench --figure coldstart``)."""
+    child, _ = ingress_process
+    status = await asyncio.to_thread(Path(f"/proc/{child.proc.pid}/status").read_text)
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1)), "SIGPIPE is not ignored"
 
 
 async def test_second_signal_exits_at_once(ingress_process: tuple[Child, str], settings: Settings) -> None:
