@@ -153,6 +153,7 @@ class OpenAIBody(BaseModel):
     suffix: Annotated[Any, off_only("")] = None
     min_tokens: int | None = None  # vLLM's
     stop_token_ids: list[int] | None = None  # vLLM's
+    skip_special_tokens: bool = True  # vLLM's; a parser whose calls start with a special token keeps them
     guided_json: dict[str, Any] | str | None = None  # vLLM's older names for structured_outputs
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
@@ -230,7 +231,8 @@ class OpenAIBody(BaseModel):
         if self.min_tokens and max_new is not None and self.min_tokens > max_new:  # the contract's check, in our words
             message = f"min_tokens={self.min_tokens} is over {self.max_tokens_field}={max_new}; lower min_tokens"
             raise ApiError(422, message, param="min_tokens")
-        asked = self.output().structured
+        asked, calling = self.output()
+        keep_special = not self.skip_special_tokens or (calling is not None and calling.keeps_special_tokens)
         return InferenceRequest(
             request_id=uuid.uuid4().hex,
             session_id=uuid.uuid4().hex,
@@ -244,6 +246,7 @@ class OpenAIBody(BaseModel):
             logit_bias=self.logit_bias or None,
             min_tokens=self.min_tokens or None,
             stop_token_ids=self.stop_token_ids or None,
+            skip_special_tokens=False if keep_special else None,
             structured_output=asked[0] if asked is not None else None,
             **inputs,
         )

@@ -15,9 +15,9 @@ from typing import Any
 
 from producer.errors import ApiError
 from producer.openai_format import Kind, chunk, logprobs, usage_chunk
-from producer.openai_tools import ToolCalling
+from producer.openai_tools import ListedCallStream, ToolCalling
 from producer.stream_reader import ERROR_STATUS, AnyEvent, LiveText, Verdict
-from producer.tool_parsers import HermesStream, tool_call
+from producer.tool_parsers import CallStream, tool_call
 from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob
 
 Judged = AsyncIterator[tuple[AnyEvent, Verdict]]
@@ -69,28 +69,34 @@ class _Choice:
     first: bool = True  # the next chunk is its first (chat's delta names the role)
     offset: int = 0  # characters of its text sent: the legacy text_offset of the next entry
     echo: str | None = None  # the prompt, until the first chunk carries it (``echo``)
-    held: str = ""  # a list of tool calls' text, parsed whole at its end
-    auto: HermesStream = field(default_factory=HermesStream)  # tool_choice auto: content now, calls at the end
+    held: str = ""  # a list of tool calls' text, parsed whole at its end for the finish reason
+    listed: ListedCallStream = field(default_factory=ListedCallStream)  # that list, streamed as it comes
+    auto: CallStream | None = None  # tool_choice auto: content now, calls at the end
 
 
 def _text_fields(tools: ToolCalling | None, c: _Choice, text: str) -> dict[str, Any] | None:
     """What a choice's new text becomes in its chunk: content, a named call's arguments, or nothing yet."""
     if tools is None:
         return {"text": text}
-    if tools.auto:
+    if tools.auto is not None:
+        c.auto = c.auto or CallStream(tools.auto)
         content = c.auto.feed(text)
         return {"text": content} if content else None
     if tools.named is None:
         c.held += text
-        return None
+        calls = c.listed.feed(text)
+        return {"tool_calls": calls} if calls else None
     if c.first:
         return {"tool_calls": [tool_call(tools.named, text, index=0)]}
     return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
 
 
 def _held_fields(tools: ToolCalling, c: _Choice) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """At a choice's end, what its held text becomes: content, then the calls it made (each with its index)."""
-    content, calls = c.auto.end() if tools.auto else tools.split(c.held)
+    """At a choice's end, what its held text becomes: content, then the calls it made (each with its index);
+    nothing more where a list of calls went out as it came."""
+    content, calls = c.auto.end() if c.auto is not None else tools.split(c.held)
+    if c.listed.named:
+        return [], calls
     fields: list[dict[str, Any]] = [{"text": content}] if content else []
     if calls is not None:
         fields.append({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
@@ -114,7 +120,7 @@ async def chunks(
     error payload (the other choices' requests still finish, unread). ``echo``: the text each choice's first
     chunk starts with, with the prompt's entries (which come on its first event) when logprobs were asked;
     ``n``: choices per prompt, for usage; ``tools``: a tool call, whose text goes out as ``tool_calls`` (a named
-    function's arguments as they come; a list of calls whole, once it has ended and parsed; with ``auto``, the
+    function's arguments as they come; a list of calls each as its name and then its arguments come; with ``auto``, the
     text before the model's first call as content, its calls at the end)."""
     choices = [_Choice(echo=None if echo is None else echo[i]) for i in range(len(streams))]
     dones: dict[int, DoneEvent] = {}

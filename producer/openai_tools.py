@@ -1,12 +1,12 @@
-"""Tool calling on the chat endpoint, as vLLM serves it without a model-specific parser: the call is forced.
+"""Tool calling on the chat endpoint, as vLLM serves it.
 
 ``tool_choice`` a named function: the answer is that function's arguments, constrained to its ``parameters``
 schema. ``"required"``: the answer is a JSON list of ``{"name", "parameters"}`` objects, one of the tools each
 (vLLM's shape). Either way the answer is structured output (``brigade/structured.py``), so it parses, and it
 comes back as ``message.tool_calls`` (streamed as ``delta.tool_calls``). ``"auto"`` (OpenAI's default when tools
-are given) needs a parser for each model family's own call format (vLLM's ``--tool-call-parser``); brigade has
-none and refuses it, as vLLM does without ``--enable-auto-tool-choice``. ``"none"``: the tools only reach the
-chat template.
+are given) lets the model decide, so its calls are read out of its own format by the deployment's parser
+(``BRIGADE_TOOL_CALL_PARSER``, ``producer/tool_parsers.py``); without one it is refused, as vLLM does without
+``--enable-auto-tool-choice``. ``"none"``: the tools only reach the chat template.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from producer.errors import ApiError
-from producer.tool_parsers import parse_hermes, tool_call
+from producer.tool_parsers import FORMATS, CallFormat, Parsed, tool_call
 from schemas.requests import StructuredOutput
 from schemas.settings import ToolCallParser
 
@@ -60,16 +60,21 @@ def _parameters(tool: OpenAITool) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class ToolCalling:
     """How one call's answers become tool calls: ``named``'s arguments, (None) a list of calls, or with
-    ``auto`` the calls the model chose to write in its own format (``producer/tool_parsers.py``)."""
+    ``auto``, the calls the model chose to write in its own format (``producer/tool_parsers.py``)."""
 
     named: str | None
-    auto: bool = False
+    auto: CallFormat | None = None
 
-    def split(self, text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
+    @property
+    def keeps_special_tokens(self) -> bool:
+        """Whether the answers' text must keep special tokens: the model's calls start with one."""
+        return self.auto is not None and self.auto.keep_special_tokens
+
+    def split(self, text: str) -> Parsed:
         """An answer's content and OpenAI's ``tool_calls``. A forced list of calls that does not parse (cut
         short by max_tokens or a stop string) is returned as content, and so is an auto answer without calls."""
-        if self.auto:
-            return parse_hermes(text)
+        if self.auto is not None:
+            return self.auto.parse(text)
         if self.named is not None:
             return None, [tool_call(self.named, text)]
         try:
@@ -101,13 +106,13 @@ def plan_tools(
             raise ApiError(422, "tool_choice: there are no tools to call; send tools with it", param="tools")
         return None, None
     if choice is None or choice == "auto":
-        if parser == "hermes":
-            return None, ToolCalling(None, auto=True)
+        if parser != "none":
+            return None, ToolCalling(None, auto=FORMATS[parser])
         raise ApiError(
             422,
             'tool_choice: "auto" (the default when tools are given) needs a parser for the model\'s own tool-call '
-            "format, and this deployment has none (BRIGADE_TOOL_CALL_PARSER=hermes reads Qwen's and Hermes's, as "
-            'vLLM\'s --tool-call-parser does); send "required", a named function ({"type": "function", "function": '
+            f"format, and this deployment has none (BRIGADE_TOOL_CALL_PARSER={'|'.join(FORMATS)}, as vLLM's "
+            '--tool-call-parser); send "required", a named function ({"type": "function", "function": '
             '{"name": …}}) or "none"',
             param="tool_choice",
         )
@@ -143,3 +148,95 @@ def plan_tools(
     if not parallel:
         schema["maxItems"] = 1
     return StructuredOutput(json_schema=schema), ToolCalling(None)
+
+
+@dataclass
+class ListedCallStream:
+    """``"required"``'s answer, a JSON list of ``{"name", "parameters"}``, read as it is generated: each call's
+    delta goes out once its name is known, then its arguments as they come (as vLLM streams them), instead of
+    the whole list at its end. The grammar makes the text valid JSON of that shape, so a character scanner
+    that follows strings and nesting is enough; keys may come in either order."""
+
+    index: int = -1  # the call being read
+    depth: int = 0  # [ is 1, a call's object 2, inside its parameters 3 and deeper
+    in_string: bool = False
+    escaped: bool = False
+    key: str = ""  # the call's key whose value comes next (depth 2)
+    token: list[str] | None = None  # a string being read at depth 2: a key, or the name's value
+    after_colon: bool = False
+    name: str | None = None
+    named: bool = False  # the call's first delta (id, name) went out
+    arguments: list[str] | None = None  # the call's parameters text not sent yet, while they are read
+    reading_arguments: bool = False
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        """The ``tool_calls`` deltas this text completes (one per call it touches)."""
+        out: dict[int, dict[str, Any]] = {}
+        for ch in text:
+            self._step(ch)
+            self._flush(out)
+        return list(out.values())
+
+    def _step(self, ch: str) -> None:
+        if self.reading_arguments:
+            assert self.arguments is not None
+            self.arguments.append(ch)
+        if self.in_string:
+            self._string_char(ch)
+        elif ch == '"':
+            self.in_string = True
+            if self.depth == 2 and not self.reading_arguments:
+                self.token = []
+                if self.after_colon and self.key == "parameters":
+                    self._start_arguments('"')
+        elif ch in "[{":
+            if self.depth == 1 and ch == "{":
+                self.index, self.name, self.named, self.key, self.after_colon = self.index + 1, None, False, "", False
+            elif self.depth == 2 and self.after_colon and self.key == "parameters":
+                self._start_arguments(ch)
+            self.depth += 1
+        elif ch in "]}":
+            self.depth -= 1
+            self.reading_arguments = self.reading_arguments and self.depth > 2
+        elif self.depth == 2 and ch in ":,":
+            self.after_colon, self.key = ch == ":", self.key if ch == ":" else ""
+
+    def _string_char(self, ch: str) -> None:
+        if self.escaped:
+            self.escaped = False
+        elif ch == "\\":
+            self.escaped = True
+        elif ch == '"':
+            self.in_string = False
+            self._string_ended()
+            return
+        if self.token is not None:
+            self.token.append(ch)
+
+    def _start_arguments(self, first: str) -> None:
+        self.reading_arguments, self.arguments = True, [first]
+
+    def _string_ended(self) -> None:
+        if self.reading_arguments:
+            self.reading_arguments = self.depth > 2  # a string as the parameters value ends with its quote
+            return
+        if self.token is None:
+            return
+        value, self.token = "".join(self.token), None
+        if not self.after_colon:
+            self.key = value
+        elif self.key == "name":
+            self.name = value
+
+    def _flush(self, out: dict[int, dict[str, Any]]) -> None:
+        if self.name is None:
+            return
+        delta = out.get(self.index)
+        if delta is None:
+            delta = out[self.index] = {"index": self.index, "function": {"arguments": ""}}
+        if not self.named:
+            self.named = True
+            delta.update(tool_call(self.name, "", index=self.index))
+        if self.arguments:
+            delta["function"]["arguments"] += "".join(self.arguments)
+            self.arguments = [] if self.reading_arguments else None

@@ -1,25 +1,43 @@
 """``tool_choice: "auto"``: reading the calls a model chose to make out of its own text, as vLLM's
-``--tool-call-parser`` does. Each model family writes calls its own way; brigade reads Hermes's, which Qwen2.5,
-Qwen3, Hermes 2/3 and many fine-tunes share (``BRIGADE_TOOL_CALL_PARSER=hermes``)::
+``--tool-call-parser`` does. Each model family writes calls its own way (``BRIGADE_TOOL_CALL_PARSER``):
 
-    <tool_call>
-    {"name": "get_weather", "arguments": {"city": "Oslo"}}
-    </tool_call>
+- ``hermes``: Qwen2.5, Qwen3, Hermes 2/3 and many fine-tunes, a block per call, text around them::
+
+      <tool_call>
+      {"name": "get_weather", "arguments": {"city": "Oslo"}}
+      </tool_call>
+
+- ``mistral``: Mistral's instruct models, after the ``[TOOL_CALLS]`` control token, a JSON list (tokenizer v3)
+  or ``name[ARGS]{…}`` per call (v11 on)::
+
+      [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]
+      [TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}
+
+- ``llama3_json``: Llama 3.1–3.3's JSON tool calling, the whole answer one object per call (``;`` between
+  them), after ``<|python_tag|>`` or not::
+
+      {"name": "get_weather", "parameters": {"city": "Oslo"}}
 
 Pure text handling, no I/O. Streamed, the text before a call goes out as content as it comes (holding back
-only what could be the start of ``<tool_call>``); from the first call on, the rest is held and read whole at
-the end. A block that does not parse stays text: the caller sees what the model wrote.
+only what could be the start of one); from the first call on, the rest is held and read whole at the end.
+Calls that do not parse stay text: the caller sees what the model wrote.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+Parsed = tuple[str | None, list[dict[str, Any]] | None]  # content (None: none) and tool_calls (None: no call)
+
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
+PYTHON_TAG = "<|python_tag|>"
 
 
 def tool_call(name: str, arguments: str, *, index: int | None = None) -> dict[str, Any]:
@@ -29,61 +47,153 @@ def tool_call(name: str, arguments: str, *, index: int | None = None) -> dict[st
     return call if index is None else {"index": index, **call}
 
 
+class _NotACall(ValueError):
+    """What the model wrote where a call goes is not one; the whole answer stays content."""
+
+
+def _call(name: Any, arguments: Any) -> dict[str, Any]:
+    if not isinstance(name, str) or not name:
+        raise _NotACall(name)
+    if isinstance(arguments, str):
+        arguments = json.loads(arguments)  # arguments sent as JSON text must still be JSON
+    if not isinstance(arguments, dict):
+        raise _NotACall(arguments)
+    return tool_call(name, json.dumps(arguments, ensure_ascii=False))
+
+
+def _from_object(call: Any) -> dict[str, Any]:
+    """``{"name", "arguments"}`` (Hermes's, Mistral's) or ``{"name", "parameters"}`` (Llama's)."""
+    if not isinstance(call, dict):
+        raise _NotACall(call)
+    return _call(call.get("name"), call.get("arguments", call.get("parameters", {})))
+
+
+def _all_or_nothing(parse: Callable[[str], Parsed]) -> Callable[[str], Parsed]:
+    @functools.wraps(parse)
+    def parsed(text: str) -> Parsed:
+        try:
+            return parse(text)
+        except (ValueError, TypeError):  # json's errors and _NotACall are ValueErrors
+            return text, None
+
+    return parsed
+
+
 _BLOCK = re.compile(re.escape(OPEN) + r"\s*(.*?)\s*" + re.escape(CLOSE), re.DOTALL)
 
 
-def parse_hermes(text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
-    """The content around the calls (None when there is none) and OpenAI's ``tool_calls`` (None: no call).
-
-    All or nothing: when any block fails to parse, the whole text is content, as the model wrote it.
-    """
+@_all_or_nothing
+def parse_hermes(text: str) -> Parsed:
+    """``<tool_call>`` blocks anywhere; the text around them is the content."""
     blocks = list(_BLOCK.finditer(text))
     if not blocks:
         return text, None
+    calls = [_from_object(json.loads(block.group(1))) for block in blocks]
+    return _BLOCK.sub("", text).strip() or None, calls
+
+
+@_all_or_nothing
+def parse_mistral(text: str) -> Parsed:
+    """Everything after the first ``[TOOL_CALLS]`` is calls; the text before it is the content."""
+    at = text.find(MISTRAL_CALLS)
+    if at < 0:
+        return text, None
     calls = []
-    for block in blocks:
-        try:
-            call = json.loads(block.group(1))
-            name, arguments = call["name"], call.get("arguments", call.get("parameters", {}))
-        except (ValueError, TypeError, KeyError):
-            return text, None
-        if not isinstance(name, str):
-            return text, None
-        arguments_text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-        calls.append(tool_call(name, arguments_text))
-    content = _BLOCK.sub("", text).strip()
-    return content or None, calls
+    for part in text[at + len(MISTRAL_CALLS) :].split(MISTRAL_CALLS):
+        part = part.strip()
+        if part.startswith(("[", "{")):
+            listed = json.loads(part)
+            calls += [_from_object(c) for c in (listed if isinstance(listed, list) else [listed])]
+            continue
+        name, args, arguments = part.partition(MISTRAL_ARGS)
+        if not args:
+            raise _NotACall(part)
+        calls.append(_call(name.partition(MISTRAL_CALL_ID)[0].strip(), arguments))
+    if not calls:
+        raise _NotACall(text)
+    return text[:at].strip() or None, calls
+
+
+@_all_or_nothing
+def parse_llama3_json(text: str) -> Parsed:
+    """The answer is calls when it opens with one (after ``<|python_tag|>`` or not); else it is content."""
+    body = text.strip()
+    body = body.removeprefix(PYTHON_TAG).lstrip()
+    if not body.startswith("{"):
+        return text, None
+    decoder, calls, at = json.JSONDecoder(), [], 0
+    while at < len(body):
+        call, at = decoder.raw_decode(body, at)
+        calls.append(_from_object(call))
+        while at < len(body) and (body[at] == ";" or body[at].isspace()):
+            at += 1
+    return None, calls
+
+
+@dataclass(frozen=True, slots=True)
+class CallFormat:
+    """How one model family marks its calls: what starts them, and whether only at the answer's start."""
+
+    parse: Callable[[str], Parsed]
+    starts: tuple[str, ...]
+    at_start: bool = False  # calls are the whole answer or none of it (Llama's)
+    keep_special_tokens: bool = False  # the start is a special token, dropped from the text unless kept
+
+
+FORMATS: dict[str, CallFormat] = {
+    "hermes": CallFormat(parse_hermes, (OPEN,)),
+    "mistral": CallFormat(parse_mistral, (MISTRAL_CALLS,), keep_special_tokens=True),
+    "llama3_json": CallFormat(parse_llama3_json, ("{", PYTHON_TAG), at_start=True),
+}
 
 
 @dataclass
-class HermesStream:
+class CallStream:
     """One streamed choice's text, split as it comes into content to send now and calls read at the end."""
 
-    held: str = ""  # text not sent yet: a possible start of <tool_call>, or everything from the first call on
+    format: CallFormat
+    held: str = ""  # text not sent yet: a possible start of a call, or everything from the first call on
     in_call: bool = False
+    plain: bool = False  # an at_start format's answer that did not open with a call: all of it is content
 
     def feed(self, text: str) -> str:
         """The content that can go out now."""
         self.held += text
         if self.in_call:
             return ""
-        at = self.held.find(OPEN)
-        if at >= 0:
+        if self.format.at_start:
+            return self._feed_at_start()
+        found = [at for start in self.format.starts if (at := self.held.find(start)) >= 0]
+        if found:
             self.in_call = True
-            out, self.held = self.held[:at], self.held[at:]
-            return out
-        keep = _partial_open(self.held)
-        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+            return self._release(min(found))
+        keep = max(_partial(self.held, start) for start in self.format.starts)
+        return self._release(len(self.held) - keep)
+
+    def _feed_at_start(self) -> str:
+        if self.plain:
+            return self._release(len(self.held))
+        head = self.held.lstrip()
+        if head.startswith(self.format.starts):
+            self.in_call = True
+            return ""
+        if not head or any(start.startswith(head) for start in self.format.starts):
+            return ""  # still undecided
+        self.plain = True
+        return self._release(len(self.held))
+
+    def _release(self, upto: int) -> str:
+        out, self.held = self.held[:upto], self.held[upto:]
         return out
 
-    def end(self) -> tuple[str | None, list[dict[str, Any]] | None]:
+    def end(self) -> Parsed:
         """At the answer's end: the held text's calls, or the held text as content when it has none."""
-        return parse_hermes(self.held) if self.in_call else (self.held or None, None)
+        return self.format.parse(self.held) if self.in_call else (self.held or None, None)
 
 
-def _partial_open(text: str) -> int:
-    """How many characters at the end of ``text`` could begin ``<tool_call>``."""
-    for n in range(min(len(OPEN) - 1, len(text)), 0, -1):
-        if text.endswith(OPEN[:n]):
+def _partial(text: str, start: str) -> int:
+    """How many characters at the end of ``text`` could begin ``start``."""
+    for n in range(min(len(start) - 1, len(text)), 0, -1):
+        if text.endswith(start[:n]):
             return n
     return 0

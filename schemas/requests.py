@@ -192,6 +192,10 @@ class SamplingParams(BaseModel):
     likely tokens at its position (0: the prompt token's alone), on the first event's prompt_logprobs field
     (scoring, as an evaluation harness's loglikelihood asks it). The worker then computes the model's output
     at every prompt position, not only the last. null: none."""
+    skip_special_tokens: bool | None = None
+    """vLLM's: false keeps the text of special tokens the model generates (a chat model's control tokens, such
+    as Mistral's [TOOL_CALLS]) in the answer; null or true drops it, as vLLM does by default. End-of-sequence
+    and stop_token_ids are never text."""
     structured_output: StructuredOutput | None = None
     """Constrain the answer to JSON (a schema, or any object), a regular expression, a list of choices or a
     grammar; null: free text."""

@@ -94,7 +94,7 @@ class _ClassEnvSource(EnvSettingsSource):
 EventLoop = Literal["auto", "uvloop", "asyncio"]
 
 
-ToolCallParser = Literal["none", "hermes"]
+ToolCallParser = Literal["none", "hermes", "mistral", "llama3_json"]
 
 
 class Settings(BaseSettings):

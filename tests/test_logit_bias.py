@@ -85,3 +85,21 @@ def test_stop_token_ids_end_the_sequence_as_end_of_sequence_does(engine: OnnxEng
     assert "".join(d.text for d in out["stopped"]) == engine.tokenizer.decode(tokens[:at])
     held = run.token_ids("held")
     assert len(held) > at + 1 and stop not in held[: at + 2], "masked until min_tokens: another token took its place"
+
+
+def test_special_tokens_are_text_only_when_the_request_keeps_them(engine: OnnxEngine) -> None:
+    """vLLM's skip_special_tokens: false keeps a generated special token's text (what a parser reading Mistral's
+    [TOOL_CALLS] needs); by default it is dropped. Forced here with ignore_eos, so end-of-sequence is text."""
+    (special,) = sorted(engine.files.eos_ids)[:1]
+    name = engine.tokenizer.id_to_token(special)
+    assert name is not None and name.startswith("<|")
+    prompt = engine.encode("The chef calls the order")
+    inputs = [
+        GenerationInput("kept", prompt, 3, greedy(logit_bias={special: 100}, skip_special_tokens=False)),
+        GenerationInput("dropped", prompt, 3, greedy(logit_bias={special: 100})),
+    ]
+    run = engine.start(inputs)
+    out = run_all(run)
+    assert run.token_ids("kept") == run.token_ids("dropped") == [special] * 3
+    assert "".join(d.text for d in out["kept"]) == name * 3
+    assert "".join(d.text for d in out["dropped"]) == ""

@@ -4,7 +4,7 @@ builtin:tiny, read with the openai SDK; and the tool turns of an agent loop reac
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,14 @@ import jsonschema
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
 from brigade.inprocess import fleet
 from brigade.models.chat_template import ChatRenderer
 from consumer.engine.interface import GenerationInput
 from consumer.engine.onnx_engine import load_engine
 from producer.openai_bodies import ChatBody
-from producer.openai_tools import OpenAITool, plan_tools
+from producer.openai_tools import ListedCallStream, OpenAITool, plan_tools
 from schemas.requests import ChatMessage, FunctionCall, InferenceRequest, SamplingParams, ToolCall
 from schemas.settings import Settings
 from tests.test_engine import run_all
@@ -95,10 +96,43 @@ async def test_required_makes_a_list_of_calls_whole_and_streamed(oai: openai.Asy
     )
     deltas = [c.choices[0] async for c in stream if c.choices]
     listed = [t for d in deltas for t in d.delta.tool_calls or ()]
-    assert [(t.function.name, t.function.arguments) for t in listed if t.function] == [
-        (c.function.name, c.function.arguments) for c in calls
-    ], "same seed, same calls: the stream sends the list once it has parsed"
-    assert [t.index for t in listed] == list(range(len(listed))) and deltas[-1].finish_reason == "tool_calls"
+    assert [(name, json.loads("".join(pieces))) for name, pieces in assembled(listed)] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in calls
+    ], "same seed, same calls: the stream sends each call's name, then its arguments (as written) as they come"
+    assert len(listed) > len(calls), "the arguments came in more than one delta"
+    assert [t.index for t in listed] == sorted(t.index for t in listed) and deltas[-1].finish_reason == "tool_calls"
+
+
+def assembled(deltas: Sequence[ChoiceDeltaToolCall]) -> list[tuple[str | None, list[str]]]:
+    """A streamed list's calls by index: the name its first delta carries (with an id), its arguments' pieces."""
+    calls: dict[int, tuple[str | None, list[str]]] = {}
+    for d in deltas:
+        assert d.function is not None
+        if d.index not in calls:
+            assert d.id and d.type == "function" and d.function.name, "a call's first delta names it"
+            calls[d.index] = (d.function.name, [])
+        else:
+            assert d.id is None and d.function.name is None, "later deltas carry arguments only"
+        calls[d.index][1].append(d.function.arguments or "")
+    return list(calls.values())
+
+
+@pytest.mark.parametrize("cut", [1, 3, 8, 40])
+def test_a_listed_calls_name_then_arguments_stream_as_they_come(cut: int) -> None:
+    text = json.dumps(
+        [
+            {"name": "get_weather", "parameters": {"city": 'Os"lo', "days": [1, {"x": "}"}]}},
+            {"parameters": {}, "name": "get_time"},  # keys in the other order: the arguments wait for the name
+        ],
+        separators=(",", ":"),
+    )
+    reader = ListedCallStream()
+    fed = [d for i in range(0, len(text), cut) for d in reader.feed(text[i : i + cut])]
+    deltas = [ChoiceDeltaToolCall.model_validate(d) for d in fed]
+    assert [(name, json.loads("".join(p))) for name, p in assembled(deltas)] == [
+        ("get_weather", {"city": 'Os"lo', "days": [1, {"x": "}"}]}),
+        ("get_time", {}),
+    ]
 
 
 async def test_an_agent_loops_tool_turns_are_accepted(oai: openai.AsyncOpenAI, settings: Settings) -> None:

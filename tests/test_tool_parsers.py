@@ -1,6 +1,6 @@
-"""tool_choice "auto" with BRIGADE_TOOL_CALL_PARSER=hermes: the calls a model wrote in Qwen's and Hermes's format,
-read whole and streamed (unit), and through the chat endpoint with a scripted worker (the format cannot come out
-of builtin:tiny's random weights)."""
+"""tool_choice "auto" with BRIGADE_TOOL_CALL_PARSER: the calls a model wrote in its family's format (Hermes/Qwen,
+Mistral, Llama 3 JSON), read whole and streamed (unit), and through the chat endpoint with a scripted worker (the
+formats cannot come out of builtin:tiny's random weights)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from brigade.inprocess import fleet
-from producer.tool_parsers import HermesStream, parse_hermes
+from producer.tool_parsers import FORMATS, CallStream, parse_hermes, parse_llama3_json, parse_mistral
 from schemas.settings import Settings
 from tests.test_ingress import play_worker, say
 
@@ -37,13 +37,65 @@ def test_blocks_become_calls_and_the_rest_content() -> None:
 @pytest.mark.parametrize("cut", [1, 3, 7, 11, 20])
 def test_streamed_content_goes_out_until_a_call_starts(cut: int) -> None:
     text = "Checking <tomato> first. " + CALL
-    stream = HermesStream()
+    stream = CallStream(FORMATS["hermes"])
     sent = "".join(stream.feed(text[i : i + cut]) for i in range(0, len(text), cut))
     assert sent == "Checking <tomato> first. ", "only what could begin <tool_call> is held back, and released"
     content, calls = stream.end()
     assert content is None and calls is not None and json.loads(calls[0]["function"]["arguments"]) == {"city": "Oslo"}
-    plain = HermesStream()
+    plain = CallStream(FORMATS["hermes"])
     assert plain.feed("ends with <tool_") == "ends with " and plain.end() == ("<tool_", None)
+
+
+def arguments(calls: list[dict[str, Any]] | None) -> list[tuple[str, Any]]:
+    return [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls or []]
+
+
+def test_mistral_calls_in_both_tokenizer_generations() -> None:
+    oslo, lima = ("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Lima"})
+    listed = '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}, ' + (
+        '{"name": "get_weather", "arguments": "{\\"city\\": \\"Lima\\"}"}]'
+    )
+    content, calls = parse_mistral("Let me check. " + listed)
+    assert content == "Let me check." and arguments(calls) == [oslo, lima], "v3: a JSON list (arguments as text too)"
+    v11 = '[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Lima"}'
+    content, calls = parse_mistral(v11)
+    assert content is None and arguments(calls) == [oslo, lima], "v11: name[ARGS]{…} per call, call ids dropped"
+    assert parse_mistral("no calls here") == ("no calls here", None)
+    for broken in ("[TOOL_CALLS]get_weather{", '[TOOL_CALLS][{"city": 1}]', "[TOOL_CALLS]", "[TOOL_CALLS]x[ARGS][1]"):
+        assert parse_mistral(broken) == (broken, None), broken
+
+
+def test_llama3_json_calls_are_the_whole_answer() -> None:
+    one = '{"name": "get_weather", "parameters": {"city": "Oslo"}}'
+    assert arguments(parse_llama3_json(one)[1]) == [("get_weather", {"city": "Oslo"})]
+    assert parse_llama3_json(one)[0] is None
+    two = f"<|python_tag|>{one}; {one.replace('Oslo', 'Lima')}"
+    assert [a["city"] for _, a in arguments(parse_llama3_json(two)[1])] == ["Oslo", "Lima"]
+    for content in ("The weather is fine.", f"Sure: {one}", '{"answer": 42}', one + " and more"):
+        assert parse_llama3_json(content) == (content, None), content
+
+
+@pytest.mark.parametrize("cut", [1, 2, 5, 13])
+def test_each_format_streams_content_until_its_calls(cut: int) -> None:
+    def streamed(parser: str, text: str) -> tuple[str, Any]:
+        stream = CallStream(FORMATS[parser])
+        sent = "".join(stream.feed(text[i : i + cut]) for i in range(0, len(text), cut))
+        return sent, stream.end()
+
+    sent, (content, calls) = streamed(
+        "mistral", 'Checking [TOOLS] first. [TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}'
+    )
+    assert (
+        sent == "Checking [TOOLS] first. "
+        and content is None
+        and arguments(calls) == [("get_weather", {"city": "Oslo"})]
+    )
+    sent, (content, calls) = streamed("llama3_json", ' {"name": "get_weather", "parameters": {"city": "Oslo"}}')
+    assert sent == "" and content is None and len(calls) == 1, "an answer that opens with a call is held whole"
+    sent, (content, calls) = streamed("llama3_json", "<|python_ta")
+    assert sent == "" and content == "<|python_ta" and calls is None, "undecided to the end: held, then content"
+    sent, (content, calls) = streamed("llama3_json", "  It is sunny in {Oslo}.")
+    assert sent == "  It is sunny in {Oslo}." and content is None and calls is None, "not a call: streamed as it comes"
 
 
 async def test_auto_through_the_chat_endpoint(
@@ -81,3 +133,30 @@ async def test_auto_through_the_chat_endpoint(
     assert len(streamed) == 1 and streamed[0].function and streamed[0].function.name == "get_weather"
     assert deltas[-1].finish_reason == "tool_calls"
     assert explicit.choices[0].message.tool_calls, "the same script: auto given explicitly reads it too"
+
+
+async def test_mistral_auto_keeps_special_tokens_on_the_wire(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    """Mistral's calls start with a special token, which workers drop from the text by default: the requests of
+    an auto call ask for it to be kept (vLLM does the same); the others stay off that wire field."""
+    parsing = settings.model_copy(update={"tool_call_parser": "mistral"})
+    script = say("Checking. ", "[TOOL_", 'CALLS]get_weather[ARGS]{"city": ', '"Oslo"}')
+    async with fleet(parsing, classes=[]) as f:
+        client = openai.AsyncOpenAI(base_url=f"{f.url}/v1", api_key="unused", max_retries=0)
+        worker = asyncio.create_task(play_worker(parsing, redis_client, count=3, script=script))
+        ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
+        whole = await client.chat.completions.create(model=settings.model, messages=ask, tools=TOOLS)
+        stream = await client.chat.completions.create(model=settings.model, messages=ask, tools=TOOLS, stream=True)
+        deltas = [c.choices[0] async for c in stream if c.choices]
+        await client.chat.completions.create(model=settings.model, messages=ask, max_tokens=4)
+        requests = await worker
+        await client.close()
+    assert [r.skip_special_tokens for r in requests] == [False, False, None]
+    message = whole.choices[0].message
+    assert message.content == "Checking." and whole.choices[0].finish_reason == "tool_calls"
+    (call,) = message.tool_calls or []
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Oslo"})
+    assert "".join(d.delta.content or "" for d in deltas) == "Checking. "
+    assert [t.function.name for d in deltas for t in d.delta.tool_calls or () if t.function] == ["get_weather"]

@@ -24,14 +24,15 @@ class Decoder(Protocol):
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Decoder, *, prompt_ids: Sequence[int] = ()) -> None:
+    def __init__(self, tokenizer: Decoder, *, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = True) -> None:
         self._tok = tokenizer
+        self._skip_special = skip_special_tokens
         self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])
         self._prefix = 0  # start of the window decoded for context
         self._read = len(self._ids)  # tokens before this are already sent
 
     def _decode(self, start: int, end: int | None = None) -> str:
-        return self._tok.decode(self._ids[start:end], skip_special_tokens=True)
+        return self._tok.decode(self._ids[start:end], skip_special_tokens=self._skip_special)
 
     def push(self, token_id: int) -> str:
         """New complete text since the last call; "" while a character's bytes are still arriving."""

@@ -40,7 +40,9 @@ class SequenceState:
         self._eos = frozenset(() if item.sampling.ignore_eos else eos_ids) | frozenset(
             item.sampling.stop_token_ids or ()
         )
-        self._detok = IncrementalDetokenizer(decoder, prompt_ids=prompt_ids)
+        self._detok = IncrementalDetokenizer(
+            decoder, prompt_ids=prompt_ids, skip_special_tokens=item.sampling.skip_special_tokens is not False
+        )
         self._stops = StopMatcher(item.sampling.stop)
         self.token_ids: list[int] = []  # generated ids, for tests and debugging; text is what goes out
         self.seen = Seen(prompt_ids) if item.sampling.penalized else None
