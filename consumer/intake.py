@@ -216,7 +216,9 @@ class Intake:
         ids_by_length: dict[int, list[int]] = {}  # each candidate drops a different number of messages
 
         def count(conversation: list[ChatMessage]) -> int:
-            ids = self._engine.encode(self._engine.render_chat(conversation, request.tools))
+            ids = self._engine.encode(
+                self._engine.render_chat(conversation, request.tools, request.chat_template_kwargs)
+            )
             ids_by_length[len(conversation)] = ids
             return len(ids)
 

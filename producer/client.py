@@ -124,6 +124,10 @@ class RequestOptions(TypedDict, total=False):
     events and on ``Completion.logprobs``."""
     prompt_logprobs: int | None
     """Each prompt token's, likewise, on the first event and on ``Completion.prompt_logprobs``."""
+    chat_template_kwargs: Mapping[str, Any] | None
+    """With ``messages``: more variables for the model's chat template (Qwen3's ``{"enable_thinking": False}``)."""
+    skip_special_tokens: bool | None
+    """False keeps the text of special tokens the model generates (its control tokens) in the answer."""
     tools: Sequence[Mapping[str, Any]] | None
     """With ``messages``: the tools the model's chat template describes (OpenAI's shape); pair with a
     ``structured_output`` to make the answer a call."""
@@ -224,6 +228,8 @@ class BrigadeClient:
             body["stop_token_ids"] = list(body["stop_token_ids"])
         if "tools" in body:
             body["tools"] = [dict(t) for t in body["tools"]]
+        if "chat_template_kwargs" in body:
+            body["chat_template_kwargs"] = dict(body["chat_template_kwargs"])
         if isinstance(spec := body.get("structured_output"), StructuredOutput):
             body["structured_output"] = spec.model_dump(exclude_none=True)
         if messages is not None:

@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 from producer.errors import ApiError, FieldNames
 from producer.openai_structured import ResponseFormat, VllmStructuredOutputs, structured_output
 from producer.openai_tools import OpenAITool, ToolCalling, ToolChoice, plan_tools
-from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest, StructuredOutput, ToolCall
+from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest, StructuredOutput, TemplateKwargs, ToolCall
 from schemas.settings import ToolCallParser
 
 MAX_CHOICES = 16  # n: each choice is a request of its own, on the class's topic like any other
@@ -314,10 +314,15 @@ class ChatBody(OpenAIBody):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: Annotated[Any, off_only(False)] = None  # vLLM's chat echo (the last message first): not served
+    chat_template_kwargs: TemplateKwargs | None = None  # vLLM's: more variables for the chat template
+    add_generation_prompt: Annotated[Any, off_only(True)] = None  # vLLM's: not served
+    continue_final_message: Annotated[Any, off_only(False)] = None  # vLLM's: not served
 
     def inputs(self) -> list[dict[str, Any]]:
         tools = [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
-        return [{"messages": chat_turns(self.messages), "tools": tools}]
+        return [
+            {"messages": chat_turns(self.messages), "tools": tools, "chat_template_kwargs": self.chat_template_kwargs}
+        ]
 
     def use_tool_parser(self, parser: ToolCallParser) -> None:
         """The deployment's BRIGADE_TOOL_CALL_PARSER, which decides whether tool_choice "auto" is served."""

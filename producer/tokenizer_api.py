@@ -21,6 +21,7 @@ from producer.errors import ApiError
 from producer.ingress import Ingress
 from producer.openai_bodies import OpenAIMessage, chat_turns
 from producer.openai_tools import OpenAITool
+from schemas.requests import TemplateKwargs
 
 router = APIRouter(tags=["tokenizer"])  # at the root, where vLLM serves them
 
@@ -34,6 +35,7 @@ class TokenizeBody(BaseModel):
     messages: list[OpenAIMessage] | None = Field(default=None, min_length=1)
     tools: list[OpenAITool] | None = None
     add_generation_prompt: bool = True
+    chat_template_kwargs: TemplateKwargs | None = None
     # absent: True for a prompt; for messages, what the worker does (the tokenizer's specials unless the
     # rendered template already starts with the BOS text)
     add_special_tokens: bool | None = None
@@ -106,7 +108,12 @@ def _render(info: TokenizerInfo, body: TokenizeBody) -> str:
     renderer = _renderer(info.chat_template, info.bos_token or "", info.eos_token or "")
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     try:
-        return renderer(chat_turns(body.messages or []), tools, add_generation_prompt=body.add_generation_prompt)
+        return renderer(
+            chat_turns(body.messages or []),
+            tools,
+            add_generation_prompt=body.add_generation_prompt,
+            template_kwargs=body.chat_template_kwargs,
+        )
     except TemplateError as exc:
         raise ApiError(422, f"messages: the model's chat template refused them: {exc}", param="messages") from None
 

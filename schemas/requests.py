@@ -24,6 +24,21 @@ MAX_STOP_TOKEN_IDS = 64
 MAX_GRAMMAR_CHARS = 65_536  # a JSON schema (as JSON), regex or grammar: compiled for every request that sends it
 MAX_CHOICE_STRINGS = 256  # structured_output.choice: the strings an answer may be one of
 MAX_TOOLS = 128  # OpenAI's limit on tools per request
+MAX_TEMPLATE_KWARGS_CHARS = 16_384  # chat_template_kwargs as JSON: variables for a template, not documents
+# The variables a worker gives every chat template itself; chat_template_kwargs may not replace them.
+TEMPLATE_VARIABLES = ("messages", "tools", "add_generation_prompt", "bos_token", "eos_token")
+
+
+def _template_kwargs(value: dict[str, Any]) -> dict[str, Any]:
+    taken = [name for name in TEMPLATE_VARIABLES if name in value]
+    if taken:
+        raise ValueError(f"{', '.join(taken)}: set by the worker for every template; send them as their own fields")
+    if len(json.dumps(value)) > MAX_TEMPLATE_KWARGS_CHARS:
+        raise ValueError(f"over {MAX_TEMPLATE_KWARGS_CHARS} characters as JSON; a template takes flags, not documents")
+    return value
+
+
+TemplateKwargs = Annotated[dict[str, Any], AfterValidator(_template_kwargs)]
 
 Identifier = Annotated[
     str,
@@ -233,6 +248,10 @@ class InferenceRequest(SamplingParams):
     {"name", "description", "parameters"}}), given to the model's chat template as ``tools``, where a template
     written for tool use describes them to the model. To make the answer a call, constrain it with
     structured_output (the OpenAI endpoint does that for tool_choice "required" or a named function)."""
+    chat_template_kwargs: TemplateKwargs | None = None
+    """With messages: more variables for the model's chat template, as vLLM's chat_template_kwargs (Qwen3's
+    {"enable_thinking": false}); a template that does not read one ignores it. Not the variables the worker sets
+    itself (messages, tools, add_generation_prompt, bos_token, eos_token)."""
     prompt_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
     """The prompt as ids of the model's vocabulary, read as they are (no tokenizing, no special tokens added):
     what an evaluation harness that tokenized the text itself sends. Give exactly one of prompt, messages and
@@ -264,6 +283,8 @@ class InferenceRequest(SamplingParams):
             )
         if self.tools is not None and self.messages is None:
             raise ValueError("tools go with messages: only a chat template can describe them to the model")
+        if self.chat_template_kwargs is not None and self.messages is None:
+            raise ValueError("chat_template_kwargs go with messages: only a chat template reads them")
         if self.tools is not None and len(json.dumps(self.tools)) > MAX_GRAMMAR_CHARS:
             raise ValueError(f"tools are over {MAX_GRAMMAR_CHARS} characters as JSON; describe fewer or shorter")
         if self.min_tokens and self.max_new_tokens is not None and self.min_tokens > self.max_new_tokens:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +113,12 @@ class WordEngine:
     def encode(self, text: str) -> list[int]:
         return [len(w) for w in text.split()]
 
-    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
+    def render_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> str:
         return " ".join(f"<{m.role}> {m.content}" for m in messages) + " <assistant>"
 
     def constraint_error(self, spec: StructuredOutput) -> str | None:
@@ -175,8 +180,13 @@ class CountingEngine:
     def encode(self, text: str) -> list[int]:
         return self.inner.encode(text)
 
-    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
-        return self.inner.render_chat(messages, tools)
+    def render_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> str:
+        return self.inner.render_chat(messages, tools, template_kwargs)
 
     def constraint_error(self, spec: StructuredOutput) -> str | None:
         return self.inner.constraint_error(spec)

@@ -8,7 +8,7 @@ conversation must be the worker's.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jinja2.exceptions import TemplateError
@@ -38,14 +38,17 @@ class ChatRenderer:
         tools: Sequence[dict[str, Any]] | None = None,
         *,
         add_generation_prompt: bool = True,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> str:
         """``tools`` (OpenAI's shape) go to the template as transformers passes them; without a template, where
-        nothing could describe them, the plain lines show each call and result as text."""
+        nothing could describe them, the plain lines show each call and result as text. ``template_kwargs``
+        (vLLM's ``chat_template_kwargs``): more variables for the template, under the ones set here."""
         turns = [template_turn(m) for m in messages]
         if self._template is None:
             lines = "".join(f"{m.role}: {_plain(m)}\n" for m in messages)
             return lines + ("assistant:" if add_generation_prompt else "")
         return self._template.render(
+            **(template_kwargs or {}),
             messages=turns,
             tools=list(tools) if tools else None,
             add_generation_prompt=add_generation_prompt,

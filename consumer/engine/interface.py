@@ -6,7 +6,7 @@ step computes; ``step`` is blocking and is always called from an executor thread
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -84,9 +84,14 @@ class InferenceEngine(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
-    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
-        """The model's chat template applied to a conversation (and the tools it may call, OpenAI's shape),
-        ending where the assistant speaks."""
+    def render_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The model's chat template applied to a conversation (and the tools it may call, OpenAI's shape, and
+        the request's own template variables), ending where the assistant speaks."""
         ...
 
     def constraint_error(self, spec: StructuredOutput) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -391,8 +391,13 @@ class OnnxEngine:
         special = not (self.files.bos_token and text.startswith(self.files.bos_token))
         return list(self.tokenizer.encode(text, add_special_tokens=special).ids)
 
-    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None) -> str:
-        return self._chat(messages, tools)
+    def render_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> str:
+        return self._chat(messages, tools, template_kwargs=template_kwargs)
 
     def constraint_error(self, spec: StructuredOutput) -> str | None:
         return self.constraints.error(spec)
