@@ -20,6 +20,8 @@ from producer.ingress import Ingress
 from producer.openai_bodies import ChatBody, CompletionBody, OpenAIBody
 from producer.openai_format import Echo, Finished, Kind, full_response
 from producer.openai_stream import chunks, error_from_event
+from producer.reasoning import FORMATS as THINK_FORMATS
+from producer.reasoning import split_reasoning
 from producer.stream_reader import Answer, AnyEvent, Verdict, request_events
 from schemas.events import DoneEvent, ErrorEvent
 from schemas.requests import InferenceRequest, RequestAccepted
@@ -108,6 +110,8 @@ async def _answer(
     accepted = await _publish(ingress, wires, trace, body.fields())
     asked = wires[0].logprobs is not None
     calling = body.output().calling
+    parser = ingress.settings.reasoning_parser
+    thinking = THINK_FORMATS[parser] if kind == "chat" and parser != "none" else None
     echo = [_prompt_text(ingress, body.model, wire) for wire in wires] if body.echo_asked() else None
     created = int(time.time())
     streams = [request_events(ingress.redis, a.stream, a.request_id) for a in accepted]
@@ -125,6 +129,7 @@ async def _answer(
             echo=echo,
             n=body.n,
             tools=calling,
+            thinking=thinking,
         )
         return EventSourceResponse(payloads, ping=15)
     # Starlette does not cancel a handler whose client left; without this an abandoned call would
@@ -144,14 +149,19 @@ async def _answer(
             raise error_from_event(answer.final)
         assert isinstance(answer.final, DoneEvent)
         echoed = None if echo is None else Echo(echo[i], answer.prompt_logprobs or ())
-        text: str | None = "".join(answer.text)
+        reasoning, text = None, "".join(answer.text)
+        if thinking is not None:
+            reasoning, text = split_reasoning(thinking, text)
+        content: str | None = text
         calls = None
         reason = answer.final.finish_reason.value
-        if calling is not None and text is not None:
-            text, calls = calling.split(text)
+        if calling is not None:
+            content, calls = calling.split(text)
             reason = calling.finish_reason(reason, calls)
         entries = answer.logprobs if asked else None
-        choices.append(Finished(text or "", answer.final, entries, echoed, tool_calls=calls, finish_reason=reason))
+        choices.append(
+            Finished(content or "", answer.final, entries, echoed, calls, finish_reason=reason, reasoning=reasoning)
+        )
     return JSONResponse(full_response(kind, request_id=rid, model=model, created=created, choices=choices, n=body.n))
 
 

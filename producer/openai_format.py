@@ -33,6 +33,13 @@ class Finished:
     echo: Echo | None = None
     tool_calls: list[dict[str, Any]] | None = None  # a forced tool call's: the message carries these, not text
     finish_reason: str | None = None  # where it is not the done event's own (tool calls)
+    reasoning: str | None = None  # a reasoning model's thinking, split from the text (BRIGADE_REASONING_PARSER)
+
+
+def reasoning_fields(text: str) -> dict[str, str]:
+    """A chat message's (or delta's) thinking: vLLM's current ``reasoning``, and ``reasoning_content``, the name
+    it had until vLLM 0.11 and that many clients still read."""
+    return {"reasoning": text, "reasoning_content": text}
 
 
 def usage(dones: Sequence[DoneEvent], *, n: int = 1) -> dict[str, int]:
@@ -87,12 +94,15 @@ def _choice(
     first: bool,
     lp: dict[str, Any] | None,
     tool_calls: list[dict[str, Any]] | None = None,
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
     if kind == "text":
         return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish_reason}
     delta: dict[str, Any] = {}
     if first:
         delta["role"] = "assistant"
+    if reasoning is not None:
+        delta |= reasoning_fields(reasoning)
     if text is not None:
         delta["content"] = text
     if tool_calls is not None:
@@ -112,10 +122,20 @@ def chunk(
     first: bool = False,
     lp: dict[str, Any] | None = None,
     tool_calls: list[dict[str, Any]] | None = None,
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
     """One ``data:`` payload of a streamed answer, for choice ``index``; ``lp``: its ``logprobs``; ``tool_calls``:
-    chat's ``delta.tool_calls`` (each with its ``index``)."""
-    one = _choice(kind, index=index, text=text, finish_reason=finish_reason, first=first, lp=lp, tool_calls=tool_calls)
+    chat's ``delta.tool_calls`` (each with its ``index``); ``reasoning``: chat's thinking."""
+    one = _choice(
+        kind,
+        index=index,
+        text=text,
+        finish_reason=finish_reason,
+        first=first,
+        lp=lp,
+        tool_calls=tool_calls,
+        reasoning=reasoning,
+    )
     return {
         "id": completion_id(kind, request_id),
         "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
@@ -149,6 +169,8 @@ def _whole_choice(kind: Kind, index: int, choice: Finished) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": choice.text}
         if choice.tool_calls is not None:  # content: what the model wrote around its calls (auto), else null
             message |= {"content": choice.text or None, "tool_calls": choice.tool_calls}
+        if choice.reasoning is not None:
+            message |= reasoning_fields(choice.reasoning)
         return {"index": index, "message": message, "logprobs": lp, "finish_reason": finish}
     return {"index": index, "text": echo.text + choice.text, "logprobs": lp, "finish_reason": finish}
 

@@ -16,6 +16,7 @@ from typing import Any
 from producer.errors import ApiError
 from producer.openai_format import Kind, chunk, logprobs, usage_chunk
 from producer.openai_tools import ListedCallStream, ToolCalling
+from producer.reasoning import ThinkFormat, ThinkStream
 from producer.stream_reader import ERROR_STATUS, AnyEvent, LiveText, Verdict
 from producer.tool_parsers import CallStream, tool_call
 from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob
@@ -72,10 +73,21 @@ class _Choice:
     held: str = ""  # a list of tool calls' text, parsed whole at its end for the finish reason
     listed: ListedCallStream = field(default_factory=ListedCallStream)  # that list, streamed as it comes
     auto: CallStream | None = None  # tool_choice auto: content now, calls at the end
+    think: ThinkStream | None = None  # a reasoning model's: its thinking split from its content
 
 
-def _text_fields(tools: ToolCalling | None, c: _Choice, text: str) -> dict[str, Any] | None:
-    """What a choice's new text becomes in its chunk: content, a named call's arguments, or nothing yet."""
+def _text_fields(tools: ToolCalling | None, c: _Choice, text: str, *, end: bool = False) -> dict[str, Any] | None:
+    """What a choice's new text becomes in its chunk: reasoning, content, a named call's arguments, or nothing
+    yet. ``end``: the answer has ended; flush what its reasoning split held."""
+    if c.think is None:
+        return _answer_fields(tools, c, text)
+    reasoning, content = c.think.end() if end else c.think.feed(text)
+    fields = _answer_fields(tools, c, content) if content else None
+    return {"reasoning": reasoning, **(fields or {})} if reasoning else fields
+
+
+def _answer_fields(tools: ToolCalling | None, c: _Choice, text: str) -> dict[str, Any] | None:
+    """What the answer's text (a reasoning model's, past its thinking) becomes in its chunk."""
     if tools is None:
         return {"text": text}
     if tools.auto is not None:
@@ -89,6 +101,18 @@ def _text_fields(tools: ToolCalling | None, c: _Choice, text: str) -> dict[str, 
     if c.first:
         return {"tool_calls": [tool_call(tools.named, text, index=0)]}
     return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
+
+
+def _closing_fields(tools: ToolCalling | None, c: _Choice) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """At a choice's end, the chunks of what it still held (thinking, content, a list of calls, an auto
+    answer's calls) and the calls it made."""
+    out = []
+    if c.think is not None and (fields := _text_fields(tools, c, "", end=True)) is not None:
+        out.append(fields)
+    if tools is None or tools.named is not None:
+        return out, None
+    held, calls = _held_fields(tools, c)
+    return out + held, calls
 
 
 def _held_fields(tools: ToolCalling, c: _Choice) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
@@ -115,14 +139,19 @@ async def chunks(
     echo: Sequence[str] | None = None,
     n: int = 1,
     tools: ToolCalling | None = None,
+    thinking: ThinkFormat | None = None,
 ) -> AsyncIterator[str]:
     """The ``data:`` payloads of a streamed call, ``[DONE]`` last. An error event ends the whole answer with an
     error payload (the other choices' requests still finish, unread). ``echo``: the text each choice's first
     chunk starts with, with the prompt's entries (which come on its first event) when logprobs were asked;
     ``n``: choices per prompt, for usage; ``tools``: a tool call, whose text goes out as ``tool_calls`` (a named
     function's arguments as they come; a list of calls each as its name and then its arguments come; with ``auto``, the
-    text before the model's first call as content, its calls at the end)."""
-    choices = [_Choice(echo=None if echo is None else echo[i]) for i in range(len(streams))]
+    text before the model's first call as content, its calls at the end); ``thinking``: a reasoning model's format,
+    whose thinking goes out as ``reasoning`` (``producer/reasoning.py``)."""
+    choices = [
+        _Choice(echo=None if echo is None else echo[i], think=None if thinking is None else ThinkStream(thinking))
+        for i in range(len(streams))
+    ]
     dones: dict[int, DoneEvent] = {}
 
     def payload(index: int, **fields: Any) -> str:
@@ -149,13 +178,12 @@ async def chunks(
                 continue
             if isinstance(event, DoneEvent):
                 end = "" if kind == "text" else None
+                closing, calls = _closing_fields(tools, c)
+                for fields in closing:
+                    yield payload(index, first=c.first, **fields)
+                    c.first = False
                 reason = event.finish_reason.value
-                if tools is not None and tools.named is None:
-                    held, calls = _held_fields(tools, c)
-                    for fields in held:
-                        yield payload(index, first=c.first, **fields)
-                        c.first = False
-                    reason = tools.finish_reason(reason, calls)
+                reason = reason if tools is None else tools.finish_reason(reason, calls)
                 yield payload(index, text=end, finish_reason=reason, first=c.first)
                 dones[index] = event
             elif isinstance(event, ErrorEvent):

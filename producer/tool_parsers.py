@@ -167,7 +167,7 @@ class CallStream:
         if found:
             self.in_call = True
             return self._release(min(found))
-        keep = max(_partial(self.held, start) for start in self.format.starts)
+        keep = max(partial_prefix(self.held, start) for start in self.format.starts)
         return self._release(len(self.held) - keep)
 
     def _feed_at_start(self) -> str:
@@ -191,8 +191,8 @@ class CallStream:
         return self.format.parse(self.held) if self.in_call else (self.held or None, None)
 
 
-def _partial(text: str, start: str) -> int:
-    """How many characters at the end of ``text`` could begin ``start``."""
+def partial_prefix(text: str, start: str) -> int:
+    """How many characters at the end of ``text`` could begin ``start`` (a tag a stream must hold back)."""
     for n in range(min(len(start) - 1, len(text)), 0, -1):
         if text.endswith(start[:n]):
             return n

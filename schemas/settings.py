@@ -95,6 +95,7 @@ EventLoop = Literal["auto", "uvloop", "asyncio"]
 
 
 ToolCallParser = Literal["none", "hermes", "mistral", "llama3_json"]
+ReasoningParser = Literal["none", "deepseek_r1", "qwen3"]
 
 
 class Settings(BaseSettings):
@@ -169,6 +170,9 @@ class Settings(BaseSettings):
     # how the OpenAI endpoint reads the calls a model chose to make (tool_choice "auto"): the served models'
     # own format, as vLLM's --tool-call-parser; none refuses "auto"
     tool_call_parser: ToolCallParser = "none"
+    # how the OpenAI chat endpoint splits a reasoning model's <think>…</think> from its answer (message.reasoning),
+    # as vLLM's --reasoning-parser; none leaves the thinking in content
+    reasoning_parser: ReasoningParser = "none"
 
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import openai
 import pytest
 import redis.asyncio as aioredis
-from openai.types.chat import ChatCompletionMessageFunctionToolCall
+from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionMessageFunctionToolCall
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 
 from brigade.inprocess import fleet
 from producer.tool_parsers import FORMATS, CallStream, parse_hermes, parse_llama3_json, parse_mistral
+from schemas.requests import InferenceRequest
 from schemas.settings import Settings
-from tests.test_ingress import play_worker, say
+from tests.test_ingress import Script, play_worker, say
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
 TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
@@ -98,6 +102,42 @@ def test_each_format_streams_content_until_its_calls(cut: int) -> None:
     assert sent == "  It is sunny in {Oslo}." and content is None and calls is None, "not a call: streamed as it comes"
 
 
+@dataclass
+class Scripted:
+    """Three chat calls answered by one scripted worker: ``whole`` and ``deltas`` (streamed) with TOOLS, then
+    the caller's ``other``; ``requests``: what the worker read, in that order."""
+
+    requests: list[InferenceRequest]
+    whole: ChatCompletion
+    deltas: list[ChunkChoice]
+    other: Any
+
+
+async def scripted_chat(
+    settings: Settings,
+    redis_client: aioredis.Redis,
+    script: Script,
+    other: Callable[[openai.AsyncOpenAI], Awaitable[Any]],
+) -> Scripted:
+    ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
+    async with fleet(settings, classes=[]) as f:
+        client = openai.AsyncOpenAI(base_url=f"{f.url}/v1", api_key="unused", max_retries=0)
+        worker = asyncio.create_task(play_worker(settings, redis_client, count=3, script=script))
+        whole = await client.chat.completions.create(model=settings.model, messages=ask, tools=TOOLS)
+        stream = await client.chat.completions.create(model=settings.model, messages=ask, tools=TOOLS, stream=True)
+        deltas = [c.choices[0] async for c in stream if c.choices]
+        answered = await other(client)
+        requests = await worker
+        await client.close()
+    return Scripted(requests, whole, deltas, answered)
+
+
+def only_call(message: ChatCompletionMessage) -> tuple[str, Any]:
+    (call,) = message.tool_calls or []
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    return call.function.name, json.loads(call.function.arguments)
+
+
 async def test_auto_through_the_chat_endpoint(
     settings: Settings, topics: list[str], redis_client: aioredis.Redis
 ) -> None:
@@ -110,29 +150,24 @@ async def test_auto_through_the_chat_endpoint(
         '"arguments": {"city": "Oslo"}}',
         "\n</tool_call>",
     )
-    async with fleet(parsing, classes=[]) as f:
-        client = openai.AsyncOpenAI(base_url=f"{f.url}/v1", api_key="unused", max_retries=0)
-        worker = asyncio.create_task(play_worker(parsing, redis_client, count=3, script=script))
-        ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
-        whole = await client.chat.completions.create(model=settings.model, messages=ask, tools=TOOLS)
-        stream = await client.chat.completions.create(model=settings.model, messages=ask, tools=TOOLS, stream=True)
-        deltas = [c.choices[0] async for c in stream if c.choices]
-        explicit = await client.chat.completions.create(
+    ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
+    got = await scripted_chat(
+        parsing,
+        redis_client,
+        script,
+        lambda client: client.chat.completions.create(
             model=settings.model, messages=ask, tools=TOOLS, tool_choice="auto", max_tokens=8
-        )
-        requests = await worker
-        await client.close()
-    assert all(r.structured_output is None for r in requests), "auto does not constrain the answer"
-    message = whole.choices[0].message
-    assert message.content == "I will check." and whole.choices[0].finish_reason == "tool_calls"
-    (call,) = message.tool_calls or []
-    assert isinstance(call, ChatCompletionMessageFunctionToolCall) and call.function.name == "get_weather"
-    assert json.loads(call.function.arguments) == {"city": "Oslo"}
-    assert "".join(d.delta.content or "" for d in deltas) == "I will check. "
-    streamed = [t for d in deltas for t in d.delta.tool_calls or ()]
+        ),
+    )
+    assert all(r.structured_output is None for r in got.requests), "auto does not constrain the answer"
+    message = got.whole.choices[0].message
+    assert message.content == "I will check." and got.whole.choices[0].finish_reason == "tool_calls"
+    assert only_call(message) == ("get_weather", {"city": "Oslo"})
+    assert "".join(d.delta.content or "" for d in got.deltas) == "I will check. "
+    streamed = [t for d in got.deltas for t in d.delta.tool_calls or ()]
     assert len(streamed) == 1 and streamed[0].function and streamed[0].function.name == "get_weather"
-    assert deltas[-1].finish_reason == "tool_calls"
-    assert explicit.choices[0].message.tool_calls, "the same script: auto given explicitly reads it too"
+    assert got.deltas[-1].finish_reason == "tool_calls"
+    assert got.other.choices[0].message.tool_calls, "the same script: auto given explicitly reads it too"
 
 
 async def test_mistral_auto_keeps_special_tokens_on_the_wire(
@@ -142,21 +177,16 @@ async def test_mistral_auto_keeps_special_tokens_on_the_wire(
     an auto call ask for it to be kept (vLLM does the same); the others stay off that wire field."""
     parsing = settings.model_copy(update={"tool_call_parser": "mistral"})
     script = say("Checking. ", "[TOOL_", 'CALLS]get_weather[ARGS]{"city": ', '"Oslo"}')
-    async with fleet(parsing, classes=[]) as f:
-        client = openai.AsyncOpenAI(base_url=f"{f.url}/v1", api_key="unused", max_retries=0)
-        worker = asyncio.create_task(play_worker(parsing, redis_client, count=3, script=script))
-        ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
-        whole = await client.chat.completions.create(model=settings.model, messages=ask, tools=TOOLS)
-        stream = await client.chat.completions.create(model=settings.model, messages=ask, tools=TOOLS, stream=True)
-        deltas = [c.choices[0] async for c in stream if c.choices]
-        await client.chat.completions.create(model=settings.model, messages=ask, max_tokens=4)
-        requests = await worker
-        await client.close()
-    assert [r.skip_special_tokens for r in requests] == [False, False, None]
-    message = whole.choices[0].message
-    assert message.content == "Checking." and whole.choices[0].finish_reason == "tool_calls"
-    (call,) = message.tool_calls or []
-    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
-    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Oslo"})
-    assert "".join(d.delta.content or "" for d in deltas) == "Checking. "
-    assert [t.function.name for d in deltas for t in d.delta.tool_calls or () if t.function] == ["get_weather"]
+    ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
+    got = await scripted_chat(
+        parsing,
+        redis_client,
+        script,
+        lambda client: client.chat.completions.create(model=settings.model, messages=ask, max_tokens=4),
+    )
+    assert [r.skip_special_tokens for r in got.requests] == [False, False, None]
+    message = got.whole.choices[0].message
+    assert message.content == "Checking." and got.whole.choices[0].finish_reason == "tool_calls"
+    assert only_call(message) == ("get_weather", {"city": "Oslo"})
+    assert "".join(d.delta.content or "" for d in got.deltas) == "Checking. "
+    assert [t.function.name for d in got.deltas for t in d.delta.tool_calls or () if t.function] == ["get_weather"]
