@@ -111,7 +111,9 @@ async def _answer(
     asked = wires[0].logprobs is not None
     calling = body.output().calling
     parser = ingress.settings.reasoning_parser
-    thinking = THINK_FORMATS[parser] if kind == "chat" and parser != "none" else None
+    # A grammar (structured output, a forced tool call) shaped the whole answer: there is no thinking to split.
+    shaped = wires[0].structured_output is not None
+    thinking = THINK_FORMATS[parser] if kind == "chat" and parser != "none" and not shaped else None
     echo = [_prompt_text(ingress, body.model, wire) for wire in wires] if body.echo_asked() else None
     created = int(time.time())
     streams = [request_events(ingress.redis, a.stream, a.request_id) for a in accepted]

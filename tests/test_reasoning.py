@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import openai
 import pytest
 import redis.asyncio as aioredis
 
@@ -59,9 +60,17 @@ async def test_through_the_chat_endpoint_with_tool_calls(
         "think>\n\n",
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
     )
-    got = await scripted_chat(
-        parsing, redis_client, script, lambda client: client.completions.create(model=settings.model, prompt="x")
-    )
+
+    ask: Any = [{"role": "user", "content": "JSON, please"}]
+
+    async def legacy_and_shaped(client: openai.AsyncOpenAI) -> tuple[Any, Any]:
+        legacy = await client.completions.create(model=settings.model, prompt="x")
+        shaped = await client.chat.completions.create(
+            model=settings.model, messages=ask, response_format={"type": "json_object"}
+        )
+        return legacy, shaped
+
+    got = await scripted_chat(parsing, redis_client, script, legacy_and_shaped, other_calls=2)
     thought = "\nThe user wants the weather; call the tool.\n"
     message = got.whole.choices[0].message
     extra = message.model_extra or {}
@@ -72,4 +81,7 @@ async def test_through_the_chat_endpoint_with_tool_calls(
     assert "".join(r for r in streamed if r) == thought and sum(1 for r in streamed if r) > 1
     assert not any(d.delta.content for d in got.deltas), "nothing of the thinking leaks into content"
     assert [t.function.name for d in got.deltas for t in d.delta.tool_calls or () if t.function] == ["get_weather"]
-    assert got.other.choices[0].text.startswith("<think>"), "legacy completions are not split, as in vLLM"
+    legacy, shaped = got.other
+    assert legacy.choices[0].text.startswith("<think>"), "legacy completions are not split, as in vLLM"
+    assert shaped.choices[0].message.content.startswith("<think>"), "a grammar shaped the whole answer: not split"
+    assert "reasoning" not in (shaped.choices[0].message.model_extra or {})

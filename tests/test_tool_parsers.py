@@ -118,11 +118,13 @@ async def scripted_chat(
     redis_client: aioredis.Redis,
     script: Script,
     other: Callable[[openai.AsyncOpenAI], Awaitable[Any]],
+    *,
+    other_calls: int = 1,
 ) -> Scripted:
     ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
     async with fleet(settings, classes=[]) as f:
         client = openai.AsyncOpenAI(base_url=f"{f.url}/v1", api_key="unused", max_retries=0)
-        worker = asyncio.create_task(play_worker(settings, redis_client, count=3, script=script))
+        worker = asyncio.create_task(play_worker(settings, redis_client, count=2 + other_calls, script=script))
         whole = await client.chat.completions.create(model=settings.model, messages=ask, tools=TOOLS)
         stream = await client.chat.completions.create(model=settings.model, messages=ask, tools=TOOLS, stream=True)
         deltas = [c.choices[0] async for c in stream if c.choices]
