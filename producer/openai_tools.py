@@ -229,8 +229,8 @@ class ListedCallStream:
             self.name = value
 
     def _flush(self, out: dict[int, dict[str, Any]]) -> None:
-        if self.name is None:
-            return
+        if self.name is None or (self.named and not self.arguments):
+            return  # nothing new to send
         delta = out.get(self.index)
         if delta is None:
             delta = out[self.index] = {"index": self.index, "function": {"arguments": ""}}

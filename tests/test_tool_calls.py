@@ -128,6 +128,7 @@ def test_a_listed_calls_name_then_arguments_stream_as_they_come(cut: int) -> Non
     )
     reader = ListedCallStream()
     fed = [d for i in range(0, len(text), cut) for d in reader.feed(text[i : i + cut])]
+    assert all(d.get("id") or d["function"]["arguments"] for d in fed), "no empty deltas"
     deltas = [ChoiceDeltaToolCall.model_validate(d) for d in fed]
     assert [(name, json.loads("".join(p))) for name, p in assembled(deltas)] == [
         ("get_weather", {"city": 'Os"lo', "days": [1, {"x": "}"}]}),
