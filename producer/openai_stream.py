@@ -15,10 +15,10 @@ from typing import Any
 
 from producer.errors import ApiError
 from producer.openai_format import Kind, chunk, logprobs, usage_chunk
-from producer.openai_tools import ListedCallStream, ToolCalling
+from producer.openai_tools import ToolCalling
 from producer.reasoning import ThinkFormat, ThinkStream
 from producer.stream_reader import ERROR_STATUS, AnyEvent, LiveText, Verdict
-from producer.tool_parsers import CallStream, tool_call
+from producer.tool_parsers import CallScanner, CallStream, tool_call
 from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob
 
 Judged = AsyncIterator[tuple[AnyEvent, Verdict]]
@@ -71,8 +71,8 @@ class _Choice:
     offset: int = 0  # characters of its text sent: the legacy text_offset of the next entry
     echo: str | None = None  # the prompt, until the first chunk carries it (``echo``)
     held: str = ""  # a list of tool calls' text, parsed whole at its end for the finish reason
-    listed: ListedCallStream = field(default_factory=ListedCallStream)  # that list, streamed as it comes
-    auto: CallStream | None = None  # tool_choice auto: content now, calls at the end
+    listed: CallScanner = field(default_factory=CallScanner)  # that list, streamed as it comes
+    auto: CallStream | None = None  # tool_choice auto: content now, calls as they are written
     think: ThinkStream | None = None  # a reasoning model's: its thinking split from its content
 
 
@@ -92,8 +92,9 @@ def _answer_fields(tools: ToolCalling | None, c: _Choice, text: str) -> dict[str
         return {"text": text}
     if tools.auto is not None:
         c.auto = c.auto or CallStream(tools.auto)
-        content = c.auto.feed(text)
-        return {"text": content} if content else None
+        content, calls = c.auto.feed(text)
+        fields: dict[str, Any] = {"text": content} if content else {}
+        return fields | {"tool_calls": calls} if calls else fields or None
     if tools.named is None:
         c.held += text
         calls = c.listed.feed(text)
@@ -116,13 +117,13 @@ def _closing_fields(tools: ToolCalling | None, c: _Choice) -> tuple[list[dict[st
 
 
 def _held_fields(tools: ToolCalling, c: _Choice) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """At a choice's end, what its held text becomes: content, then the calls it made (each with its index);
-    nothing more where a list of calls went out as it came."""
+    """At a choice's end, what its held text becomes: content, then the calls it made (each with its index),
+    unless they went out as they were written."""
     content, calls = c.auto.end() if c.auto is not None else tools.split(c.held)
-    if c.listed.named:
-        return [], calls
+    if c.listed.sent:
+        return [], calls  # a cut list's text is no answer either
     fields: list[dict[str, Any]] = [{"text": content}] if content else []
-    if calls is not None:
+    if calls is not None and not (c.auto is not None and c.auto.sent):
         fields.append({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
     return fields, calls
 
@@ -145,8 +146,9 @@ async def chunks(
     error payload (the other choices' requests still finish, unread). ``echo``: the text each choice's first
     chunk starts with, with the prompt's entries (which come on its first event) when logprobs were asked;
     ``n``: choices per prompt, for usage; ``tools``: a tool call, whose text goes out as ``tool_calls`` (a named
-    function's arguments as they come; a list of calls each as its name and then its arguments come; with ``auto``, the
-    text before the model's first call as content, its calls at the end); ``thinking``: a reasoning model's format,
+    function's arguments as they come; a list of calls, each as its name and then its arguments come; with
+    ``auto``, the text before the model's first call as content, then the calls as they come where the format
+    writes them as JSON objects, else at the end); ``thinking``: a reasoning model's format,
     whose thinking goes out as ``reasoning`` (``producer/reasoning.py``)."""
     choices = [
         _Choice(echo=None if echo is None else echo[i], think=None if thinking is None else ThinkStream(thinking))

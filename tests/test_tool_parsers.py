@@ -21,6 +21,7 @@ from producer.tool_parsers import FORMATS, CallStream, parse_hermes, parse_llama
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
 from tests.test_ingress import Script, play_worker, say
+from tests.test_tool_calls import assembled
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
 TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
@@ -38,16 +39,34 @@ def test_blocks_become_calls_and_the_rest_content() -> None:
     assert parse_hermes(broken) == (broken, None), "a block that does not parse stays what the model wrote"
 
 
+def fed(stream: CallStream, text: str, cut: int) -> tuple[str, list[tuple[str, Any]]]:
+    """``text`` fed ``cut`` characters at a time: the content sent, and each streamed call (name, arguments) put
+    back together from its deltas (the first names it, with an id; the rest carry arguments only)."""
+    sent, calls = "", {}
+    for i in range(0, len(text), cut):
+        content, deltas = stream.feed(text[i : i + cut])
+        sent += content
+        for d in deltas:
+            if d["index"] not in calls:
+                assert d["id"].startswith("call_") and d["function"]["name"], d
+                calls[d["index"]] = [d["function"]["name"], ""]
+            else:
+                assert "id" not in d and "name" not in d["function"], d
+            calls[d["index"]][1] += d["function"]["arguments"]
+    return sent, [(name, json.loads(args)) for name, args in calls.values()]
+
+
 @pytest.mark.parametrize("cut", [1, 3, 7, 11, 20])
-def test_streamed_content_goes_out_until_a_call_starts(cut: int) -> None:
-    text = "Checking <tomato> first. " + CALL
+def test_streamed_content_goes_out_until_a_call_starts_then_calls_as_written(cut: int) -> None:
+    text = "Checking <tomato> first. " + CALL + "\n" + CALL.replace("Oslo", "Lima") + "\nDone."
     stream = CallStream(FORMATS["hermes"])
-    sent = "".join(stream.feed(text[i : i + cut]) for i in range(0, len(text), cut))
+    sent, calls = fed(stream, text, cut)
     assert sent == "Checking <tomato> first. ", "only what could begin <tool_call> is held back, and released"
-    content, calls = stream.end()
-    assert content is None and calls is not None and json.loads(calls[0]["function"]["arguments"]) == {"city": "Oslo"}
+    assert calls == [("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Lima"})]
+    content, parsed = stream.end()
+    assert stream.sent and content == "Done." and len(parsed or []) == 2, "the end: the text after the calls"
     plain = CallStream(FORMATS["hermes"])
-    assert plain.feed("ends with <tool_") == "ends with " and plain.end() == ("<tool_", None)
+    assert plain.feed("ends with <tool_") == ("ends with ", []) and plain.end() == ("<tool_", None)
 
 
 def arguments(calls: list[dict[str, Any]] | None) -> list[tuple[str, Any]]:
@@ -81,25 +100,24 @@ def test_llama3_json_calls_are_the_whole_answer() -> None:
 
 @pytest.mark.parametrize("cut", [1, 2, 5, 13])
 def test_each_format_streams_content_until_its_calls(cut: int) -> None:
-    def streamed(parser: str, text: str) -> tuple[str, Any]:
-        stream = CallStream(FORMATS[parser])
-        sent = "".join(stream.feed(text[i : i + cut]) for i in range(0, len(text), cut))
-        return sent, stream.end()
-
-    sent, (content, calls) = streamed(
-        "mistral", 'Checking [TOOLS] first. [TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}'
-    )
-    assert (
-        sent == "Checking [TOOLS] first. "
-        and content is None
-        and arguments(calls) == [("get_weather", {"city": "Oslo"})]
-    )
-    sent, (content, calls) = streamed("llama3_json", ' {"name": "get_weather", "parameters": {"city": "Oslo"}}')
-    assert sent == "" and content is None and len(calls) == 1, "an answer that opens with a call is held whole"
-    sent, (content, calls) = streamed("llama3_json", "<|python_ta")
-    assert sent == "" and content == "<|python_ta" and calls is None, "undecided to the end: held, then content"
-    sent, (content, calls) = streamed("llama3_json", "  It is sunny in {Oslo}.")
-    assert sent == "  It is sunny in {Oslo}." and content is None and calls is None, "not a call: streamed as it comes"
+    oslo = [("get_weather", {"city": "Oslo"})]
+    v11 = CallStream(FORMATS["mistral"])
+    assert fed(v11, 'Checking [TOOLS] first. [TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}', cut) == (
+        "Checking [TOOLS] first. ",
+        [],
+    ), "Mistral's v11 calls are not JSON objects: read at the end"
+    content, calls = v11.end()
+    assert not v11.sent and content is None and arguments(calls) == oslo
+    v3 = CallStream(FORMATS["mistral"])
+    assert fed(v3, 'So: [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]', cut) == ("So: ", oslo)
+    llama = CallStream(FORMATS["llama3_json"])
+    assert fed(llama, ' {"name": "get_weather", "parameters": {"city": "Oslo"}}', cut) == ("", oslo)
+    assert llama.sent and llama.end()[0] is None
+    undecided = CallStream(FORMATS["llama3_json"])
+    assert fed(undecided, "<|python_ta", cut) == ("", []) and undecided.end() == ("<|python_ta", None)
+    plain = CallStream(FORMATS["llama3_json"])
+    assert fed(plain, "  It is sunny in {Oslo}.", cut) == ("  It is sunny in {Oslo}.", []), "streamed as it comes"
+    assert plain.end() == (None, None)
 
 
 @dataclass
@@ -167,7 +185,8 @@ async def test_auto_through_the_chat_endpoint(
     assert only_call(message) == ("get_weather", {"city": "Oslo"})
     assert "".join(d.delta.content or "" for d in got.deltas) == "I will check. "
     streamed = [t for d in got.deltas for t in d.delta.tool_calls or ()]
-    assert len(streamed) == 1 and streamed[0].function and streamed[0].function.name == "get_weather"
+    assert [(name, json.loads("".join(p))) for name, p in assembled(streamed)] == [("get_weather", {"city": "Oslo"})]
+    assert len(streamed) > 1, "the name went out before the arguments were written"
     assert got.deltas[-1].finish_reason == "tool_calls"
     assert got.other.choices[0].message.tool_calls, "the same script: auto given explicitly reads it too"
 
