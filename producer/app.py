@@ -21,6 +21,7 @@ from producer.errors import install_error_handlers
 from producer.ingress import Ingress
 from producer.lag import LagMonitor
 from producer.metrics import IngressMetrics
+from producer.model_formats import model_formats
 from producer.openai_api import router as openai_router
 from producer.publisher import Publisher
 from producer.routes import router as native_router
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
         # One tokenizer per distinct model: a request's cost is counted with its class's model's tokenizer.
         loaded = {model: await asyncio.to_thread(_tokenizer_files, settings, model) for model in settings.served_models}
         tokenizers = {model: tokenizer for model, (tokenizer, _) in loaded.items()}
+        infos = {model: info for model, (_, info) in loaded.items()}
         # A down Redis must fail a request within its timeout, but a blocked XREAD legitimately waits BLOCK_MS.
         redis = await open_redis(
             settings,
@@ -62,7 +64,8 @@ def create_app(settings: Settings) -> FastAPI:
             router=Router(settings, tokenizers),
             lag=lag,
             metrics=metrics,
-            tokenizer_info={model: info for model, (_, info) in loaded.items()},
+            tokenizer_info=infos,
+            formats=model_formats(settings, infos),
         )
         try:
             yield

@@ -16,6 +16,7 @@ from brigade.structured import grammar_error
 from producer.errors import CONTRACT_FIELDS, ApiError, FieldNames
 from producer.lag import LagMonitor
 from producer.metrics import IngressMetrics
+from producer.model_formats import NO_FORMATS, ModelFormats
 from producer.publisher import BrokerUnavailable, Publisher, Record
 from producer.routing import Router, model_not_found
 from schemas.naming import Names
@@ -34,6 +35,8 @@ class Ingress:
     metrics: IngressMetrics
     # per served model: what its tokenizer files say (special tokens, chat template, limit), for /tokenizer_info
     tokenizer_info: Mapping[str, TokenizerInfo] = field(default_factory=dict)
+    # per served model: how its answers' tool calls and thinking are read (producer/model_formats.py)
+    formats: Mapping[str, ModelFormats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._names = self.settings.names  # built once: the property makes a new one per access
@@ -42,6 +45,10 @@ class Ingress:
         """404 naming the served models when no class serves ``model``."""
         if model not in self.served_models:
             raise model_not_found(model, self.served_models)
+
+    def formats_for(self, model: str) -> ModelFormats:
+        """How ``model``'s tool calls and thinking are read; none where nothing was found or said."""
+        return self.formats.get(model, NO_FORMATS)
 
     async def require_redis(self) -> None:
         """Fail fast (RedisError → 503) before work whose answer would have to be read from Redis."""

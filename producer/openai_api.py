@@ -30,9 +30,19 @@ router = APIRouter(prefix="/v1")
 
 
 def _model_entry(ingress: Ingress, model: str) -> dict[str, Any]:
-    """OpenAI's model object, plus ``cost_classes``: the classes whose workers serve it, cheapest first."""
+    """OpenAI's model object, plus ``cost_classes``: the classes whose workers serve it, cheapest first, and
+    how its answers' tool calls and thinking are read."""
     classes = [c.name for c in ingress.settings.classes_serving(model)]
-    return {"id": model, "object": "model", "created": 0, "owned_by": "brigade", "cost_classes": classes}
+    formats = ingress.formats_for(model)
+    return {
+        "id": model,
+        "object": "model",
+        "created": 0,
+        "owned_by": "brigade",
+        "cost_classes": classes,
+        "tool_call_parser": formats.tool_call_parser,
+        "reasoning_parser": formats.reasoning_parser,
+    }
 
 
 @router.get("/models")
@@ -104,13 +114,14 @@ async def _answer(
     """``trace``: the caller's (traceparent, tracestate) headers, passed on to the Kafka records."""
     ingress: Ingress = request.app.state.ingress
     ingress.check_model(body.model)
-    body.use_tool_parser(ingress.settings.tool_call_parser)
+    formats = ingress.formats_for(body.model)
+    body.use_tool_parser(formats.tool_call_parser)
     await ingress.require_redis()  # publish nothing whose answer could not be read
     wires = [wire for inputs in body.inputs() for wire in body.to_requests(**inputs)]
     accepted = await _publish(ingress, wires, trace, body.fields())
     asked = wires[0].logprobs is not None
     calling = body.output().calling
-    parser = ingress.settings.reasoning_parser
+    parser = formats.reasoning_parser
     # A grammar (structured output, a forced tool call) shaped the whole answer: there is no thinking to split.
     shaped = wires[0].structured_output is not None
     thinking = THINK_FORMATS[parser] if kind == "chat" and parser != "none" and not shaped else None

@@ -111,7 +111,8 @@ def plan_tools(
         raise ApiError(
             422,
             'tool_choice: "auto" (the default when tools are given) needs a parser for the model\'s own tool-call '
-            f"format, and this deployment has none (BRIGADE_TOOL_CALL_PARSER={'|'.join(FORMATS)}, as vLLM's "
+            "format, and none is known for this model (its chat template shows none of the call tags brigade reads, "
+            f"or the deployment set none; BRIGADE_TOOL_CALL_PARSER={'|'.join(FORMATS)} names one, as vLLM's "
             '--tool-call-parser); send "required", a named function ({"type": "function", "function": '
             '{"name": …}}) or "none"',
             param="tool_choice",

@@ -168,11 +168,11 @@ class Settings(BaseSettings):
     # behind the produce request already in flight
     kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
     # how the OpenAI endpoint reads the calls a model chose to make (tool_choice "auto"): the served models'
-    # own format, as vLLM's --tool-call-parser; none refuses "auto"
-    tool_call_parser: ToolCallParser = "none"
+    # own format, as vLLM's --tool-call-parser; auto reads each model's off its chat template; none refuses "auto"
+    tool_call_parser: ToolCallParser | Literal["auto"] = "auto"
     # how the OpenAI chat endpoint splits a reasoning model's <think>…</think> from its answer (message.reasoning),
-    # as vLLM's --reasoning-parser; none leaves the thinking in content
-    reasoning_parser: ReasoningParser = "none"
+    # as vLLM's --reasoning-parser; auto reads each model's off its chat template; none leaves it in content
+    reasoning_parser: ReasoningParser | Literal["auto"] = "auto"
 
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

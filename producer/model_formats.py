@@ -1,0 +1,85 @@
+"""How a served model writes tool calls and thinking, read off its chat template when the deployment says
+``auto`` (the default for ``BRIGADE_TOOL_CALL_PARSER`` and ``BRIGADE_REASONING_PARSER``).
+
+vLLM serves one model and asks for its parsers by name; an ingress fronts every class's model at once, so one
+name for all of them would be wrong for some. A model's template shows its family's format: the tags it writes
+a call between, and whether a conversation ends inside an opened ``<think>``. Pure: the template is rendered
+here, once per model, on a conversation of one turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from jinja2.exceptions import TemplateError
+
+from brigade.models.chat_template import ChatRenderer
+from brigade.models.tokenizer_config import TokenizerInfo
+from producer.reasoning import CLOSE as THINK_CLOSE
+from producer.reasoning import OPEN as THINK_OPEN
+from producer.tool_parsers import MISTRAL_CALLS, OPEN, PYTHON_TAG
+from schemas.requests import ChatMessage
+from schemas.settings import ReasoningParser, Settings, ToolCallParser
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFormats:
+    tool_call_parser: ToolCallParser  # never "auto": what was found, or "none"
+    reasoning_parser: ReasoningParser
+
+
+NO_FORMATS = ModelFormats("none", "none")
+
+
+def tool_call_format(template: str | None) -> ToolCallParser:
+    """The parser whose tags the template writes calls with: Mistral's, Hermes's (Qwen's), Llama 3's."""
+    if template is None:
+        return "none"
+    if MISTRAL_CALLS in template:
+        return "mistral"
+    if OPEN in template:
+        return "hermes"
+    if PYTHON_TAG in template:
+        return "llama3_json"
+    return "none"
+
+
+def reasoning_format(info: TokenizerInfo) -> ReasoningParser:
+    """``deepseek_r1`` where the rendered prompt ends inside an opened ``<think>`` (R1, QwQ, thinking-only
+    models), ``qwen3`` where the template knows the tag but leaves the answer to open it, else none."""
+    template = info.chat_template
+    if template is None or THINK_OPEN not in template:
+        return "none"
+    render = ChatRenderer(template, bos_token=info.bos_token or "", eos_token=info.eos_token or "")
+    try:
+        prompt = render([ChatMessage(role="user", content="Hello")])
+    except (TemplateError, TypeError, ValueError):
+        return "qwen3"  # it knows the tag; without a prompt to look at, the answer opens it
+    opened = prompt.rfind(THINK_OPEN)
+    return "deepseek_r1" if opened >= 0 and prompt.find(THINK_CLOSE, opened) < 0 else "qwen3"
+
+
+def model_formats(settings: Settings, infos: dict[str, TokenizerInfo]) -> dict[str, ModelFormats]:
+    """Each served model's parsers: the deployment's, or (``auto``) what its template shows."""
+    out = {}
+    for model, info in infos.items():
+        tools = settings.tool_call_parser
+        thinking = settings.reasoning_parser
+        found = ModelFormats(
+            tool_call_format(info.chat_template) if tools == "auto" else tools,
+            reasoning_format(info) if thinking == "auto" else thinking,
+        )
+        if "auto" in (tools, thinking):
+            log.info(
+                "model formats read off its chat template",
+                extra={
+                    "model": model,
+                    "tool_call_parser": found.tool_call_parser,
+                    "reasoning_parser": found.reasoning_parser,
+                },
+            )
+        out[model] = found
+    return out
