@@ -16,9 +16,10 @@ from jinja2.exceptions import TemplateError
 
 from brigade.models.chat_template import ChatRenderer
 from brigade.models.tokenizer_config import TokenizerInfo
+from producer.call_scanner import MISTRAL_CALLS
 from producer.reasoning import CLOSE as THINK_CLOSE
 from producer.reasoning import OPEN as THINK_OPEN
-from producer.tool_parsers import MISTRAL_CALLS, OPEN, PYTHON_TAG
+from producer.tool_parsers import OPEN, PYTHON_TAG
 from schemas.requests import ChatMessage
 from schemas.settings import ReasoningParser, Settings, ToolCallParser
 

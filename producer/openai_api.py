@@ -170,7 +170,7 @@ async def _answer(
         reason = answer.final.finish_reason.value
         if calling is not None:
             content, calls = calling.split(text)
-            reason = calling.finish_reason(reason, calls)
+            reason = calling.finish_reason(reason, calls is not None)
         entries = answer.logprobs if asked else None
         choices.append(
             Finished(content or "", answer.final, entries, echoed, calls, finish_reason=reason, reasoning=reasoning)

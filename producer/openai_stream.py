@@ -13,12 +13,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from producer.call_scanner import JsonCallScanner, tool_call
 from producer.errors import ApiError
 from producer.openai_format import Kind, chunk, logprobs, usage_chunk
 from producer.openai_tools import ToolCalling
 from producer.reasoning import ThinkFormat, ThinkStream
 from producer.stream_reader import ERROR_STATUS, AnyEvent, LiveText, Verdict
-from producer.tool_parsers import CallScanner, CallStream, tool_call
+from producer.tool_parsers import CallStream
 from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob
 
 Judged = AsyncIterator[tuple[AnyEvent, Verdict]]
@@ -71,7 +72,7 @@ class _Choice:
     offset: int = 0  # characters of its text sent: the legacy text_offset of the next entry
     echo: str | None = None  # the prompt, until the first chunk carries it (``echo``)
     held: str = ""  # a list of tool calls' text, parsed whole at its end for the finish reason
-    listed: CallScanner = field(default_factory=CallScanner)  # that list, streamed as it comes
+    listed: JsonCallScanner = field(default_factory=JsonCallScanner)  # that list, streamed as it comes
     auto: CallStream | None = None  # tool_choice auto: content now, calls as they are written
     think: ThinkStream | None = None  # a reasoning model's: its thinking split from its content
 
@@ -104,28 +105,29 @@ def _answer_fields(tools: ToolCalling | None, c: _Choice, text: str) -> dict[str
     return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
 
 
-def _closing_fields(tools: ToolCalling | None, c: _Choice) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+def _closing_fields(tools: ToolCalling | None, c: _Choice) -> tuple[list[dict[str, Any]], bool]:
     """At a choice's end, the chunks of what it still held (thinking, content, a list of calls, an auto
-    answer's calls) and the calls it made."""
+    answer's calls), and whether it made calls."""
     out = []
     if c.think is not None and (fields := _text_fields(tools, c, "", end=True)) is not None:
         out.append(fields)
     if tools is None or tools.named is not None:
-        return out, None
-    held, calls = _held_fields(tools, c)
-    return out + held, calls
+        return out, False
+    held, called = _held_fields(tools, c)
+    return out + held, called
 
 
-def _held_fields(tools: ToolCalling, c: _Choice) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """At a choice's end, what its held text becomes: content, then the calls it made (each with its index),
-    unless they went out as they were written."""
+def _held_fields(tools: ToolCalling, c: _Choice) -> tuple[list[dict[str, Any]], bool]:
+    """At a choice's end, what its held text becomes: content, then the calls it made (each with its index).
+    Calls that went out as they were written stand, even if the whole no longer parses (cut by max_tokens):
+    the text they came from is not sent again as content."""
     content, calls = c.auto.end() if c.auto is not None else tools.split(c.held)
-    if c.listed.sent:
-        return [], calls  # a cut list's text is no answer either
+    if c.listed.sent or (c.auto is not None and c.auto.sent):
+        return ([{"text": content}] if content and calls is not None else []), True
     fields: list[dict[str, Any]] = [{"text": content}] if content else []
-    if calls is not None and not (c.auto is not None and c.auto.sent):
+    if calls is not None:
         fields.append({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
-    return fields, calls
+    return fields, calls is not None
 
 
 async def chunks(
@@ -180,12 +182,12 @@ async def chunks(
                 continue
             if isinstance(event, DoneEvent):
                 end = "" if kind == "text" else None
-                closing, calls = _closing_fields(tools, c)
+                closing, called = _closing_fields(tools, c)
                 for fields in closing:
                     yield payload(index, first=c.first, **fields)
                     c.first = False
                 reason = event.finish_reason.value
-                reason = reason if tools is None else tools.finish_reason(reason, calls)
+                reason = reason if tools is None else tools.finish_reason(reason, called)
                 yield payload(index, text=end, finish_reason=reason, first=c.first)
                 dones[index] = event
             elif isinstance(event, ErrorEvent):

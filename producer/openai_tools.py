@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from producer.call_scanner import tool_call
 from producer.errors import ApiError
-from producer.tool_parsers import FORMATS, CallFormat, Parsed, tool_call
+from producer.tool_parsers import FORMATS, CallFormat, Parsed
 from schemas.requests import StructuredOutput
 from schemas.settings import ToolCallParser
 
@@ -83,10 +84,10 @@ class ToolCalling:
         except (ValueError, TypeError, KeyError):
             return text, None
 
-    def finish_reason(self, reason: str, calls: list[dict[str, Any]] | None) -> str:
+    def finish_reason(self, reason: str, called: bool) -> str:
         """vLLM's and OpenAI's: ``tool_calls`` where the model chose the calls (``required``, ``auto``); a named
         function's answer keeps its own reason."""
-        return "tool_calls" if self.named is None and calls is not None and reason == "stop" else reason
+        return "tool_calls" if self.named is None and called and reason == "stop" else reason
 
 
 def plan_tools(

@@ -20,8 +20,8 @@
 
 Pure text handling, no I/O. Streamed, the text before a call goes out as content as it comes (holding back
 only what could be the start of one); from the first call on, each call goes out as it is written, its name
-and then its arguments (``CallScanner``: the formats whose calls are JSON objects), or, for Mistral's v11
-``name[ARGS]{…}``, whole at the end. Calls that do not parse at the end stay text where none went out yet.
+and then its arguments (``producer/call_scanner.py``). Calls that do not parse at the end stay text where none
+went out yet.
 """
 
 from __future__ import annotations
@@ -29,23 +29,24 @@ from __future__ import annotations
 import functools
 import json
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from producer.call_scanner import (
+    MISTRAL_ARGS,
+    MISTRAL_CALL_ID,
+    MISTRAL_CALLS,
+    JsonCallScanner,
+    Scanner,
+    mistral_scanner,
+    tool_call,
+)
+
 Parsed = tuple[str | None, list[dict[str, Any]] | None]  # content (None: none) and tool_calls (None: no call)
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
-MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 PYTHON_TAG = "<|python_tag|>"
-
-
-def tool_call(name: str, arguments: str, *, index: int | None = None) -> dict[str, Any]:
-    """One of OpenAI's ``tool_calls`` (with its ``index`` in a streamed delta)."""
-    call: dict[str, Any] = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
-    call["function"] = {"name": name, "arguments": arguments}
-    return call if index is None else {"index": index, **call}
 
 
 class _NotACall(ValueError):
@@ -131,106 +132,6 @@ def parse_llama3_json(text: str) -> Parsed:
     return None, calls
 
 
-@dataclass
-class CallScanner:
-    """Calls written as JSON objects ``{"name", "arguments"}`` (or ``"parameters"``), read as they are generated:
-    each call's delta goes out once its name is known, then its arguments as they come (as vLLM streams them),
-    instead of all of them at the answer's end. A character scanner that follows strings and nesting is enough;
-    keys may come in either order, and text outside the objects (a format's tags) is passed over.
-
-    ``call_depth``: the nesting at which a call's keys sit: 2 for a JSON list of calls (``"required"``'s
-    answer, Mistral's), 1 for objects one after another (Hermes's blocks, Llama's)."""
-
-    call_depth: int = 2
-    index: int = -1  # the call being read
-    depth: int = 0
-    in_string: bool = False
-    escaped: bool = False
-    key: str = ""  # the call's key whose value comes next
-    token: list[str] | None = None  # a string being read at the call's depth: a key, or the name's value
-    after_colon: bool = False
-    name: str | None = None
-    named: bool = False  # the call's first delta (id, name) went out
-    sent: bool = False  # some call's did
-    arguments: list[str] | None = None  # the call's arguments text not sent yet, while they are read
-    reading_arguments: bool = False
-
-    def feed(self, text: str) -> list[dict[str, Any]]:
-        """The ``tool_calls`` deltas this text completes (one per call it touches)."""
-        out: dict[int, dict[str, Any]] = {}
-        for ch in text:
-            self._step(ch)
-            self._flush(out)
-        return list(out.values())
-
-    def _step(self, ch: str) -> None:
-        if self.reading_arguments:
-            assert self.arguments is not None
-            self.arguments.append(ch)
-        if self.in_string:
-            self._string_char(ch)
-        elif ch == '"':
-            self.in_string = True
-            if self.depth == self.call_depth and not self.reading_arguments:
-                self.token = []
-                if self._at_arguments():
-                    self._start_arguments('"')
-        elif ch in "[{":
-            if self.depth == self.call_depth - 1 and ch == "{":
-                self.index, self.name, self.named, self.key, self.after_colon = self.index + 1, None, False, "", False
-            elif self.depth == self.call_depth and self._at_arguments():
-                self._start_arguments(ch)
-            self.depth += 1
-        elif ch in "]}":
-            self.depth -= 1
-            self.reading_arguments = self.reading_arguments and self.depth > self.call_depth
-        elif self.depth == self.call_depth and ch in ":,":
-            self.after_colon, self.key = ch == ":", self.key if ch == ":" else ""
-
-    def _string_char(self, ch: str) -> None:
-        if self.escaped:
-            self.escaped = False
-        elif ch == "\\":
-            self.escaped = True
-        elif ch == '"':
-            self.in_string = False
-            self._string_ended()
-            return
-        if self.token is not None:
-            self.token.append(ch)
-
-    def _at_arguments(self) -> bool:
-        return self.after_colon and self.key in ("arguments", "parameters")
-
-    def _start_arguments(self, first: str) -> None:
-        self.reading_arguments, self.arguments = True, [first]
-
-    def _string_ended(self) -> None:
-        if self.reading_arguments:
-            self.reading_arguments = self.depth > self.call_depth  # a string as the value ends with its quote
-            return
-        if self.token is None:
-            return
-        value, self.token = "".join(self.token), None
-        if not self.after_colon:
-            self.key = value
-        elif self.key == "name":
-            self.name = value
-
-    def _flush(self, out: dict[int, dict[str, Any]]) -> None:
-        if self.name is None or (self.named and not self.arguments):
-            return  # nothing new to send
-        delta = out.get(self.index)
-        if delta is None:
-            delta = out[self.index] = {"index": self.index, "function": {"arguments": ""}}
-        if not self.named:
-            self.named = self.sent = True
-            delta.update(tool_call(self.name, "", index=self.index))
-        if self.arguments:
-            delta["function"]["arguments"] += "".join(self.arguments)
-            self.arguments = [] if self.reading_arguments else None
-
-
 @dataclass(frozen=True, slots=True)
 class CallFormat:
     """How one model family marks its calls: what starts them, and whether only at the answer's start."""
@@ -239,36 +140,40 @@ class CallFormat:
     starts: tuple[str, ...]
     at_start: bool = False  # calls are the whole answer or none of it (Llama's)
     keep_special_tokens: bool = False  # the start is a special token, dropped from the text unless kept
-    call_depth: int | None = None  # calls are JSON objects at this nesting (CallScanner): streamed as written
+    # what reads the calls as they are written, given the text from the first call on (None: not yet known)
+    scanner: Callable[[str], Scanner | None] | None = None
+
+
+def objects(_: str) -> Scanner:
+    """Calls as JSON objects one after another (Hermes's blocks, Llama's answer)."""
+    return JsonCallScanner(1)
 
 
 FORMATS: dict[str, CallFormat] = {
-    "hermes": CallFormat(parse_hermes, (OPEN,), call_depth=1),
-    # tokenizer v3's JSON list streams; v11's name[ARGS]{…} is read at the end
-    "mistral": CallFormat(parse_mistral, (MISTRAL_CALLS,), keep_special_tokens=True, call_depth=2),
-    "llama3_json": CallFormat(parse_llama3_json, ("{", PYTHON_TAG), at_start=True, call_depth=1),
+    "hermes": CallFormat(parse_hermes, (OPEN,), scanner=objects),
+    "mistral": CallFormat(parse_mistral, (MISTRAL_CALLS,), keep_special_tokens=True, scanner=mistral_scanner),
+    "llama3_json": CallFormat(
+        parse_llama3_json, ("{", PYTHON_TAG), at_start=True, scanner=lambda _: JsonCallScanner(1)
+    ),
 }
 
 
 @dataclass
 class CallStream:
     """One streamed choice's text, split as it comes into content to send now and its calls: each one's name,
-    then its arguments, as they are written (``CallScanner``), where the format's calls are JSON objects."""
+    then its arguments, as they are written (``producer/call_scanner.py``)."""
 
     format: CallFormat
     held: str = ""  # text not sent yet: a possible start of a call, or everything from the first call on
     in_call: bool = False
     plain: bool = False  # an at_start format's answer that did not open with a call: all of it is content
-    scanner: CallScanner | None = None  # from the first call on
+    scanner: Scanner | None = None  # from the first call on, once the text says which
 
     def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         """The content that can go out now, and the ``tool_calls`` deltas."""
-        if self.in_call:
-            self.held += text
-            return "", self._scan(text)
         self.held += text
-        content = self._content()
-        return content, self._scan(self.held) if self.in_call else []
+        content = "" if self.in_call else self._content()
+        return content, self._scan(text) if self.in_call else []
 
     @property
     def sent(self) -> bool:
@@ -276,10 +181,12 @@ class CallStream:
         return self.scanner is not None and self.scanner.sent
 
     def _scan(self, text: str) -> list[dict[str, Any]]:
-        if self.format.call_depth is None:
+        if self.scanner is not None:
+            return self.scanner.feed(text)
+        if self.format.scanner is None or (scanner := self.format.scanner(self.held)) is None:
             return []
-        self.scanner = self.scanner or CallScanner(self.format.call_depth)
-        return self.scanner.feed(text)
+        self.scanner = scanner
+        return scanner.feed(self.held)  # everything from the first call on, the text that decided included
 
     def _content(self) -> str:
         if self.format.at_start:

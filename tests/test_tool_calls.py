@@ -19,9 +19,9 @@ from brigade.inprocess import fleet
 from brigade.models.chat_template import ChatRenderer
 from consumer.engine.interface import GenerationInput
 from consumer.engine.onnx_engine import load_engine
+from producer.call_scanner import JsonCallScanner
 from producer.openai_bodies import ChatBody
 from producer.openai_tools import OpenAITool, plan_tools
-from producer.tool_parsers import CallScanner
 from schemas.requests import ChatMessage, FunctionCall, InferenceRequest, SamplingParams, ToolCall
 from schemas.settings import Settings
 from tests.test_engine import run_all
@@ -127,7 +127,7 @@ def test_a_listed_calls_name_then_arguments_stream_as_they_come(cut: int) -> Non
         ],
         separators=(",", ":"),
     )
-    reader = CallScanner()
+    reader = JsonCallScanner()
     fed = [d for i in range(0, len(text), cut) for d in reader.feed(text[i : i + cut])]
     assert all(d.get("id") or d["function"]["arguments"] for d in fed), "no empty deltas"
     deltas = [ChoiceDeltaToolCall.model_validate(d) for d in fed]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,11 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatComplet
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 
 from brigade.inprocess import fleet
+from producer.openai_stream import chunks
+from producer.openai_tools import ToolCalling
+from producer.stream_reader import AnyEvent, Verdict
 from producer.tool_parsers import FORMATS, CallStream, parse_hermes, parse_llama3_json, parse_mistral
+from schemas.events import DoneEvent
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
 from tests.test_ingress import Script, play_worker, say
@@ -102,12 +106,13 @@ def test_llama3_json_calls_are_the_whole_answer() -> None:
 def test_each_format_streams_content_until_its_calls(cut: int) -> None:
     oslo = [("get_weather", {"city": "Oslo"})]
     v11 = CallStream(FORMATS["mistral"])
-    assert fed(v11, 'Checking [TOOLS] first. [TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}', cut) == (
+    two = '[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Lima"}'
+    assert fed(v11, "Checking [TOOLS] first. " + two, cut) == (
         "Checking [TOOLS] first. ",
-        [],
-    ), "Mistral's v11 calls are not JSON objects: read at the end"
+        [*oslo, ("get_weather", {"city": "Lima"})],
+    ), "Mistral's v11 calls, name[ARGS]{…}: the name before [ARGS], the arguments to their object's end"
     content, calls = v11.end()
-    assert not v11.sent and content is None and arguments(calls) == oslo
+    assert v11.sent and content is None and len(calls or []) == 2
     v3 = CallStream(FORMATS["mistral"])
     assert fed(v3, 'So: [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]', cut) == ("So: ", oslo)
     llama = CallStream(FORMATS["llama3_json"])
@@ -210,4 +215,38 @@ async def test_mistral_auto_keeps_special_tokens_on_the_wire(
     assert message.content == "Checking." and got.whole.choices[0].finish_reason == "tool_calls"
     assert only_call(message) == ("get_weather", {"city": "Oslo"})
     assert "".join(d.delta.content or "" for d in got.deltas) == "Checking. "
-    assert [t.function.name for d in got.deltas for t in d.delta.tool_calls or () if t.function] == ["get_weather"]
+    streamed = [t for d in got.deltas for t in d.delta.tool_calls or ()]
+    assert [(name, json.loads("".join(p))) for name, p in assembled(streamed)] == [("get_weather", {"city": "Oslo"})]
+
+
+async def test_calls_streamed_then_cut_short_stand_and_their_text_is_not_sent_again() -> None:
+    """A call that went out as it was written stays the answer when max_tokens cuts the rest (the whole no longer
+    parses): the stream does not send the same text again as content, and finishes with ``length``."""
+    request = InferenceRequest(request_id="r", session_id="s", prompt="x")
+    words = ["Sure. ", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Os']
+    events = [*say(*words)(request)[:-1]]
+    events.append(DoneEvent(request_id="r", seq=2, finish_reason="length", prompt_tokens=3, completion_tokens=2))
+
+    async def judged() -> AsyncIterator[tuple[AnyEvent, Verdict]]:
+        for event in events:
+            yield event, Verdict.KEEP
+
+    payloads = [
+        json.loads(p)
+        async for p in chunks(
+            "chat",
+            [judged()],
+            request_id="r",
+            model="m",
+            created=0,
+            asked_logprobs=False,
+            include_usage=False,
+            tools=ToolCalling(None, auto=FORMATS["hermes"]),
+        )
+        if p != "[DONE]"
+    ]
+    deltas = [p["choices"][0]["delta"] for p in payloads]
+    assert "".join(d.get("content") or "" for d in deltas) == "Sure. ", "the call's text is not content"
+    calls = [c for d in deltas for c in d.get("tool_calls", [])]
+    assert calls[0]["function"]["name"] == "get_weather" and calls[-1]["function"]["arguments"].endswith('"Os')
+    assert payloads[-1]["choices"][0]["finish_reason"] == "length"
