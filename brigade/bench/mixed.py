@@ -44,7 +44,7 @@ class MixedConfig:
     @classmethod
     def quick(cls) -> MixedConfig:
         # batch 16 leaves room for joins of BRIGADE_MIN_JOIN (8) while a batch runs; at 8 every join waited for all
-        return cls(requests=24, max_new_tokens=24, prompt_words=16, batch_size=16)
+        return cls(requests=24, max_new_tokens=16, prompt_words=16, batch_size=16)
 
     def new_tokens(self) -> list[int]:
         """The backlog's answer lengths: seeded, so both modes (and reruns) get the same mix."""

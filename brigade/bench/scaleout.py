@@ -45,7 +45,7 @@ class ScaleoutConfig:
 
     @classmethod
     def quick(cls) -> ScaleoutConfig:
-        return cls(consumers=(1, 2), requests=256, new_tokens=16)
+        return cls(consumers=(1, 2), requests=128, new_tokens=16)
 
 
 @dataclass(frozen=True, slots=True)
