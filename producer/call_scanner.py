@@ -8,7 +8,7 @@ decided at the end (``producer/tool_parsers.py``), as for a whole answer. Pure, 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
@@ -19,6 +19,28 @@ def tool_call(name: str, arguments: str, *, index: int | None = None) -> dict[st
     call: dict[str, Any] = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
     call["function"] = {"name": name, "arguments": arguments}
     return call if index is None else {"index": index, **call}
+
+
+@dataclass
+class JsonStrings:
+    """Whether a character of JSON text is inside a string, escapes followed: what both scanners need to tell
+    structure (brackets, colons) from text."""
+
+    inside: bool = False
+    escaped: bool = False
+
+    def step(self, ch: str) -> bool:
+        """Whether ``ch`` belongs to a string, its quotes included; call it for every character in order."""
+        if self.inside:
+            if self.escaped:
+                self.escaped = False
+            elif ch == "\\":
+                self.escaped = True
+            elif ch == '"':
+                self.inside = False
+            return True
+        self.inside = ch == '"'
+        return self.inside
 
 
 class Scanner(Protocol):
@@ -40,8 +62,7 @@ class JsonCallScanner:
     call_depth: int = 2
     index: int = -1  # the call being read
     depth: int = 0
-    in_string: bool = False
-    escaped: bool = False
+    strings: JsonStrings = field(default_factory=JsonStrings)
     key: str = ""  # the call's key whose value comes next
     token: list[str] | None = None  # a string being read at the call's depth: a key, or the name's value
     after_colon: bool = False
@@ -63,14 +84,14 @@ class JsonCallScanner:
         if self.reading_arguments:
             assert self.arguments is not None
             self.arguments.append(ch)
-        if self.in_string:
-            self._string_char(ch)
-        elif ch == '"':
-            self.in_string = True
-            if self.depth == self.call_depth and not self.reading_arguments:
-                self.token = []
-                if self._at_arguments():
-                    self._start_arguments('"')
+        was_inside = self.strings.inside
+        if self.strings.step(ch):
+            if not was_inside:
+                self._string_started()
+            elif not self.strings.inside:
+                self._string_ended()
+            elif self.token is not None:
+                self.token.append(ch)
         elif ch in "[{":
             if self.depth == self.call_depth - 1 and ch == "{":
                 self.index, self.name, self.named, self.key, self.after_colon = self.index + 1, None, False, "", False
@@ -83,17 +104,11 @@ class JsonCallScanner:
         elif self.depth == self.call_depth and ch in ":,":
             self.after_colon, self.key = ch == ":", self.key if ch == ":" else ""
 
-    def _string_char(self, ch: str) -> None:
-        if self.escaped:
-            self.escaped = False
-        elif ch == "\\":
-            self.escaped = True
-        elif ch == '"':
-            self.in_string = False
-            self._string_ended()
-            return
-        if self.token is not None:
-            self.token.append(ch)
+    def _string_started(self) -> None:
+        if self.depth == self.call_depth and not self.reading_arguments:
+            self.token = []
+            if self._at_arguments():
+                self._start_arguments('"')
 
     def _at_arguments(self) -> bool:
         return self.after_colon and self.key in ("arguments", "parameters")
@@ -136,8 +151,7 @@ class NamedCallScanner:
     index: int = -1
     head: str = ""  # since the last call's arguments: tags and the next name
     depth: int = 0
-    in_string: bool = False
-    escaped: bool = False
+    strings: JsonStrings = field(default_factory=JsonStrings)
     reading: bool = False  # inside a call's arguments
     opened: bool = False  # its object has begun
     sent: bool = False
@@ -162,16 +176,9 @@ class NamedCallScanner:
         return list(out.values())
 
     def _track(self, ch: str) -> None:
-        if self.in_string:
-            if self.escaped:
-                self.escaped = False
-            elif ch == "\\":
-                self.escaped = True
-            elif ch == '"':
-                self.in_string = False
-        elif ch == '"':
-            self.in_string = True
-        elif ch in "[{":
+        if self.strings.step(ch):
+            return
+        if ch in "[{":
             self.depth, self.opened = self.depth + 1, True
         elif ch in "]}":
             self.depth -= 1
