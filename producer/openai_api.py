@@ -30,15 +30,19 @@ router = APIRouter(prefix="/v1")
 
 
 def _model_entry(ingress: Ingress, model: str) -> dict[str, Any]:
-    """OpenAI's model object, plus ``cost_classes``: the classes whose workers serve it, cheapest first, and
-    how its answers' tool calls and thinking are read."""
+    """OpenAI's model object with vLLM's ``root`` and ``max_model_len`` (what its tokenizer files state), plus
+    ``cost_classes``: the classes whose workers serve it, cheapest first, and how its answers' tool calls and
+    thinking are read."""
     classes = [c.name for c in ingress.settings.classes_serving(model)]
     formats = ingress.formats_for(model)
+    info = ingress.tokenizer_info.get(model)
     return {
         "id": model,
         "object": "model",
         "created": 0,
         "owned_by": "brigade",
+        "root": model,
+        "max_model_len": info.model_max_length if info is not None else None,  # vLLM's; null: none stated
         "cost_classes": classes,
         "tool_call_parser": formats.tool_call_parser,
         "reasoning_parser": formats.reasoning_parser,

@@ -71,3 +71,4 @@ async def test_the_models_list_says_how_each_is_read(settings: Settings, topics:
         listed = {m["id"]: m for m in (await http.get("/v1/models")).json()["data"]}
     assert (listed[str(thinker)]["tool_call_parser"], listed[str(thinker)]["reasoning_parser"]) == ("hermes", "qwen3")
     assert (listed[settings.model]["tool_call_parser"], listed[settings.model]["reasoning_parser"]) == ("none", "none")
+    assert listed[settings.model]["max_model_len"] == 512 and listed[settings.model]["root"] == settings.model
