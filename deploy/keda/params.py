@@ -21,6 +21,9 @@ import math
 HPA_TOLERANCE = 0.1  # kube-controller-manager --horizontal-pod-autoscaler-tolerance default
 MIN_COOLDOWN_S = 300  # KEDA's own default cooldownPeriod
 PRESTOP_S = 5  # time for endpoints/readiness to notice the pod is leaving before SIGTERM
+# Each probe's HTTP timeout. Kubernetes' default is 1 s; a worker's probes stalled once for 1.2-1.3 s while its
+# engine modules imported (they hold the GIL), measured on the 2-core build machine.
+PROBE_TIMEOUT_S = 3
 GRACE_MARGIN_S = 10  # final commit, Redis writes and session release after the drain deadline
 # The startup probe allows at least this long whatever the measured cold start: a cold start measured in seconds on
 # a quiet 2-core machine is slower on a pod with a smaller CPU limit or a busy node, and a window that is too tight

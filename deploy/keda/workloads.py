@@ -73,7 +73,12 @@ def scrape_annotations(port: int) -> dict[str, str]:
 
 
 def _probe(path: str, port: str, *, period: int, failures: int) -> V1Probe:
-    return V1Probe(http_get=V1HTTPGetAction(path=path, port=port), period_seconds=period, failure_threshold=failures)
+    return V1Probe(
+        http_get=V1HTTPGetAction(path=path, port=port),
+        period_seconds=period,
+        failure_threshold=failures,
+        timeout_seconds=params.PROBE_TIMEOUT_S,
+    )
 
 
 def _prestop() -> V1Lifecycle:
