@@ -21,7 +21,7 @@ from producer.openai_bodies import ChatBody, CompletionBody, OpenAIBody
 from producer.openai_format import Echo, Finished, Kind, full_response
 from producer.openai_stream import chunks, error_from_event
 from producer.reasoning import FORMATS as THINK_FORMATS
-from producer.reasoning import split_reasoning
+from producer.reasoning import split_reasoning, think_then
 from producer.stream_reader import Answer, AnyEvent, Verdict, request_events
 from schemas.events import DoneEvent, ErrorEvent
 from schemas.requests import InferenceRequest, RequestAccepted
@@ -122,13 +122,18 @@ async def _answer(
     body.use_tool_parser(formats.tool_call_parser)
     await ingress.require_redis()  # publish nothing whose answer could not be read
     wires = [wire for inputs in body.inputs() for wire in body.to_requests(**inputs)]
+    parser = formats.reasoning_parser
+    thinking = THINK_FORMATS[parser] if kind == "chat" and parser != "none" else None
+    if thinking is not None and (spec := wires[0].structured_output) is not None:
+        # A reasoning model thinks before its constrained answer, as vLLM has it (a grammar that compiles).
+        composed = await asyncio.to_thread(think_then, spec, thinking)
+        if composed is None:
+            thinking = None  # the grammar shapes the whole answer: there is no thinking to split
+        else:
+            wires = [wire.model_copy(update={"structured_output": composed}) for wire in wires]
     accepted = await _publish(ingress, wires, trace, body.fields())
     asked = wires[0].logprobs is not None
     calling = body.output().calling
-    parser = formats.reasoning_parser
-    # A grammar (structured output, a forced tool call) shaped the whole answer: there is no thinking to split.
-    shaped = wires[0].structured_output is not None
-    thinking = THINK_FORMATS[parser] if kind == "chat" and parser != "none" and not shaped else None
     echo = [_prompt_text(ingress, body.model, wire) for wire in wires] if body.echo_asked() else None
     created = int(time.time())
     streams = [request_events(ingress.redis, a.stream, a.request_id) for a in accepted]

@@ -4,13 +4,19 @@ and through the chat endpoint with a scripted worker (the format cannot come out
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 import redis.asyncio as aioredis
+from llguidance import LLMatcher, LLTokenizer
 
-from producer.reasoning import FORMATS, ThinkStream, split_reasoning
+from brigade.models.registry import load_tokenizer
+from brigade.structured import to_grammar
+from producer.reasoning import FORMATS, ThinkStream, split_reasoning, think_then
+from schemas.requests import StructuredOutput
 from schemas.settings import Settings
 from tests.test_ingress import say
 from tests.test_tool_parsers import only_call, scripted_chat
@@ -50,6 +56,42 @@ def test_streamed_as_it_comes_and_the_same_as_whole(fmt: Any, text: str, cut: in
         assert sum(1 for r, _ in pieces if r) > 1, "thinking went out before it ended"
 
 
+@pytest.fixture(scope="module")
+def matcher_for(model_cache_dir: Path) -> Callable[[StructuredOutput], Callable[[str], str]]:
+    """A spec's verdict on a text, token by token on builtin:tiny's vocabulary: rejected, open or accepting."""
+    tokenizer = load_tokenizer("builtin:tiny", cache_dir=model_cache_dir)
+    vocabulary = LLTokenizer(tokenizer.to_str(), eos_token=0)
+
+    def verdict(spec: StructuredOutput) -> Callable[[str], str]:
+        def on(text: str) -> str:
+            matcher = LLMatcher(vocabulary, to_grammar(spec), log_level=0)
+            for token in tokenizer.encode(text, add_special_tokens=False).ids:
+                if not matcher.consume_token(token):
+                    return "rejected"
+            return "accepting" if matcher.is_accepting() else "open"
+
+        return on
+
+    return verdict
+
+
+def test_a_grammar_applies_after_the_thinking(matcher_for: Callable[[StructuredOutput], Callable[[str], str]]) -> None:
+    """vLLM constrains a reasoning model's answer after its thinking; composed here as one Lark grammar."""
+    schema = StructuredOutput(json_schema={"type": "object", "properties": {"a": {"type": "integer"}}})
+    qwen3, r1 = (think_then(schema, f) for f in (QWEN3, R1))
+    assert qwen3 is not None and r1 is not None
+    on_qwen3, on_r1 = matcher_for(qwen3), matcher_for(r1)
+    thought = '<think>is {"a": x} right?</think>\n\n{"a":1}'
+    assert on_qwen3(thought) == on_qwen3('{"a":1}') == "accepting", "thinking is optional for qwen3"
+    assert on_r1(thought) == on_r1('it is</think>{"a":1}') == "accepting" and on_r1('{"a":1}') == "open"
+    assert on_qwen3('<think>x</think>{"b":1}') == on_qwen3("<think>x</think>prose") == "rejected"
+    for spec, answer in ((StructuredOutput(regex="a/b+"), "a/bb"), (StructuredOutput(choice=["yes", "no"]), "no")):
+        composed = think_then(spec, QWEN3)
+        assert composed is not None and matcher_for(composed)("<think>hm</think>" + answer) == "accepting"
+    assert think_then(StructuredOutput(grammar='start: "x"'), QWEN3) is None, "a caller's own grammar stays whole"
+    assert think_then(StructuredOutput(regex="a("), QWEN3) is None, "one that does not compile is left to the check"
+
+
 async def test_through_the_chat_endpoint_with_tool_calls(
     settings: Settings, topics: list[str], redis_client: aioredis.Redis
 ) -> None:
@@ -83,5 +125,6 @@ async def test_through_the_chat_endpoint_with_tool_calls(
     assert [t.function.name for d in got.deltas for t in d.delta.tool_calls or () if t.function] == ["get_weather"]
     legacy, shaped = got.other
     assert legacy.choices[0].text.startswith("<think>"), "legacy completions are not split, as in vLLM"
-    assert shaped.choices[0].message.content.startswith("<think>"), "a grammar shaped the whole answer: not split"
-    assert "reasoning" not in (shaped.choices[0].message.model_extra or {})
+    grammar = got.requests[-1].structured_output.grammar  # type: ignore[union-attr]
+    assert grammar is not None and '("<think>" thought WS)? body' in grammar and "%json" in grammar
+    assert (shaped.choices[0].message.model_extra or {})["reasoning"] == thought, "thinking, then the JSON"
