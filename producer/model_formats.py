@@ -25,6 +25,9 @@ from schemas.settings import ReasoningParser, Settings, ToolCallParser
 
 log = logging.getLogger(__name__)
 
+# Llama 3.x's turn header, and how its templates write a JSON call back into the conversation
+LLAMA3_HEADER, LLAMA3_CALL = "<|start_header_id|>", '"parameters": '
+
 
 @dataclass(frozen=True, slots=True)
 class ModelFormats:
@@ -36,23 +39,26 @@ NO_FORMATS = ModelFormats("none", "none")
 
 
 def tool_call_format(template: str | None) -> ToolCallParser:
-    """The parser whose tags the template writes calls with: Mistral's, Hermes's (Qwen's), Llama 3's."""
+    """The parser whose tags the template writes calls with: Mistral's, Hermes's (Qwen's), Llama 3's JSON. A
+    template whose calls are some other shape inside the same tags (Qwen3-Coder's ``<function=…>`` XML) gets
+    none: ``"auto"`` is then refused rather than answered with calls left as text."""
     if template is None:
         return "none"
     if MISTRAL_CALLS in template:
         return "mistral"
     if OPEN in template:
-        return "hermes"
-    if PYTHON_TAG in template:
+        return "none" if "<function=" in template else "hermes"
+    if LLAMA3_HEADER in template and (PYTHON_TAG in template or LLAMA3_CALL in template):
         return "llama3_json"
     return "none"
 
 
 def reasoning_format(info: TokenizerInfo) -> ReasoningParser:
     """``deepseek_r1`` where the rendered prompt ends inside an opened ``<think>`` (R1, QwQ, thinking-only
-    models), ``qwen3`` where the template knows the tag but leaves the answer to open it, else none."""
+    models), ``qwen3`` where the template knows the tags but leaves the answer to open one (Qwen3's hybrids, and
+    R1's first templates, which only cut ``…</think>`` out of earlier answers), else none."""
     template = info.chat_template
-    if template is None or THINK_OPEN not in template:
+    if template is None or (THINK_OPEN not in template and THINK_CLOSE not in template):
         return "none"
     render = ChatRenderer(template, bos_token=info.bos_token or "", eos_token=info.eos_token or "")
     try:

@@ -26,8 +26,12 @@ QWEN3 = (
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
 )
 R1 = TURNS + "{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}"
+R1_FIRST = TURNS + "{% for m in messages %}{{ m.content.split('</think>')[-1] }}{% endfor %}<｜Assistant｜>"
 MISTRAL = TURNS + "{% if tools %}[AVAILABLE_TOOLS]{{ tools|tojson }}[/AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]"
-LLAMA31 = TURNS + "{% for m in messages %}{% if m.tool_calls %}<|python_tag|>{% endif %}{% endfor %}"
+LLAMA_TURNS = "<|start_header_id|>" + TURNS
+LLAMA31 = LLAMA_TURNS + "{% for m in messages %}{% if m.tool_calls %}<|python_tag|>{% endif %}{% endfor %}"
+LLAMA32 = LLAMA_TURNS + """{% for m in messages %}{{ '"parameters": ' }}{% endfor %}"""
+QWEN3_CODER = TURNS + "{% if tools %}Reply with <tool_call><function=NAME><parameter=P>…</tool_call>{% endif %}"
 BROKEN_THINKER = "<think>{{ raise_exception('no') }}"
 
 
@@ -37,14 +41,18 @@ def info(template: str | None) -> TokenizerInfo:
 
 def test_each_family_is_read_off_its_template() -> None:
     found = {name: (tool_call_format(t), reasoning_format(info(t))) for name, t in (
-        ("qwen3", QWEN3), ("r1", R1), ("mistral", MISTRAL), ("llama", LLAMA31), ("plain", CHAT_TEMPLATE),
-        ("none", None), ("broken", BROKEN_THINKER),
+        ("qwen3", QWEN3), ("r1", R1), ("r1-first", R1_FIRST), ("mistral", MISTRAL), ("llama", LLAMA31),
+        ("llama32", LLAMA32), ("qwen3-coder", QWEN3_CODER), ("plain", CHAT_TEMPLATE), ("none", None),
+        ("broken", BROKEN_THINKER),
     )}  # fmt: skip
     assert found == {
         "qwen3": ("hermes", "qwen3"),  # the answer opens <think> itself (or not, with thinking turned off)
         "r1": ("none", "deepseek_r1"),  # the prompt ends inside an opened <think>
+        "r1-first": ("none", "qwen3"),  # knows </think> only: the answer opens <think> itself
         "mistral": ("mistral", "none"),
         "llama": ("llama3_json", "none"),
+        "llama32": ("llama3_json", "none"),  # no <|python_tag|>: its templates write calls back as JSON
+        "qwen3-coder": ("none", "none"),  # XML calls inside <tool_call>: not hermes's JSON
         "plain": ("none", "none"),
         "none": ("none", "none"),
         "broken": ("none", "qwen3"),
