@@ -138,10 +138,10 @@ class CallFormat:
 
     parse: Callable[[str], Parsed]
     starts: tuple[str, ...]
+    # what reads the calls as they are written, given the text from the first call on (None: not yet known)
+    scanner: Callable[[str], Scanner | None]
     at_start: bool = False  # calls are the whole answer or none of it (Llama's)
     keep_special_tokens: bool = False  # the start is a special token, dropped from the text unless kept
-    # what reads the calls as they are written, given the text from the first call on (None: not yet known)
-    scanner: Callable[[str], Scanner | None] | None = None
 
 
 def objects(_: str) -> Scanner:
@@ -150,11 +150,9 @@ def objects(_: str) -> Scanner:
 
 
 FORMATS: dict[str, CallFormat] = {
-    "hermes": CallFormat(parse_hermes, (OPEN,), scanner=objects),
-    "mistral": CallFormat(parse_mistral, (MISTRAL_CALLS,), keep_special_tokens=True, scanner=mistral_scanner),
-    "llama3_json": CallFormat(
-        parse_llama3_json, ("{", PYTHON_TAG), at_start=True, scanner=lambda _: JsonCallScanner(1)
-    ),
+    "hermes": CallFormat(parse_hermes, (OPEN,), objects),
+    "mistral": CallFormat(parse_mistral, (MISTRAL_CALLS,), mistral_scanner, keep_special_tokens=True),
+    "llama3_json": CallFormat(parse_llama3_json, ("{", PYTHON_TAG), objects, at_start=True),
 }
 
 
@@ -183,7 +181,7 @@ class CallStream:
     def _scan(self, text: str) -> list[dict[str, Any]]:
         if self.scanner is not None:
             return self.scanner.feed(text)
-        if self.format.scanner is None or (scanner := self.format.scanner(self.held)) is None:
+        if (scanner := self.format.scanner(self.held)) is None:
             return []
         self.scanner = scanner
         return scanner.feed(self.held)  # everything from the first call on, the text that decided included
