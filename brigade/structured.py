@@ -20,6 +20,7 @@ from schemas.requests import StructuredOutput
 # The JSON a constrained answer is written in: compact, as json.dumps(separators=(",", ":")) writes it.
 # Flexible whitespace would let a sampled answer wander through newlines and spaces up to max_new_tokens.
 _JSON_OPTIONS = {"whitespace_flexible": False}
+_JSON_IN_LARK = {"x-guidance": _JSON_OPTIONS}  # the same options, where a schema sits inside a Lark grammar
 
 
 def closed(schema: Any) -> Any:
@@ -64,10 +65,30 @@ def to_grammar(spec: StructuredOutput) -> str:
     if spec.regex is not None:
         return LLMatcher.grammar_from_regex(spec.regex)
     if spec.choice is not None:
-        # a regex alternation of the literal strings: JSON string escapes quote every character exactly
-        return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in spec.choice))
+        return LLMatcher.grammar_from_lark("start: " + _alternatives(spec.choice))
     assert spec.grammar is not None  # the model allows exactly one field
     return LLMatcher.grammar_from_lark(spec.grammar)
+
+
+def lark_rule(spec: StructuredOutput) -> str | None:
+    """``spec``'s language as the body of a Lark rule, to compose into a larger grammar (a reasoning model's
+    thinking before it); None for a Lark grammar of the caller's own, which has its own start rule, or a schema
+    that is not an object."""
+    if spec.json_schema is not None:
+        schema = closed(spec.json_schema)
+        return f"%json {json.dumps(schema | _JSON_IN_LARK)}" if isinstance(schema, dict) else None
+    if spec.json_object is not None:
+        return f"%json {json.dumps({'type': 'object'} | _JSON_IN_LARK)}"
+    if spec.regex is not None:
+        return "/" + spec.regex.replace("/", "\\/") + "/"
+    if spec.choice is not None:
+        return _alternatives(spec.choice)
+    return None
+
+
+def _alternatives(choice: list[str]) -> str:
+    # the literal strings as Lark alternatives: JSON string escapes quote every character exactly
+    return " | ".join(json.dumps(c) for c in choice)
 
 
 def grammar_error(spec: StructuredOutput) -> str | None:

@@ -16,11 +16,10 @@ no I/O.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Literal
 
-from brigade.structured import closed, grammar_error
+from brigade.structured import grammar_error, lark_rule
 from producer.tool_parsers import partial_prefix
 from schemas.requests import StructuredOutput
 
@@ -96,15 +95,12 @@ def split_reasoning(format: ThinkFormat, text: str) -> tuple[str | None, str]:
     return (reasoning + rest_reasoning if stream.thought else None), content + rest_content
 
 
-_GUIDANCE = {"x-guidance": {"whitespace_flexible": False}}  # JSON written compact, as brigade/structured.py has it
-
-
 def think_then(spec: StructuredOutput, format: ThinkFormat) -> StructuredOutput | None:
     """``spec`` with room to think first, as vLLM applies a reasoning model's grammar only after its thinking: a
     Lark grammar whose answer may (qwen3) or must (deepseek_r1) think up to ``</think>`` before ``spec``'s
     language. None where it cannot be composed (a Lark grammar of the caller's own has its own start rule; a
     schema that is not an object) or does not compile: the caller then constrains the whole answer."""
-    body = _lark_body(spec)
+    body = lark_rule(spec)
     if body is None:
         return None
     opening = '"<think>"? thought WS' if format.starts_thinking else '("<think>" thought WS)?'
@@ -114,16 +110,3 @@ def think_then(spec: StructuredOutput, format: ThinkFormat) -> StructuredOutput 
     except ValueError:  # over the contract's size limit with the thinking rules added
         return None
     return composed if grammar_error(composed) is None else None
-
-
-def _lark_body(spec: StructuredOutput) -> str | None:
-    if spec.json_schema is not None:
-        schema = closed(spec.json_schema)
-        return f"%json {json.dumps(schema | _GUIDANCE)}" if isinstance(schema, dict) else None
-    if spec.json_object is not None:
-        return f"%json {json.dumps({'type': 'object'} | _GUIDANCE)}"
-    if spec.regex is not None:
-        return "/" + spec.regex.replace("/", "\\/") + "/"
-    if spec.choice is not None:
-        return " | ".join(json.dumps(c) for c in spec.choice)
-    return None
