@@ -19,6 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from brigade.logs import configure_logging
+from schemas.reasons import reason
 from schemas.settings import PER_CLASS_FIELDS, Settings, class_env_name
 
 app = typer.Typer(
@@ -34,7 +35,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        lines = [f"{_variable(tuple(str(p) for p in err['loc']))}: {err['msg']}" for err in exc.errors()]
+        lines = [f"{_variable(tuple(str(p) for p in err['loc']))}: {reason(err)}" for err in exc.errors()]
         fail("invalid configuration", lines, code=2)
 
 

@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from schemas.reasons import reason
+
 log = logging.getLogger(__name__)
 
 _TYPES = {
@@ -85,16 +87,16 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
         # A JSON error's location is ("body", <character offset>): the offset is not a field.
         field = "body" if invalid_json else _field(tuple(err.get("loc", ())))
         first = first or field
-        msg = err.get("msg", "invalid")
+        msg = reason(err)
         if invalid_json:
-            reason = err.get("ctx", {}).get("error", msg)
-            if "hex escape" in reason:  # how the JSON reader reports a \ud800-style escape with no pair
+            why = err.get("ctx", {}).get("error", msg)
+            if "hex escape" in why:  # how the JSON reader reports a \ud800-style escape with no pair
                 parts.append(
-                    f"the body's text is not valid Unicode ({reason}): a \\u escape encodes half of a UTF-16 "
+                    f"the body's text is not valid Unicode ({why}): a \\u escape encodes half of a UTF-16 "
                     "surrogate pair; send UTF-8 text, or escape both halves of the pair"
                 )
             else:
-                parts.append(f"the body is not valid JSON ({reason}); send a JSON object")
+                parts.append(f"the body is not valid JSON ({why}); send a JSON object")
         else:
             parts.append(f"{field}: {msg}")
     return "; ".join(parts), first

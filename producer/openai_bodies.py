@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 from producer.errors import ApiError, FieldNames
 from producer.openai_structured import ResponseFormat, VllmStructuredOutputs, structured_output
 from producer.openai_tools import OpenAITool, ToolCalling, ToolChoice, plan_tools
+from schemas.reasons import reason
 from schemas.requests import MAX_LOGPROBS, ChatMessage, InferenceRequest, StructuredOutput, TemplateKwargs, ToolCall
 from schemas.settings import ToolCallParser
 
@@ -81,9 +82,7 @@ def chat_turns(messages: list[OpenAIMessage]) -> list[ChatMessage]:
             turns.append(message.to_chat())
         except ValidationError as exc:
             param = f"messages.{index}"
-            raise ApiError(
-                422, f"{param}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}", param=param
-            ) from None
+            raise ApiError(422, f"{param}: {reason(exc.errors()[0])}", param=param) from None
     return turns
 
 

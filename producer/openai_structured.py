@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from producer.errors import ApiError
+from schemas.reasons import reason
 from schemas.requests import StructuredOutput
 
 
@@ -116,5 +117,4 @@ def structured_output(
     try:
         return StructuredOutput.model_validate(spec), field
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ApiError(422, f"{field}: {first['msg']}", param=field) from None
+        raise ApiError(422, f"{field}: {reason(exc.errors()[0])}", param=field) from None

@@ -111,7 +111,7 @@ def test_cli_names_the_per_class_variable() -> None:
         check=False,
     )
     assert proc.returncode == 2
-    assert "  BRIGADE_CLASS_<NAME>_MODEL: Value error, BRIGADE_CLASS_HUGE_MODEL is set" in proc.stderr, proc.stderr
+    assert "  BRIGADE_CLASS_<NAME>_MODEL: BRIGADE_CLASS_HUGE_MODEL is set" in proc.stderr, proc.stderr
 
 
 def test_to_env_reads_back_to_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
