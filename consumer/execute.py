@@ -27,7 +27,7 @@ from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine
 from consumer.intake import Intake, Running
 from consumer.metrics import WorkerMetrics
 from consumer.sink import Outgoing, RedisSink, RequestRef, SessionWrite
-from schemas.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent
+from schemas.events import DoneEvent, ErrorCode, ErrorEvent, FinishReason, TokenEvent
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ class BatchExecutor:
         (attempt,) = await self._sink.begin([RequestRef(session_id, request_id)])
         if attempt == 0:
             return  # a redelivery of one answered already
-        error = ErrorEvent(
-            request_id=request_id, seq=0, attempt=attempt, code=ErrorCode.INVALID_REQUEST, message=message
+        error = ErrorEvent(  # cancelled or not (a negative attempt), it could never have run
+            request_id=request_id, seq=0, attempt=abs(attempt), code=ErrorCode.INVALID_REQUEST, message=message
         )
         await self._sink.write([Outgoing(session_id, error)])
 
@@ -130,9 +130,11 @@ class BatchExecutor:
         for item in admission.skipped:
             log.info("skipping a finished request (redelivery)", extra={"request_id": item.request.request_id})
             done(item)
-        if admission.rejected:
-            await self._sink.write([Outgoing(item.session_id, event) for item, event in admission.rejected])
-            for item, _ in admission.rejected:
+        answered: list[tuple[PendingItem, DoneEvent | ErrorEvent]] = [*admission.rejected, *admission.cancelled]
+        if answered:
+            await self._sink.write([Outgoing(item.session_id, event) for item, event in answered])
+            self._metrics.add_cancelled(len(admission.cancelled))
+            for item, _ in answered:
                 self._finish_metrics(item)
                 done(item)
         return admission.runnable
@@ -154,7 +156,8 @@ class BatchExecutor:
         loop = asyncio.get_running_loop()
         running = {r.item.request.request_id: r for r, _ in runnable}
         self._metrics.set_running(len(running))
-        writing: asyncio.Task[None] | None = None
+        writing: asyncio.Task[list[str]] | None = None
+        cancelled: list[str] = []  # running requests a caller cancelled, as the last write found
         failure: BaseException | None = None
         try:
             engine_run: BatchRun = await loop.run_in_executor(
@@ -166,7 +169,7 @@ class BatchExecutor:
             while not engine_run.finished:
                 step = loop.run_in_executor(self._executor, engine_run.step)
                 if writing is not None:
-                    await _settle(writing, step)
+                    cancelled = await _settle(writing, step)
                 joining = await self._join_during(step, joins, running, done) if joins is not None else []
                 # Joiners count as running from here: an engine failure answers (or hands back) them too.
                 running.update((r.item.request.request_id, r) for r, _ in joining)
@@ -175,7 +178,9 @@ class BatchExecutor:
                 except Exception as exc:
                     failure = exc
                     break
-                writing = asyncio.create_task(self._write_step(running, deltas, done))
+                writing = asyncio.create_task(self._write_step(running, deltas, done, cancelled))
+                if cancelled:
+                    engine_run.drop(cancelled)
                 if joining:
                     engine_run.join([g for _, g in joining])
                 self._metrics.set_running(len(_unfinished(running)))
@@ -244,7 +249,11 @@ class BatchExecutor:
             if step.done():
                 return joining
 
-    async def _write_step(self, running: dict[str, Running], deltas: Sequence[TokenDelta], done: Done) -> None:
+    async def _write_step(
+        self, running: dict[str, Running], deltas: Sequence[TokenDelta], done: Done, cancelled: Sequence[str] = ()
+    ) -> list[str]:
+        """One step's events (then a ``cancelled`` final for each of ``cancelled`` the step did not end); returns
+        the running requests whose cancel mark this write found."""
         now = self._clock()
         now_ms = self._wall_ms()
         events: list[Outgoing] = []
@@ -283,30 +292,51 @@ class BatchExecutor:
                     r.turn.reply.append(delta.text)
             if delta.finish_reason is not None:
                 r.finished = True
-                final = DoneEvent(
-                    request_id=request.request_id,
-                    seq=r.next_seq(),
-                    attempt=r.attempt,
-                    finish_reason=delta.finish_reason,
-                    prompt_tokens=r.prompt_tokens,
-                    completion_tokens=delta.completion_tokens,
-                    logprobs=r.take_logprobs(),
-                    prompt_logprobs=r.take_prompt_logprobs(),
-                    traceparent=r.item.traceparent,
-                    model=self._engine.model_name,
-                    published_at_ms=r.item.published_at_ms,
-                    fetched_at_ms=r.item.fetched_at_ms,
-                    scheduled_at_ms=r.scheduled_at_ms,
-                    first_token_at_ms=r.first_token_at_ms,
-                )
+                final = self._done(r, delta.finish_reason, delta.completion_tokens)
                 events.append(Outgoing(request.session_id, final, session=self._session_write(r, final)))
                 finished.append(r)
-        lost = await self._sink.write(events)
-        for rid in lost:
+        stopped = self._stop(running, cancelled)
+        events += [
+            Outgoing(r.item.session_id, self._done(r, FinishReason.CANCELLED, r.completion_tokens)) for r in stopped
+        ]
+        finished += stopped
+        written = await self._sink.write(events)
+        for rid in written.lost:
             log.warning("another attempt wrote this request's final first", extra={"request_id": rid})
         for r in finished:
             self._finish_metrics(r.item)
             done(r.item)
+        return [rid for rid in written.cancelled if rid in running and not running[rid].finished]
+
+    def _stop(self, running: dict[str, Running], cancelled: Sequence[str]) -> list[Running]:
+        """The cancelled requests still running, now finished: each gets a ``cancelled`` done (what it streamed
+        stands, and no session append: its caller abandoned the turn)."""
+        stopped = [running[rid] for rid in cancelled if rid in running and not running[rid].finished]
+        for r in stopped:
+            r.finished = True
+        if stopped:
+            self._metrics.add_cancelled(len(stopped))
+            log.info("cancelled by the caller", extra={"request_ids": [r.item.request.request_id for r in stopped]})
+        return stopped
+
+    def _done(self, r: Running, finish_reason: FinishReason, completion_tokens: int) -> DoneEvent:
+        """A running request's ``done``: with the entries and stage times it carries."""
+        return DoneEvent(
+            request_id=r.item.request.request_id,
+            seq=r.next_seq(),
+            attempt=r.attempt,
+            finish_reason=finish_reason,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=completion_tokens,
+            logprobs=r.take_logprobs(),
+            prompt_logprobs=r.take_prompt_logprobs(),
+            traceparent=r.item.traceparent,
+            model=self._engine.model_name,
+            published_at_ms=r.item.published_at_ms,
+            fetched_at_ms=r.item.fetched_at_ms,
+            scheduled_at_ms=r.scheduled_at_ms,
+            first_token_at_ms=r.first_token_at_ms,
+        )
 
     def _session_write(self, r: Running, final: DoneEvent) -> SessionWrite | None:
         """A chat turn's session append: its new turns and the reply (stripped, as templates render it)."""
@@ -361,14 +391,14 @@ def _unfinished(running: dict[str, Running]) -> list[Running]:
     return [r for r in running.values() if not r.finished]
 
 
-async def _settle(writing: asyncio.Task[None], step: asyncio.Future[list[TokenDelta]]) -> None:
+async def _settle(writing: asyncio.Task[list[str]], step: asyncio.Future[list[TokenDelta]]) -> list[str]:
     """Wait for the previous step's write; if it failed, let the running step end before raising.
 
     The engine step cannot be interrupted, so leaving it behind would let the next batch start
     while the executor thread is still busy with this one.
     """
     try:
-        await writing
+        return await writing
     except BaseException:
         await asyncio.wait([step])
         raise

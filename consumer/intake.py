@@ -2,6 +2,7 @@
 
 Requests that must not cost compute are answered first with a single final event:
 - already finished (a redelivery): nothing is written at all;
+- cancelled by a caller before it ran: ``done`` with finish_reason ``cancelled``;
 - past their deadline: ``expired``;
 - asking for another model, for more new tokens than this deployment allows, or naming token ids outside the
   model's vocabulary: ``invalid_request``;
@@ -28,7 +29,7 @@ from consumer.batcher import PendingItem
 from consumer.engine.interface import GenerationInput, InferenceEngine
 from consumer.session import SessionDoc, TurnPlan, plan_turn
 from consumer.sink import RedisSink
-from schemas.events import ErrorCode, ErrorEvent, PromptLogprob, TokenLogprob
+from schemas.events import DoneEvent, ErrorCode, ErrorEvent, FinishReason, PromptLogprob, TokenLogprob
 from schemas.requests import ChatMessage, InferenceRequest, SamplingParams
 from schemas.settings import Settings
 
@@ -84,6 +85,7 @@ class Admission:
     runnable: list[tuple[Running, GenerationInput]] = field(default_factory=list)
     rejected: list[tuple[PendingItem, ErrorEvent]] = field(default_factory=list)
     skipped: list[PendingItem] = field(default_factory=list)
+    cancelled: list[tuple[PendingItem, DoneEvent]] = field(default_factory=list)
 
 
 class Intake:
@@ -108,11 +110,16 @@ class Intake:
             if attempt == 0:
                 out.skipped.append(item)
                 continue
+            if attempt < 0:
+                out.cancelled.append((item, cancelled_event(item, -attempt, scheduled_at_ms)))
+                continue
             problem = self._static_check(item.request, now)
             if problem is not None:
                 out.rejected.append((item, error_event(item, attempt, *problem)))
             else:
                 to_encode.append((item, attempt))
+        if not to_encode:  # answered without the executor thread, which a running step may hold
+            return out
         stored = await self._sink.load_sessions(
             [item.session_id for item, _ in to_encode if item.request.messages is not None],
             ttl_s=self._settings.session_ttl_s,
@@ -256,3 +263,19 @@ def replayable_sampling(request: InferenceRequest) -> SamplingParams:
 def error_event(item: PendingItem, attempt: int, code: ErrorCode, message: str) -> ErrorEvent:
     rid, trace = item.request.request_id, item.traceparent
     return ErrorEvent(request_id=rid, seq=0, attempt=attempt, code=code, message=message, traceparent=trace)
+
+
+def cancelled_event(item: PendingItem, attempt: int, scheduled_at_ms: int) -> DoneEvent:
+    """The final of a request cancelled before it ran: nothing generated, no prompt tokenized."""
+    return DoneEvent(
+        request_id=item.request.request_id,
+        seq=0,
+        attempt=attempt,
+        finish_reason=FinishReason.CANCELLED,
+        prompt_tokens=0,
+        completion_tokens=0,
+        traceparent=item.traceparent,
+        published_at_ms=item.published_at_ms,
+        fetched_at_ms=item.fetched_at_ms,
+        scheduled_at_ms=scheduled_at_ms,
+    )

@@ -70,6 +70,12 @@ class WorkerMetrics:
         self.dlq = Counter(
             "brigade_dlq_messages", "Messages sent to the dead-letter topic.", c, registry=r
         )  # exported as brigade_dlq_messages_total
+        self.cancelled = Counter(
+            "brigade_requests_cancelled",
+            "Requests their caller cancelled (or whose OpenAI client hung up) before they finished, queued or running.",
+            c,
+            registry=r,
+        )  # exported as brigade_requests_cancelled_total
         self.lag = Gauge(
             "brigade_consumer_lag",
             "Fetch high watermark minus committed offset, per assigned partition.",
@@ -112,6 +118,10 @@ class WorkerMetrics:
     def add_tokens(self, n: int) -> None:
         if n:
             self._tokens.inc(n)
+
+    def add_cancelled(self, n: int) -> None:
+        if n:
+            self.cancelled.labels(self._class).inc(n)
 
     def add_dlq(self) -> None:
         self.dlq.labels(self._class).inc()

@@ -26,26 +26,32 @@ class LuaScript:
         pipe.eval(self.text, len(keys), *keys, *args)
 
 
-# KEYS[1] request key. ARGV[1] ttl. Returns 0 if already finished, else the new attempt number.
+# KEYS[1] request key. ARGV[1] ttl. Returns 0 if already finished, else the new attempt number, negated when
+# a caller cancelled the request before it ran (``cancel``, schemas/naming.py CANCEL_FIELD).
 BEGIN = LuaScript("""
 if redis.call('HGET', KEYS[1], 'status') == 'finished' then return 0 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'status', 'running')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+if redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then return -attempt end
 return attempt
 """)
 
-# KEYS: one stream key per event. ARGV[1] ttl, then per event: its field count n, then n field/value pairs.
-# Appends each event to its stream and refreshes the stream's TTL; returns the number of events written.
+# KEYS: per event its stream key, then its request's key. ARGV[1] ttl, then per event: its field count n, then
+# n field/value pairs. Appends each event to its stream and refreshes the stream's TTL; returns the positions
+# (1-based) of the events whose request a caller cancelled: the step's write is how a running request learns
+# it, with no round trip of its own.
 TOKENS = LuaScript("""
 local i = 2
-for _, key in ipairs(KEYS) do
+local cancelled = {}
+for k = 1, #KEYS, 2 do
   local n = tonumber(ARGV[i])
-  redis.call('XADD', key, '*', unpack(ARGV, i + 1, i + 2 * n))
-  redis.call('EXPIRE', key, ARGV[1])
+  redis.call('XADD', KEYS[k], '*', unpack(ARGV, i + 1, i + 2 * n))
+  redis.call('EXPIRE', KEYS[k], ARGV[1])
+  if redis.call('HEXISTS', KEYS[k + 1], 'cancel') == 1 then cancelled[#cancelled + 1] = (k + 1) / 2 end
   i = i + 1 + 2 * n
 end
-return #KEYS
+return cancelled
 """)
 
 # KEYS[1] request key, KEYS[2] stream key, KEYS[3] session key (chat turns only). ARGV[1] ttl,

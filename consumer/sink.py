@@ -20,6 +20,11 @@ whole step run inside Redis instead. On Redis Cluster a script may touch only ke
 it is one call per session (the cluster client sends each node its share, still one round trip per node);
 a final's keys (request, stream, session) share their session's slot by name (``schemas/naming.py``).
 The scripts themselves are in ``consumer/scripts.py``.
+
+Cancelling costs no round trip either: a caller marks the request key (``cancel``), ``begin`` answers a
+marked request with a negated attempt (it is answered ``cancelled`` without running), and the same
+``TOKENS`` call that appends a step's tokens reports which of their requests are marked, so the worker drops
+them from the batch at the next step boundary.
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ FINISHED = "finished"
 T = TypeVar("T")
 
 AnyFinal = DoneEvent | ErrorEvent
+
+
+class Written(NamedTuple):
+    """What a write found out besides writing."""
+
+    lost: list[str]  # request ids whose final lost a race: another attempt finished the request
+    cancelled: list[str]  # request ids of token events whose request a caller has cancelled
 
 
 class RequestRef(NamedTuple):
@@ -90,7 +102,8 @@ class RedisSink:
         )
 
     async def begin(self, refs: Sequence[RequestRef]) -> list[int]:
-        """Per request: 0 if it already finished (skip it), else this run's attempt number."""
+        """Per request: 0 if it already finished (skip it), else this run's attempt number, negated when a caller
+        has cancelled it (answer it ``cancelled`` without running it)."""
         if not refs:
             return []
         return await self._call("begin", lambda: self._begin_once(refs))
@@ -102,17 +115,18 @@ class RedisSink:
             replies = await pipe.execute()
         return [int(r) for r in replies]
 
-    async def write(self, events: Sequence[Outgoing]) -> list[str]:
-        """Write one step's events in order, in one round trip; return request_ids whose final lost a race.
+    async def write(self, events: Sequence[Outgoing]) -> Written:
+        """Write one step's events in order, in one round trip; say whose final lost a race and which of the
+        requests written to were cancelled.
 
         Token events with empty text are not written (the engine holds back partial characters).
         """
         kept = [o for o in events if not (isinstance(o.event, TokenEvent) and not o.event.text)]
         if not kept:
-            return []
+            return Written([], [])
         return await self._call("write", lambda: self._write_once(kept))
 
-    async def _write_once(self, events: Sequence[Outgoing]) -> list[str]:
+    async def _write_once(self, events: Sequence[Outgoing]) -> Written:
         tokens = [o for o in events if isinstance(o.event, TokenEvent)]
         finals = [(o, o.event) for o in events if not isinstance(o.event, TokenEvent)]
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -123,13 +137,20 @@ class RedisSink:
             for out, final in finals:
                 self._queue_final(out.session_id, final, out.session, pipe)
             replies = await pipe.execute()
+        cancelled = {
+            group[int(position) - 1].event.request_id
+            for group, positions in zip(groups, replies[: len(groups)], strict=True)
+            for position in positions
+        }
         final_replies = replies[len(groups) :]
-        return [final.request_id for (_, final), r in zip(finals, final_replies, strict=True) if int(r) == 0]
+        lost = [final.request_id for (_, final), r in zip(finals, final_replies, strict=True) if int(r) == 0]
+        return Written(lost, sorted(cancelled))
 
     def _queue_tokens(self, tokens: Sequence[Outgoing], pipe: RedisPipeline) -> None:
-        keys = [self._names.stream_key(o.session_id) for o in tokens]
+        keys: list[str] = []
         args: list[str | int] = [self._ttl]
         for o in tokens:
+            keys += [self._names.stream_key(o.session_id), self._names.request_key(o.event.request_id, o.session_id)]
             fields = o.event.to_fields()
             args.append(len(fields))
             for k, v in fields.items():

@@ -24,6 +24,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 class FinishReason(StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # max_new_tokens or the model's context reached
+    CANCELLED = "cancelled"  # the caller cancelled it (or its OpenAI client hung up): vLLM's "abort"
 
 
 class ErrorCode(StrEnum):
@@ -119,7 +120,8 @@ class DoneEvent(_EventBase):
     text: str = ""
     """Text not sent in a token event yet (held bytes of a partial character, a held stop-string prefix)."""
     finish_reason: FinishReason
-    """stop: end-of-sequence or a stop string; length: max_new_tokens or the model's context reached."""
+    """stop: end-of-sequence or a stop string; length: max_new_tokens or the model's context reached;
+    cancelled: a caller cancelled it (what it streamed before stands; ``completion_tokens`` counts it)."""
     prompt_tokens: int = Field(ge=0)
     """The prompt's length in the model's tokens (chat template included)."""
     completion_tokens: int = Field(ge=0)

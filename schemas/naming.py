@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_NAMESPACE = "brigade"
+# The request key's field that cancels the request: any publisher may ``HSET <request key> cancel 1``.
+CANCEL_FIELD = "cancel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,8 @@ class Names:
         return f"{self.namespace}:session:{self._session_part(session_id)}"
 
     def request_key(self, request_id: str, session_id: str) -> str:
-        """``brigade:request:<request_id>``: attempt counter and final status, for de-duplication.
+        """``brigade:request:<request_id>``: attempt counter and final status, for de-duplication, and the
+        ``cancel`` mark (``CANCEL_FIELD``) a caller sets to stop the request, queued or running.
 
         The session id is part of the name only on Redis Cluster, where the key must share its session's slot;
         a request id is then de-duplicated within its session, which is where a redelivery lands anyway.

@@ -106,6 +106,7 @@ class HeldRun:
     batcher: Batcher
     arrived: asyncio.Event
     gate: threading.Semaphore
+    metrics: WorkerMetrics
     finished: list[str] = field(default_factory=list)
 
     def arrive(self, item: PendingItem) -> None:
@@ -119,14 +120,16 @@ async def held_run(settings: Settings, redis: aioredis.Redis, *, fail_at: int | 
     gate = threading.Semaphore(0)
     engine = WordEngine(gate=gate, fail_at=fail_at)
     executor = ThreadPoolExecutor(max_workers=1)
+    metrics = WorkerMetrics(cost_class="small")
     runner = BatchExecutor(
         settings=settings,
         engine=engine,
         sink=RedisSink(redis, names=settings.names, ttl_s=settings.stream_ttl_s),
-        metrics=WorkerMetrics(cost_class="small"),
+        metrics=metrics,
         executor=executor,
     )
-    held = HeldRun(engine, runner, Batcher(max_batch_size=4, max_batch_wait_s=0.0, capacity=8), asyncio.Event(), gate)
+    batcher = Batcher(max_batch_size=4, max_batch_wait_s=0.0, capacity=8)
+    held = HeldRun(engine, runner, batcher, asyncio.Event(), gate, metrics)
 
     def take(places: int, open_sessions: Collection[str]) -> Batch | None:
         return held.batcher.take(time.monotonic(), slots=4 - places, running_sessions=open_sessions)

@@ -175,7 +175,7 @@ async def test_the_session_append_lands_with_the_final_or_not_at_all(
     sink = RedisSink(redis_client, names=settings.names, ttl_s=settings.stream_ttl_s)
     key = settings.names.session_key("s")
     assert await sink.begin([RequestRef("s", "r1")]) == [1]
-    assert await sink.write([_write(settings, "r1", reply="Oui / chef ✓")]) == []
+    assert (await sink.write([_write(settings, "r1", reply="Oui / chef ✓")])).lost == []
     doc = await stored(redis_client, settings, "s")
     assert doc["messages"] == [
         {"role": "user", "content": "question r1"},
@@ -183,21 +183,22 @@ async def test_the_session_append_lands_with_the_final_or_not_at_all(
     ]
     assert 0 < await redis_client.ttl(key) <= settings.session_ttl_s
 
-    assert await sink.write([_write(settings, "r1")]) == [], "the same attempt again (a retried write) is in place"
+    again = await sink.write([_write(settings, "r1")])
+    assert again.lost == [], "the same attempt again (a retried write) is in place"
     assert (await stored(redis_client, settings, "s"))["turns"] == 1, "and appends nothing twice"
     assert await sink.begin([RequestRef("s", "r2")]) == [1]
     assert await sink.begin([RequestRef("s", "r2")]) == [2]  # a rebalance: a newer attempt started
-    assert await sink.write([_write(settings, "r2", attempt=1)]) == ["r2"], "the stale attempt loses"
+    assert (await sink.write([_write(settings, "r2", attempt=1)])).lost == ["r2"], "the stale attempt loses"
     assert (await stored(redis_client, settings, "s"))["turns"] == 1, "losing finals append nothing"
 
     error = ErrorEvent(request_id="r2", seq=0, attempt=2, code=ErrorCode.INTERNAL, message="boom")
-    assert await sink.write([Outgoing("s", error)]) == []
+    assert (await sink.write([Outgoing("s", error)])).lost == []
     assert (await stored(redis_client, settings, "s"))["turns"] == 1, "an error leaves the session as it was"
 
     assert await sink.begin([RequestRef("s", "r3")]) == [1]
-    assert await sink.write([_write(settings, "r3")]) == []
+    assert (await sink.write([_write(settings, "r3")])).lost == []
     await redis_client.delete(settings.names.request_key("r3", "s"))  # its request key expired, then a redelivery
     assert await sink.begin([RequestRef("s", "r3")]) == [1]
-    assert await sink.write([_write(settings, "r3")]) == []
+    assert (await sink.write([_write(settings, "r3")])).lost == []
     doc = await stored(redis_client, settings, "s")
     assert doc["turns"] == 2 and doc["last_request_id"] == "r3" and len(doc["messages"]) == 4, "still one append"

@@ -8,6 +8,7 @@ from typing import cast
 from brigade.redis_config import RedisClient
 from consumer.sink import Outgoing, RedisSink, RequestRef
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, FinishReason, TokenEvent, parse_event
+from schemas.naming import CANCEL_FIELD
 from schemas.settings import Settings
 
 
@@ -50,7 +51,7 @@ async def test_step_write_skips_empty_text_keeps_order_and_sets_ttl(
         Outgoing("s1", done("a", 2)),
     ]
     await s.begin(refs("a", session="s1"))
-    assert await s.write(events) == []
+    assert (await s.write(events)).lost == []
     key = any_redis.names.stream_key("s1")
     entries = await read(any_redis_client, key)
     assert [(e.type, e.seq) for e in entries] == [("token", 0), ("token", 1), ("done", 2)]
@@ -62,9 +63,9 @@ async def test_step_write_skips_empty_text_keeps_order_and_sets_ttl(
 async def test_second_final_loses_and_writes_nothing(any_redis: Settings, any_redis_client: RedisClient) -> None:
     s = sink(any_redis_client, any_redis)
     assert await s.begin(refs("r")) == [1]
-    assert await s.write([Outgoing("s", done("r", 3, attempt=1))]) == []
+    assert (await s.write([Outgoing("s", done("r", 3, attempt=1))])).lost == []
     error = ErrorEvent(request_id="r", seq=0, attempt=2, code=ErrorCode.INTERNAL, message="late")
-    assert await s.write([Outgoing("s", error)]) == ["r"]
+    assert (await s.write([Outgoing("s", error)])).lost == ["r"]
     assert [e.type for e in await read(any_redis_client, any_redis.names.stream_key("s"))] == ["done"]
 
 
@@ -73,8 +74,8 @@ async def test_a_stale_attempt_cannot_write_the_final(any_redis: Settings, any_r
     s = sink(any_redis_client, any_redis)
     assert await s.begin(refs("r")) == [1]
     assert await s.begin(refs("r")) == [2]
-    assert await s.write([Outgoing("s", done("r", 5, attempt=1))]) == ["r"]
-    assert await s.write([Outgoing("s", done("r", 2, attempt=2))]) == []
+    assert (await s.write([Outgoing("s", done("r", 5, attempt=1))])).lost == ["r"]
+    assert (await s.write([Outgoing("s", done("r", 2, attempt=2))])).lost == []
     assert [(e.type, e.attempt) for e in await read(any_redis_client, any_redis.names.stream_key("s"))] == [("done", 2)]
 
 
@@ -85,8 +86,8 @@ async def test_a_retried_step_writes_its_final_once_and_reports_no_loss(
     s = sink(any_redis_client, any_redis)
     assert await s.begin(refs("r")) == [1]
     step = [Outgoing("s", TokenEvent(request_id="r", seq=0, text="a")), Outgoing("s", done("r", 1))]
-    assert await s.write(step) == []
-    assert await s.write(step) == [], "the final already in place is this attempt's own: not a lost race"
+    assert (await s.write(step)).lost == []
+    assert (await s.write(step)).lost == [], "the final already in place is this attempt's own: not a lost race"
     events = await read(any_redis_client, any_redis.names.stream_key("s"))
     assert [(e.type, e.seq) for e in events] == [("token", 0), ("done", 1), ("token", 0)]  # readers drop the repeat
 
@@ -97,7 +98,7 @@ async def test_a_retried_begin_only_raises_the_attempt_number(
     s = sink(any_redis_client, any_redis)
     assert await s.begin(refs("r")) == [1]
     assert await s.begin(refs("r")) == [2]  # the retry: this run carries attempt 2
-    assert await s.write([Outgoing("s", done("r", 0, attempt=2))]) == []
+    assert (await s.write([Outgoing("s", done("r", 0, attempt=2))])).lost == []
     assert await s.begin(refs("r")) == [0]
 
 
@@ -110,10 +111,32 @@ async def test_one_step_for_many_sessions_lands_in_each_stream(
     assert await s.begin([RequestRef(sid, f"r-{sid}") for sid in sessions]) == [1] * 12
     step = [Outgoing(sid, TokenEvent(request_id=f"r-{sid}", seq=0, text=sid)) for sid in sessions]
     step += [Outgoing(sid, done(f"r-{sid}", 1)) for sid in sessions[::2]]  # half of them finish in this step
-    assert await s.write(step) == []
+    assert (await s.write(step)).lost == []
     for n, sid in enumerate(sessions):
         events = await read(any_redis_client, any_redis.names.stream_key(sid))
         expected = [("token", 0, sid), ("done", 1, "")] if n % 2 == 0 else [("token", 0, sid)]
         assert [(e.type, e.seq, getattr(e, "text", "")) for e in events] == expected
     finished = [await any_redis_client.hget(any_redis.names.request_key(f"r-{sid}", sid), "status") for sid in sessions]
     assert finished == ["finished", "running"] * 6
+
+
+async def test_a_cancel_mark_is_found_by_begin_and_by_a_step_write(
+    any_redis: Settings, any_redis_client: RedisClient
+) -> None:
+    """The ``cancel`` field any publisher may set: a queued request begins negated, a running one is named by the
+    write that carries its tokens (on a cluster each session's share answers from its own node)."""
+    s = sink(any_redis_client, any_redis)
+    names = any_redis.names
+    await any_redis_client.hset(names.request_key("queued", "s0"), CANCEL_FIELD, "1")
+    assert await s.begin([RequestRef("s0", "queued"), RequestRef("s0", "other")]) == [-1, 1]
+    sessions = [f"table-{n}" for n in range(6)]
+    assert await s.begin([RequestRef(sid, f"r-{sid}") for sid in sessions]) == [1] * 6
+    for sid in sessions[1::2]:
+        await any_redis_client.hset(names.request_key(f"r-{sid}", sid), CANCEL_FIELD, "1")
+    step = [Outgoing(sid, TokenEvent(request_id=f"r-{sid}", seq=0, text=sid)) for sid in sessions]
+    written = await s.write(step)
+    assert written.cancelled == sorted(f"r-{sid}" for sid in sessions[1::2])
+    assert written.lost == []
+    assert [e.text for e in await read(any_redis_client, names.stream_key("table-1"))] == ["table-1"], (
+        "a cancelled request's tokens of the step still land: its final follows them"
+    )

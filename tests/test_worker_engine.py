@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ class _Run:
     steps: int = 0  # steps begun
     gate: threading.Semaphore | None = None  # each step takes a permit first: the test decides when it ends
     fail_at: int | None = None  # this step raises instead of producing tokens
+    dropped: list[str] = field(default_factory=list)  # request_ids stopped by ``drop``, in order
 
     @property
     def finished(self) -> bool:
@@ -49,6 +50,12 @@ class _Run:
         self.joined.append([g.request_id for g in inputs])
         self.joined_after.append(self.steps)
         self.inputs.extend(inputs)
+
+    def drop(self, request_ids: Collection[str]) -> None:
+        for rid in request_ids:
+            if rid not in self.done and any(g.request_id == rid for g in self.inputs):
+                self.done[rid] = self.produced.get(rid, 0)
+                self.dropped.append(rid)
 
     def step(self) -> list[TokenDelta]:
         self.steps += 1
@@ -224,6 +231,9 @@ class ForwardingRun:
 
     def join(self, inputs: Sequence[GenerationInput]) -> None:
         self._inner.join(inputs)
+
+    def drop(self, request_ids: Collection[str]) -> None:
+        self._inner.drop(request_ids)
 
     def step(self) -> list[TokenDelta]:
         return self._inner.step()

@@ -6,7 +6,7 @@ step computes; ``step`` is blocking and is always called from an executor thread
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,6 +65,11 @@ class BatchRun(Protocol):
 
     def join(self, inputs: Sequence[GenerationInput]) -> None:
         """Add sequences at a step boundary (continuous batching); the next ``step`` prefills them."""
+        ...
+
+    def drop(self, request_ids: Collection[str]) -> None:
+        """Stop sequences at a step boundary (their callers cancelled them): they leave the batch, free their
+        place, and no later ``step`` reports them. Ids not running are ignored."""
         ...
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from consumer.engine.logprobs import TokenText, entry, log_softmax, prompt_entri
 from consumer.engine.model_files import ModelFiles, read_model_files
 from consumer.engine.sampling import choose_tokens
 from consumer.engine.sequence import SequenceState
+from schemas.events import FinishReason
 from schemas.requests import ChatMessage, SamplingParams, StructuredOutput
 from schemas.settings import Settings
 
@@ -222,6 +223,15 @@ class OnnxBatchRun:
 
     def join(self, inputs: Sequence[GenerationInput]) -> None:
         self._add([self._engine.sequence(item) for item in inputs])
+
+    def drop(self, request_ids: Collection[str]) -> None:
+        gone = {rid for rid in request_ids if rid in self._by_id and not self._by_id[rid].done}
+        if not gone:
+            return
+        for rid in gone:
+            self._by_id[rid].finish_reason = FinishReason.CANCELLED
+        self._joining = [s for s in self._joining if s.request_id not in gone]
+        self._rows.compact()  # their rows and the cache columns only they attended to
 
     def _add(self, seqs: list[SequenceState]) -> None:
         for s in seqs:
