@@ -17,6 +17,7 @@ from brigade.kafka_config import check_kafka
 from brigade.models.registry import load_tokenizer, tokenizer_dir
 from brigade.models.tokenizer_config import TokenizerInfo, read_tokenizer_info
 from brigade.redis_config import open_redis
+from producer.cancel import router as cancel_router
 from producer.errors import install_error_handlers
 from producer.ingress import Ingress
 from producer.lag import LagMonitor
@@ -89,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(native_router)
     app.include_router(openai_router)
     app.include_router(sessions_router)
+    app.include_router(cancel_router)
     app.include_router(tokenizer_router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -11,10 +11,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
+from producer.cancel import abandon
 from producer.errors import ApiError, FieldNames
 from producer.ingress import Ingress
 from producer.openai_bodies import ChatBody, CompletionBody, OpenAIBody
@@ -27,6 +29,8 @@ from schemas.events import DoneEvent, ErrorEvent
 from schemas.requests import InferenceRequest, RequestAccepted
 
 router = APIRouter(prefix="/v1")
+
+ABANDON_TIMEOUT_S = 2.0  # how long a hung-up stream's handler may spend cancelling its requests
 
 
 def _model_entry(ingress: Ingress, model: str) -> dict[str, Any]:
@@ -100,15 +104,17 @@ async def _publish(
     ingress: Ingress, wires: list[InferenceRequest], trace: tuple[str | None, str | None], fields: FieldNames
 ) -> list[RequestAccepted]:
     """One record per choice. With ``n`` > 1 and one refused (its class over its backlog), the call is answered
-    with that refusal; the accepted ones still run, unread."""
+    with that refusal, and the accepted ones are cancelled: nobody would read them."""
     options: dict[str, Any] = {"traceparent": trace[0], "tracestate": trace[1], "fields": fields}
     if len(wires) == 1:
         return [await ingress.submit(wires[0], **options)]
     accepted: list[RequestAccepted] = []
-    for result in await ingress.submit_many(wires, **options):
+    results = await ingress.submit_many(wires, **options)
+    accepted = [result for result in results if not isinstance(result, ApiError)]
+    for result in results:
         if isinstance(result, ApiError):
+            await _abandon(ingress, accepted)
             raise result
-        accepted.append(result)
     return accepted
 
 
@@ -153,7 +159,7 @@ async def _answer(
             tools=calling,
             thinking=thinking,
         )
-        return EventSourceResponse(payloads, ping=15)
+        return EventSourceResponse(_cancel_unless_read(payloads, ingress, accepted), ping=15)
     # Starlette does not cancel a handler whose client left; without this an abandoned call would
     # keep reading Redis until the answer came, however long that took.
     collecting = asyncio.create_task(_collect_all(streams))
@@ -164,6 +170,7 @@ async def _answer(
     with contextlib.suppress(asyncio.CancelledError):
         await loser
     if collecting is loser:
+        await _abandon(ingress, accepted)
         return Response(status_code=499)  # client closed the request; nobody reads this
     choices: list[Finished] = []
     for i, answer in enumerate(collecting.result()):  # a RedisError here is answered as 503
@@ -185,6 +192,28 @@ async def _answer(
             Finished(content or "", answer.final, entries, echoed, calls, finish_reason=reason, reasoning=reasoning)
         )
     return JSONResponse(full_response(kind, request_id=rid, model=model, created=created, choices=choices, n=body.n))
+
+
+async def _cancel_unless_read(
+    payloads: AsyncIterator[str], ingress: Ingress, accepted: list[RequestAccepted]
+) -> AsyncIterator[str]:
+    """The stream's chunks; if the client hangs up before the last one, its requests are cancelled (vLLM aborts
+    them too), so no worker keeps generating what nobody reads."""
+    complete = False
+    try:
+        async for payload in payloads:
+            yield payload
+        complete = True
+    finally:
+        if not complete:
+            # The response's task is being cancelled: only a shielded scope may still talk to Redis.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT_S):
+                await _abandon(ingress, accepted)
+
+
+async def _abandon(ingress: Ingress, accepted: list[RequestAccepted]) -> None:
+    s = ingress.settings
+    await abandon(ingress.redis, s.names, accepted, ttl_s=s.stream_ttl_s)
 
 
 def _prompt_text(ingress: Ingress, model: str, wire: InferenceRequest) -> str:

@@ -4,13 +4,17 @@ and it leaves the engine's batch so its place goes to another."""
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import redis.asyncio as aioredis
 
+from brigade.inprocess import fleet
 from schemas.events import DoneEvent, FinishReason, TokenEvent, is_final
 from schemas.naming import CANCEL_FIELD
 from schemas.settings import Settings
 from tests.test_continuous import held_run, pending, until
-from tests.test_worker import stream
+from tests.test_worker import AnyEvent, stream
 from tests.test_worker_engine import expected_text
 
 
@@ -47,3 +51,48 @@ async def test_a_queued_request_is_answered_without_running(settings: Settings, 
     assert sorted(held.finished) == ["a", "b"]
     a_events = await stream(redis_client, settings, "s-a")
     assert a_events[-1].type == "done" and sum(is_final(e) for e in a_events) == 1
+
+
+async def final_of(redis: aioredis.Redis, settings: Settings, session: str, request_id: str) -> list[AnyEvent]:
+    """The request's events once its final is in the stream."""
+    async with asyncio.timeout(30):
+        while True:
+            events = [e for e in await stream(redis, settings, session) if e.request_id == request_id]
+            if events and is_final(events[-1]):
+                return events
+            await asyncio.sleep(0.02)
+
+
+async def test_cancel_through_the_ingress_queued_running_and_finished(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    long = {"prompt": "tell me everything", "max_new_tokens": 400, "ignore_eos": True}
+    async with fleet(settings, classes=["small"]) as f, httpx.AsyncClient(base_url=f.url, timeout=30) as http:
+        # Queued: marked before it was even published, it never runs.
+        marked = await http.post("/v1/sessions/s-q/requests/q1/cancel")
+        assert (marked.status_code, marked.json()["status"], marked.json()["cancelled"]) == (202, "queued", True)
+        assert (await http.post("/v1/requests", json={"request_id": "q1", "session_id": "s-q", **long})).is_success
+        (queued,) = await final_of(redis_client, settings, "s-q", "q1")
+        assert isinstance(queued, DoneEvent) and queued.finish_reason is FinishReason.CANCELLED
+        assert queued.completion_tokens == 0
+
+        # Running: cancelled once its first token is out.
+        assert (await http.post("/v1/requests", json={"request_id": "r1", "session_id": "s-r", **long})).is_success
+        async with asyncio.timeout(30):
+            while not await stream(redis_client, settings, "s-r"):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        marked = await http.post("/v1/sessions/s-r/requests/r1/cancel")
+        assert (marked.status_code, marked.json()["status"]) == (202, "running")
+        *tokens, running = await final_of(redis_client, settings, "s-r", "r1")
+        assert isinstance(running, DoneEvent) and running.finish_reason is FinishReason.CANCELLED
+        assert 0 < running.completion_tokens < 400 and running.prompt_tokens > 0
+        assert all(isinstance(t, TokenEvent) for t in tokens)
+
+        # Finished: nothing to cancel, and the answer stands.
+        again = await http.post("/v1/sessions/s-r/requests/r1/cancel")
+        assert (again.status_code, again.json()["status"], again.json()["cancelled"]) == (200, "finished", False)
+        bad = await http.post("/v1/sessions/s-r/requests/r%20one/cancel")
+        assert bad.status_code == 422 and "request_id" in bad.text
+
+        metrics = (await http.get(f"http://127.0.0.1:{f.worker_ports[0]}/metrics")).text
+    assert 'brigade_requests_cancelled_total{class="small"} 2.0' in metrics

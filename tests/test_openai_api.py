@@ -18,6 +18,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from brigade.inprocess import fleet
 from brigade.models.registry import load_tokenizer
 from schemas.events import DoneEvent, ErrorEvent, PromptLogprob, TokenEvent, TokenLogprob, TopLogprob
+from schemas.naming import CANCEL_FIELD
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
 from tests.test_ingress import AnyEvent, crash_then, play_worker, say
@@ -211,6 +212,31 @@ async def test_whole_answer_stops_reading_when_the_client_leaves(
     async with asyncio.timeout(10):
         while await _readers(redis_client) > 0:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+    await _cancel_marked(redis_client, settings, count=1)
+
+
+async def _cancel_marked(redis: aioredis.Redis, settings: Settings, *, count: int) -> None:
+    """Wait until ``count`` request keys carry the cancel mark: nobody plays the worker here, so the mark made
+    the keys."""
+    pattern = settings.names.request_key("*", "*")
+    async with asyncio.timeout(10):
+        while True:
+            keys = [k async for k in redis.scan_iter(match=pattern)]
+            marks = [await redis.hget(k, CANCEL_FIELD) for k in keys]
+            if marks.count("1") >= count:
+                assert len(keys) == count, keys
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_stream_whose_client_hangs_up_cancels_its_requests(
+    settings: Settings, ingress: str, redis_client: aioredis.Redis
+) -> None:
+    """As vLLM aborts a request whose client left: the worker stops generating what nobody reads (n=2: both)."""
+    body = {"model": settings.model, "messages": USER, "stream": True, "n": 2}
+    async with httpx.AsyncClient(base_url=ingress) as http, http.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200  # published, and the stream's headers are out; nobody answers
+    await _cancel_marked(redis_client, settings, count=2)
 
 
 async def test_max_tokens_left_out_asks_for_what_the_context_leaves(
