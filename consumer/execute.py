@@ -9,6 +9,10 @@ the places finished ones left with queued requests: at each step boundary, and a
 arrives while the step computes. They are admitted (Redis, tokenizer) while the step runs and join the
 engine's batch before the next one, so a short answer never waits for a long one, a freed slot never
 idles until the batch ends, and a request that arrives mid-step gets its prefill in the very next step.
+
+A request its caller cancels (``producer/cancel.py``) is learnt of from a step's write, which reports the marks
+of the requests it wrote tokens for; at the next boundary it gets its ``cancelled`` final and leaves the
+engine's batch (``BatchRun.drop``), so its place goes to a joiner.
 """
 
 from __future__ import annotations

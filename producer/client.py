@@ -9,6 +9,7 @@ async with BrigadeClient("http://localhost:8080") as client:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -267,6 +268,13 @@ class BrigadeClient:
                 out.append(error_for(result["status"], err["message"], code=err.get("code"), param=err.get("param")))
         return out
 
+    async def cancel(self, session_id: str, request_id: str) -> bool:
+        """Cancel a request, queued or running: it ends with one ``done`` whose finish_reason is ``cancelled``
+        (what it streamed before stands). False if it had already finished: there was nothing to cancel."""
+        resp = await self._http.post(f"/v1/sessions/{session_id}/requests/{request_id}/cancel")
+        _raise_for(resp)
+        return bool(resp.json()["cancelled"])
+
     async def stream(
         self, session_id: str, *, request_id: str | None = None, last_event_id: str | None = None
     ) -> AsyncIterator[AnyEvent]:
@@ -311,7 +319,8 @@ class BrigadeClient:
     ) -> Completion:
         """Submit and wait for the clean answer: a partial attempt of a crashed worker is dropped.
 
-        ``timeout_s`` bounds the wait for the answer (TimeoutError); the request itself stays queued.
+        ``timeout_s`` bounds the wait for the answer (TimeoutError); a request given up on, by that or by the
+        caller's task being cancelled, is cancelled too, so no worker goes on generating it.
         Raises ``GenerationFailed`` when the stream ends with an error event.
         """
         sub = await self.submit(
@@ -325,12 +334,17 @@ class BrigadeClient:
             **options,
         )
         attempts, answer, attempt = AttemptFilter(), Answer(), 1
-        async with asyncio.timeout(timeout_s):
-            async for event in self.stream(sub.session_id, request_id=sub.request_id):
-                verdict = attempts.judge(event)
-                if verdict is not Verdict.DROP:
-                    attempt = event.attempt
-                answer.add(event, verdict)
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for event in self.stream(sub.session_id, request_id=sub.request_id):
+                    verdict = attempts.judge(event)
+                    if verdict is not Verdict.DROP:
+                        attempt = event.attempt
+                    answer.add(event, verdict)
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(BrigadeError, httpx.HTTPError):
+                await self.cancel(sub.session_id, sub.request_id)
+            raise
         final = answer.final
         if isinstance(final, ErrorEvent):
             raise GenerationFailed(ERROR_STATUS.get(final.code, 500), final.message, code=final.code.value)

@@ -21,6 +21,7 @@ from producer.client import (
     error_for,
 )
 from schemas.events import ErrorEvent
+from schemas.naming import CANCEL_FIELD
 from schemas.requests import ChatMessage, InferenceRequest
 from schemas.settings import Settings
 from tests.kafka_reader import read_records
@@ -113,9 +114,16 @@ async def test_generate_raises_on_an_error_event(
     assert err.value.code == "expired" and err.value.status == 408
 
 
-async def test_generate_times_out_when_nobody_answers(client: BrigadeClient) -> None:
+async def test_generate_times_out_when_nobody_answers_and_cancels_the_request(
+    client: BrigadeClient, settings: Settings, redis_client: aioredis.Redis
+) -> None:
     with pytest.raises(TimeoutError):
-        await client.generate("x", timeout_s=0.5)
+        await client.generate("x", session_id="s-late", request_id="late", timeout_s=0.5)
+    key = settings.names.request_key("late", "s-late")
+    assert await redis_client.hget(key, CANCEL_FIELD) == "1", "a worker that takes it later answers it cancelled"
+    assert await client.cancel("s-late", "late") is True, "still not finished: marked again"
+    await redis_client.hset(key, "status", "finished")  # as a worker's final would leave it
+    assert await client.cancel("s-late", "late") is False
 
 
 async def test_stream_follows_a_session_and_resumes(
