@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from brigade.redis_config import RedisClient
+from producer.ingress import Ingress
 from producer.sessions import SessionId
 from schemas.naming import CANCEL_FIELD, Names
 from schemas.requests import MAX_ID_LENGTH, RequestAccepted
@@ -52,12 +53,17 @@ async def cancel(redis: RedisClient, names: Names, *, session_id: str, request_i
     return result
 
 
-async def abandon(redis: RedisClient, names: Names, accepted: list[RequestAccepted], *, ttl_s: int) -> None:
-    """Cancel requests nobody will read (their OpenAI client hung up); a failure is logged, not raised, as there
-    is no one left to answer."""
+async def abandon(ingress: Ingress, accepted: list[RequestAccepted], *, reason: str) -> None:
+    """Cancel requests nobody will read (``reason``: ``hung_up``, their OpenAI client left; ``call_refused``, a
+    choice of their call was refused); a failure is logged, not raised, as there is no one left to answer."""
+    s = ingress.settings
     for a in accepted:
         try:
-            await cancel(redis, names, session_id=a.session_id, request_id=a.request_id, ttl_s=ttl_s)
+            status = await cancel(
+                ingress.redis, s.names, session_id=a.session_id, request_id=a.request_id, ttl_s=s.stream_ttl_s
+            )
+            if status != "finished":
+                ingress.metrics.cancels.labels(reason).inc()
         except RedisError as exc:
             log.warning("could not cancel an abandoned request", extra={"request_id": a.request_id, "error": str(exc)})
 
@@ -69,9 +75,11 @@ async def abandon(redis: RedisClient, names: Names, accepted: list[RequestAccept
 async def cancel_request(session_id: SessionId, request_id: RequestId, request: Request) -> JSONResponse:
     """Cancel a request, queued or running: it ends with one ``done`` event whose finish_reason is ``cancelled``
     (what it streamed before stands). 202 once marked; 200 with ``cancelled: false`` if it had finished."""
-    ingress = request.app.state.ingress
+    ingress: Ingress = request.app.state.ingress
     s = ingress.settings
     status = await cancel(ingress.redis, s.names, session_id=session_id, request_id=request_id, ttl_s=s.stream_ttl_s)
+    if status != "finished":
+        ingress.metrics.cancels.labels("requested").inc()
     body: dict[str, Any] = {
         "object": "request.cancel",
         "request_id": request_id,

@@ -27,6 +27,14 @@ class IngressMetrics:
             ["class"],
             registry=self.registry,
         )
+        self.cancels = Counter(
+            "brigade_ingress_cancels",
+            "Cancel marks the ingress set, by reason: requested (the cancel route), hung_up (an OpenAI client left "
+            "before its answer was complete) or call_refused (the other choices of an n>1 call, one of which was "
+            "refused).",
+            ["reason"],
+            registry=self.registry,
+        )
         self._counters: dict[tuple[str, str], Counter] = {}
         self._publish: dict[str, Histogram] = {}
 

@@ -113,7 +113,7 @@ async def _publish(
     accepted = [result for result in results if not isinstance(result, ApiError)]
     for result in results:
         if isinstance(result, ApiError):
-            await _abandon(ingress, accepted)
+            await abandon(ingress, accepted, reason="call_refused")
             raise result
     return accepted
 
@@ -170,7 +170,7 @@ async def _answer(
     with contextlib.suppress(asyncio.CancelledError):
         await loser
     if collecting is loser:
-        await _abandon(ingress, accepted)
+        await abandon(ingress, accepted, reason="hung_up")
         return Response(status_code=499)  # client closed the request; nobody reads this
     choices: list[Finished] = []
     for i, answer in enumerate(collecting.result()):  # a RedisError here is answered as 503
@@ -208,12 +208,7 @@ async def _cancel_unless_read(
         if not complete:
             # The response's task is being cancelled: only a shielded scope may still talk to Redis.
             with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT_S):
-                await _abandon(ingress, accepted)
-
-
-async def _abandon(ingress: Ingress, accepted: list[RequestAccepted]) -> None:
-    s = ingress.settings
-    await abandon(ingress.redis, s.names, accepted, ttl_s=s.stream_ttl_s)
+                await abandon(ingress, accepted, reason="hung_up")
 
 
 def _prompt_text(ingress: Ingress, model: str, wire: InferenceRequest) -> str:

@@ -5,13 +5,21 @@ and it leaves the engine's batch so its place goes to another."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
+from typing import cast
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from brigade.inprocess import fleet
+from producer import openai_api
+from producer.errors import CONTRACT_FIELDS, ApiError
+from producer.ingress import Ingress
+from producer.metrics import IngressMetrics
 from schemas.events import DoneEvent, FinishReason, TokenEvent, is_final
 from schemas.naming import CANCEL_FIELD
+from schemas.requests import InferenceRequest, RequestAccepted
 from schemas.settings import Settings
 from tests.test_continuous import held_run, pending, until
 from tests.test_worker import AnyEvent, stream
@@ -95,4 +103,36 @@ async def test_cancel_through_the_ingress_queued_running_and_finished(
         assert bad.status_code == 422 and "request_id" in bad.text
 
         metrics = (await http.get(f"http://127.0.0.1:{f.worker_ports[0]}/metrics")).text
+        ingress_metrics = (await http.get("/metrics")).text
     assert 'brigade_requests_cancelled_total{class="small"} 2.0' in metrics
+    assert 'brigade_ingress_cancels_total{reason="requested"} 2.0' in ingress_metrics, "the finished one is not counted"
+
+
+@dataclass
+class RefusingIngress:
+    """An ingress whose broker takes the first choice of an n=2 call and refuses the second (a class over its
+    backlog between the two): the sampled lag makes that race impossible to stage against a real one."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    metrics: IngressMetrics = field(default_factory=IngressMetrics)
+
+    async def submit_many(self, wires: list[InferenceRequest], **_: object) -> list[RequestAccepted | ApiError]:
+        first = wires[0]
+        accepted = RequestAccepted(
+            request_id=first.request_id, session_id=first.session_id, cost_class="small", topic="t", partition=0,
+            offset=0, stream=self.settings.names.stream_key(first.session_id), prompt_tokens=None, events_url="",
+        )  # fmt: skip
+        return [accepted, ApiError(429, "over its backlog", code="class_backlog")]
+
+
+async def test_the_accepted_choices_of_a_refused_call_are_cancelled(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    ingress = RefusingIngress(settings, redis_client)
+    wires = [InferenceRequest(request_id=f"c{i}", session_id=f"s-c{i}", prompt="x") for i in range(2)]
+    with pytest.raises(ApiError, match="over its backlog"):
+        await openai_api._publish(cast(Ingress, ingress), wires, (None, None), CONTRACT_FIELDS)
+    assert await redis_client.hget(settings.names.request_key("c0", "s-c0"), CANCEL_FIELD) == "1"
+    assert not await redis_client.exists(settings.names.request_key("c1", "s-c1")), "the refused one was never sent"
+    assert ingress.metrics.cancels.labels("call_refused")._value.get() == 1

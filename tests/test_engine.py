@@ -113,6 +113,30 @@ def test_sequences_joining_a_running_batch_equal_one_at_a_time_recompute(engine:
     assert run.running == 0
 
 
+def test_dropped_sequences_leave_the_batch_and_change_nothing_for_the_rest(engine: OnnxEngine) -> None:
+    """Cancelling: the longest prompt's row (the widest padding) and a joiner not yet prefilled are dropped; the
+    others' tokens are what they would have been alone, and no step reports the dropped ones again."""
+    prompts = ["Hi", "The chef calls the order and the pass sends", "A", "Tickets pile up"]
+    inputs = [GenerationInput(f"r{i}", engine.encode(p), 8, GREEDY) for i, p in enumerate(prompts)]
+    run = engine.start(inputs[:3])
+    out: dict[str, list[TokenDelta]] = {}
+    for step in range(8):
+        if step == 2:
+            run.join(inputs[3:])
+            run.drop(["r1", "r3", "unknown"])
+            assert run.running == 2
+        for delta in run.step():
+            out.setdefault(delta.request_id, []).append(delta)
+    assert run.finished
+    assert [d.completion_tokens for d in out["r1"]] == [1, 2], "nothing reported after the drop"
+    assert "r3" not in out, "a joiner dropped before its prefill never runs"
+    for rid in ("r0", "r2"):
+        item = next(i for i in inputs if i.request_id == rid)
+        assert run.token_ids(rid) == no_cache_greedy(engine, list(item.prompt_ids), 8), rid
+    run.drop(["r0"])  # finished already: ignored
+    assert out["r0"][-1].finish_reason is FinishReason.LENGTH
+
+
 def test_penalties_apply_per_row_from_each_sequences_own_history(engine: OnnxEngine) -> None:
     penalized = GREEDY.model_copy(update={"repetition_penalty": 1.5, "frequency_penalty": 1.0})
     prompt = engine.encode("the pass the pass the pass")

@@ -237,6 +237,8 @@ async def test_a_stream_whose_client_hangs_up_cancels_its_requests(
     async with httpx.AsyncClient(base_url=ingress) as http, http.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200  # published, and the stream's headers are out; nobody answers
     await _cancel_marked(redis_client, settings, count=2)
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        assert 'brigade_ingress_cancels_total{reason="hung_up"} 2.0' in (await http.get("/metrics")).text
 
 
 async def test_max_tokens_left_out_asks_for_what_the_context_leaves(
