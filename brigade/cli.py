@@ -219,7 +219,7 @@ def bench(
         list[str] | None,
         typer.Option(
             help="Figures (repeatable or comma list): batching, pipeline, structured, latency, ingress, continuous, "
-            "scaleout, coldstart; default all."
+            "scaleout, coldstart, hangup; default all."
         ),
     ] = None,
     consumers: Annotated[
@@ -238,8 +238,8 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Measure batching gain, pipeline efficiency, structured output's cost, queue hop latency, ingress throughput
-    and continuous batching.
+    """Measure batching gain, pipeline efficiency, structured output's cost, queue hop latency, ingress throughput,
+    continuous batching, scale-out, cold start and what abandoned streams still cost.
 
     Starts its own broker and redis-server (the 'dev' extra). Prints ratios with the absolute figures.
     The latency figure runs on builtin:tiny so that the hop, not the model, dominates.

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from brigade.bench.engine_loop import LoopResult
+from brigade.bench.hangup import HangupResult, hangup_json, hangup_line
 from brigade.bench.ingress import IngressResult
 from brigade.bench.latency import LatencyResult
 from brigade.bench.mixed import MixedResult
@@ -45,6 +46,7 @@ class BenchReport:
     scaleout: ScaleoutResult | None = None
     coldstart: ColdStartResult | None = None
     structured: StructuredResult | None = None
+    hangup: HangupResult | None = None
 
     def ratios(self) -> dict[str, float]:
         lo, hi = self.config.batch_sizes
@@ -63,6 +65,8 @@ class BenchReport:
             out["continuous_vs_static"] = self.mixed.speedup
         if self.structured is not None:
             out["structured_vs_free"] = self.structured.ratio
+        if self.hangup is not None:
+            out["abandoned_tokens_generated_share"] = self.hangup.share
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +89,7 @@ class BenchReport:
             "scaleout": None if self.scaleout is None else scaleout_json(self.scaleout),
             "cold_start": None if self.coldstart is None else cold_start_json(self.coldstart),
             "structured_output": None if self.structured is None else structured_json(self.structured),
+            "abandoned_streams": None if self.hangup is None else hangup_json(self.hangup),
             "ratios": self.ratios(),
         }
 
@@ -151,6 +156,7 @@ def print_report(report: BenchReport) -> None:
         *([structured_line(report.structured, report.config.model)] if report.structured is not None else []),
         *(scaleout_lines(report.scaleout) if report.scaleout is not None else []),
         *(cold_start_lines(report.coldstart) if report.coldstart is not None else []),
+        *([hangup_line(report.hangup)] if report.hangup is not None else []),
     ]:
         console.print(line)
     if report.samples and any(len(v) > 1 for v in report.samples.values()):

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from brigade import eventloop
 from brigade.bench.engine_loop import LoopResult, engine_loop
+from brigade.bench.hangup import HangupConfig, run_hangup
 from brigade.bench.ingress import IngressConfig, run_ingress_figure
 from brigade.bench.latency import LatencyConfig, latency_prompts, measure_prefill, run_latency
 from brigade.bench.mixed import MixedConfig, run_mixed
@@ -32,7 +33,7 @@ from brigade.devtools.servers import kafka_service, on_dev_servers, redis_servic
 from consumer.engine.interface import InferenceEngine
 from schemas.settings import Settings
 
-FIGURES = ("batching", "pipeline", "structured", "latency", "ingress", "continuous", "scaleout", "coldstart")
+FIGURES = ("batching", "pipeline", "structured", "latency", "ingress", "continuous", "scaleout", "coldstart", "hangup")
 
 
 def parse_figures(values: list[str] | None) -> tuple[str, ...]:
@@ -63,6 +64,7 @@ class BenchConfig:
     scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
     coldstart: ColdStartConfig = field(default_factory=ColdStartConfig)
     structured: StructuredConfig = field(default_factory=StructuredConfig)
+    hangup: HangupConfig = field(default_factory=HangupConfig)
 
     @property
     def small_requests(self) -> int:
@@ -85,6 +87,7 @@ class BenchConfig:
             scaleout=ScaleoutConfig.quick(),
             coldstart=ColdStartConfig.quick(),
             structured=StructuredConfig.quick(),
+            hangup=HangupConfig.quick(),
         )
 
 
@@ -326,3 +329,13 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
                 total=(3 if ing.batch > 1 else 2) * ing.rounds,
             )
             report.ingress = run_ingress_figure(settings, ing, on_side=lambda _side: progress.advance(sides))
+        if "hangup" in figures:
+            hang = config.hangup
+            task = progress.add_task(
+                f"abandoned streams: {hang.clients} calls of {hang.max_tokens} tokens, each left after {hang.chunks} "
+                "chunks",
+                total=hang.clients,
+            )
+            report.hangup = eventloop.run(
+                run_hangup(settings, hang, on_client=_advance(progress, task)), loop=settings.event_loop, role="worker"
+            )
