@@ -10,6 +10,7 @@ here, once per model, on a conversation of one turn.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from jinja2.exceptions import TemplateError
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # Llama 3.x's turn header, and how its templates write a JSON call back into the conversation
 LLAMA3_HEADER, LLAMA3_CALL = "<|start_header_id|>", '"parameters": '
+# How pythonic templates write a call back into the conversation (``tool_call.name + '('``), or teach one
+# (``[func_name1(params_name1=params_value1, …)]``): Llama 3.2's and Llama 4's pythonic templates, Gemma 3's.
+PYTHONIC_CALL = re.compile(r"""\.name\s*\+\s*["']\(|func_name1\(""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,8 @@ NO_FORMATS = ModelFormats("none", "none")
 
 
 def tool_call_format(template: str | None) -> ToolCallParser:
-    """The parser whose tags the template writes calls with: Mistral's, Hermes's (Qwen's), Llama 3's JSON. A
+    """The parser whose tags the template writes calls with: Mistral's, Hermes's (Qwen's), a Python list of
+    calls, Llama 3's JSON. A
     template whose calls are some other shape inside the same tags (Qwen3-Coder's ``<function=…>`` XML) gets
     none: ``"auto"`` is then refused rather than answered with calls left as text."""
     if template is None:
@@ -48,6 +53,8 @@ def tool_call_format(template: str | None) -> ToolCallParser:
         return "mistral"
     if OPEN in template:
         return "none" if "<function=" in template else "hermes"
+    if PYTHONIC_CALL.search(template):
+        return "pythonic"
     if LLAMA3_HEADER in template and (PYTHON_TAG in template or LLAMA3_CALL in template):
         return "llama3_json"
     return "none"

@@ -18,14 +18,21 @@
 
       {"name": "get_weather", "parameters": {"city": "Oslo"}}
 
+- ``pythonic``: Llama 3.2 and Llama 4 with their pythonic templates, Gemma 3 and others prompted so: the whole
+  answer a Python list of calls with keyword arguments (inside ``<|python_start|>…<|python_end|>`` or not)::
+
+      [get_weather(city="Oslo"), get_time(zone="CET")]
+
 Pure text handling, no I/O. Streamed, the text before a call goes out as content as it comes (holding back
 only what could be the start of one); from the first call on, each call goes out as it is written, its name
-and then its arguments (``producer/call_scanner.py``). Calls that do not parse at the end stay text where none
+and then its arguments (``producer/call_scanner.py``), except pythonic calls, which go out at the end: a Python
+expression is only known to be one when it is whole. Calls that do not parse at the end stay text where none
 went out yet.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import re
@@ -47,6 +54,9 @@ Parsed = tuple[str | None, list[dict[str, Any]] | None]  # content (None: none) 
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"  # Llama 4's
+# Models that learnt JSON write its literals in Python calls too; they mean what JSON means.
+_JSON_NAMES = {"true": True, "false": False, "null": None}
 
 
 class _NotACall(ValueError):
@@ -132,6 +142,41 @@ def parse_llama3_json(text: str) -> Parsed:
     return None, calls
 
 
+def _literal(node: ast.expr) -> Any:
+    """A keyword argument's value: a Python literal (or JSON's true/false/null), never code to run."""
+    if isinstance(node, ast.Name) and node.id in _JSON_NAMES:
+        return _JSON_NAMES[node.id]
+    if isinstance(node, ast.List | ast.Tuple):
+        return [_literal(item) for item in node.elts]
+    if isinstance(node, ast.Dict):
+        if any(key is None for key in node.keys):  # ``**spread``
+            raise _NotACall(ast.dump(node))
+        return {_literal(key): _literal(value) for key, value in zip(node.keys, node.values, strict=True) if key}
+    return ast.literal_eval(node)
+
+
+@_all_or_nothing
+def parse_pythonic(text: str) -> Parsed:
+    """The answer is calls when it is one Python list of ``name(keyword=literal, …)``; else it is content."""
+    body = text.strip().removeprefix(PYTHON_START).removesuffix(PYTHON_END).strip()
+    if not body.startswith("["):
+        return text, None
+    try:
+        tree = ast.parse(body, mode="eval")
+    except SyntaxError as exc:
+        raise _NotACall(body) from exc
+    if not isinstance(tree.body, ast.List) or not tree.body.elts:
+        raise _NotACall(body)
+    calls = []
+    for node in tree.body.elts:
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+            raise _NotACall(ast.dump(node))
+        if any(kw.arg is None for kw in node.keywords):  # ``**spread``
+            raise _NotACall(ast.dump(node))
+        calls.append(_call(node.func.id, {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg}))
+    return None, calls
+
+
 @dataclass(frozen=True, slots=True)
 class CallFormat:
     """How one model family marks its calls: what starts them, and whether only at the answer's start."""
@@ -149,10 +194,16 @@ def objects(_: str) -> Scanner:
     return JsonCallScanner(1)
 
 
+def at_the_end(_: str) -> None:
+    """Calls known only once the answer is whole (a Python list): they go out with the end."""
+    return None
+
+
 FORMATS: dict[str, CallFormat] = {
     "hermes": CallFormat(parse_hermes, (OPEN,), objects),
     "mistral": CallFormat(parse_mistral, (MISTRAL_CALLS,), mistral_scanner, keep_special_tokens=True),
     "llama3_json": CallFormat(parse_llama3_json, ("{", PYTHON_TAG), objects, at_start=True),
+    "pythonic": CallFormat(parse_pythonic, ("[", PYTHON_START), at_the_end, at_start=True),
 }
 
 

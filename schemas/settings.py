@@ -94,7 +94,7 @@ class _ClassEnvSource(EnvSettingsSource):
 EventLoop = Literal["auto", "uvloop", "asyncio"]
 
 
-ToolCallParser = Literal["none", "hermes", "mistral", "llama3_json"]
+ToolCallParser = Literal["none", "hermes", "mistral", "llama3_json", "pythonic"]
 ReasoningParser = Literal["none", "deepseek_r1", "qwen3"]
 
 

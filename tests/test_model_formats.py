@@ -31,6 +31,11 @@ MISTRAL = TURNS + "{% if tools %}[AVAILABLE_TOOLS]{{ tools|tojson }}[/AVAILABLE_
 LLAMA_TURNS = "<|start_header_id|>" + TURNS
 LLAMA31 = LLAMA_TURNS + "{% for m in messages %}{% if m.tool_calls %}<|python_tag|>{% endif %}{% endfor %}"
 LLAMA32 = LLAMA_TURNS + """{% for m in messages %}{{ '"parameters": ' }}{% endfor %}"""
+# Llama 3.2's and Llama 4's pythonic templates write a call back as name(param=value); Gemma 3's only teaches it.
+PYTHONIC = (
+    LLAMA_TURNS + "{% for m in messages %}{% for c in m.tool_calls or [] %}{{- c.name + '(' -}}{% endfor %}{% endfor %}"
+)
+GEMMA_PYTHONIC = TURNS + "{% if tools %}[func_name1(params_name1=params_value1), func_name2(params)]{% endif %}"
 QWEN3_CODER = TURNS + "{% if tools %}Reply with <tool_call><function=NAME><parameter=P>…</tool_call>{% endif %}"
 BROKEN_THINKER = "<think>{{ raise_exception('no') }}"
 
@@ -43,6 +48,7 @@ def test_each_family_is_read_off_its_template() -> None:
     found = {name: (tool_call_format(t), reasoning_format(info(t))) for name, t in (
         ("qwen3", QWEN3), ("r1", R1), ("r1-first", R1_FIRST), ("mistral", MISTRAL), ("llama", LLAMA31),
         ("llama32", LLAMA32), ("qwen3-coder", QWEN3_CODER), ("plain", CHAT_TEMPLATE), ("none", None),
+        ("pythonic", PYTHONIC), ("gemma", GEMMA_PYTHONIC),
         ("broken", BROKEN_THINKER),
     )}  # fmt: skip
     assert found == {
@@ -52,6 +58,8 @@ def test_each_family_is_read_off_its_template() -> None:
         "mistral": ("mistral", "none"),
         "llama": ("llama3_json", "none"),
         "llama32": ("llama3_json", "none"),  # no <|python_tag|>: its templates write calls back as JSON
+        "pythonic": ("pythonic", "none"),  # Llama's header, but calls written back as Python
+        "gemma": ("pythonic", "none"),
         "qwen3-coder": ("none", "none"),  # XML calls inside <tool_call>: not hermes's JSON
         "plain": ("none", "none"),
         "none": ("none", "none"),

@@ -20,7 +20,7 @@ from brigade.inprocess import fleet
 from producer.openai_stream import chunks
 from producer.openai_tools import ToolCalling
 from producer.stream_reader import AnyEvent, Verdict
-from producer.tool_parsers import FORMATS, CallStream, parse_hermes, parse_llama3_json, parse_mistral
+from producer.tool_parsers import FORMATS, CallStream, parse_hermes, parse_llama3_json, parse_mistral, parse_pythonic
 from schemas.events import DoneEvent
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
@@ -102,6 +102,27 @@ def test_llama3_json_calls_are_the_whole_answer() -> None:
         assert parse_llama3_json(content) == (content, None), content
 
 
+def test_pythonic_calls_are_one_python_list_of_keyword_calls() -> None:
+    two = "[get_weather(city=\"Oslo\", days=3, units=None), get_time(zone='CET', exact=true, at=[1, -2.5])]"
+    content, calls = parse_pythonic(two)
+    assert content is None
+    assert arguments(calls) == [
+        ("get_weather", {"city": "Oslo", "days": 3, "units": None}),
+        ("get_time", {"zone": "CET", "exact": True, "at": [1, -2.5]}),
+    ]
+    llama4 = '<|python_start|>[get_weather(city="Oslo", where={"lat": 59.9, "ok": false})]<|python_end|>'
+    assert arguments(parse_pythonic(llama4)[1]) == [
+        ("get_weather", {"city": "Oslo", "where": {"lat": 59.9, "ok": False}})
+    ]
+    assert arguments(parse_pythonic("[now()]")[1]) == [("now", {})]
+    not_calls = (
+        "The weather is fine.", "[1] A citation", "[]", '[get_weather("Oslo")]', "[os.system(cmd='ls')]",
+        "[f(x=__import__('os'))]", "[f(**kw)]", "[f(x=1)] and more", "[f(x={1, 2})]", "[f(x=1",
+    )  # fmt: skip
+    for content in not_calls:
+        assert parse_pythonic(content) == (content, None), content
+
+
 @pytest.mark.parametrize("cut", [1, 2, 5, 13])
 def test_each_format_streams_content_until_its_calls(cut: int) -> None:
     oslo = [("get_weather", {"city": "Oslo"})]
@@ -123,6 +144,12 @@ def test_each_format_streams_content_until_its_calls(cut: int) -> None:
     plain = CallStream(FORMATS["llama3_json"])
     assert fed(plain, "  It is sunny in {Oslo}.", cut) == ("  It is sunny in {Oslo}.", []), "streamed as it comes"
     assert plain.end() == (None, None)
+    python = CallStream(FORMATS["pythonic"])
+    assert fed(python, '[get_weather(city="Oslo")]', cut) == ("", []), "a Python list is known only when whole"
+    content, calls = python.end()
+    assert not python.sent and content is None and arguments(calls) == oslo
+    prose = CallStream(FORMATS["pythonic"])
+    assert fed(prose, "Sunny [as usual].", cut) == ("Sunny [as usual].", [])
 
 
 @dataclass
@@ -194,6 +221,31 @@ async def test_auto_through_the_chat_endpoint(
     assert len(streamed) > 1, "the name went out before the arguments were written"
     assert got.deltas[-1].finish_reason == "tool_calls"
     assert got.other.choices[0].message.tool_calls, "the same script: auto given explicitly reads it too"
+
+
+async def test_pythonic_auto_through_the_chat_endpoint(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    """Llama 3.2/4's pythonic calls: nothing streams until the list is whole, then the calls go out at once."""
+    parsing = settings.model_copy(update={"tool_call_parser": "pythonic"})
+    script = say("[get_weather(", 'city="Oslo"), ', "get_time(zone='CET')]")
+    ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
+    got = await scripted_chat(
+        parsing,
+        redis_client,
+        script,
+        lambda client: client.chat.completions.create(model=settings.model, messages=ask, max_tokens=4),
+    )
+    message = got.whole.choices[0].message
+    assert message.content is None and got.whole.choices[0].finish_reason == "tool_calls"
+    expected = [("get_weather", {"city": "Oslo"}), ("get_time", {"zone": "CET"})]
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []
+            if isinstance(c, ChatCompletionMessageFunctionToolCall)] == expected  # fmt: skip
+    assert "".join(d.delta.content or "" for d in got.deltas) == ""
+    streamed = [t for d in got.deltas for t in d.delta.tool_calls or ()]
+    assert [(name, json.loads("".join(p))) for name, p in assembled(streamed)] == expected
+    assert got.deltas[-1].finish_reason == "tool_calls"
+    assert got.other.choices[0].message.content.startswith("[get_weather("), "without tools it is text"
 
 
 async def test_mistral_auto_keeps_special_tokens_on_the_wire(
