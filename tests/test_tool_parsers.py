@@ -167,11 +167,17 @@ async def scripted_chat(
     settings: Settings,
     redis_client: aioredis.Redis,
     script: Script,
-    other: Callable[[openai.AsyncOpenAI], Awaitable[Any]],
+    other: Callable[[openai.AsyncOpenAI], Awaitable[Any]] | None = None,
     *,
     other_calls: int = 1,
 ) -> Scripted:
+    """``other`` defaults to the same question without tools."""
     ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
+    if other is None:
+
+        def other(client: openai.AsyncOpenAI) -> Awaitable[Any]:
+            return client.chat.completions.create(model=settings.model, messages=ask, max_tokens=4)
+
     async with fleet(settings, classes=[]) as f:
         client = openai.AsyncOpenAI(base_url=f"{f.url}/v1", api_key="unused", max_retries=0)
         worker = asyncio.create_task(play_worker(settings, redis_client, count=2 + other_calls, script=script))
@@ -229,13 +235,7 @@ async def test_pythonic_auto_through_the_chat_endpoint(
     """Llama 3.2/4's pythonic calls: nothing streams until the list is whole, then the calls go out at once."""
     parsing = settings.model_copy(update={"tool_call_parser": "pythonic"})
     script = say("[get_weather(", 'city="Oslo"), ', "get_time(zone='CET')]")
-    ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
-    got = await scripted_chat(
-        parsing,
-        redis_client,
-        script,
-        lambda client: client.chat.completions.create(model=settings.model, messages=ask, max_tokens=4),
-    )
+    got = await scripted_chat(parsing, redis_client, script)
     message = got.whole.choices[0].message
     assert message.content is None and got.whole.choices[0].finish_reason == "tool_calls"
     expected = [("get_weather", {"city": "Oslo"}), ("get_time", {"zone": "CET"})]
@@ -255,13 +255,7 @@ async def test_mistral_auto_keeps_special_tokens_on_the_wire(
     an auto call ask for it to be kept (vLLM does the same); the others stay off that wire field."""
     parsing = settings.model_copy(update={"tool_call_parser": "mistral"})
     script = say("Checking. ", "[TOOL_", 'CALLS]get_weather[ARGS]{"city": ', '"Oslo"}')
-    ask: Any = [{"role": "user", "content": "Weather in Oslo?"}]
-    got = await scripted_chat(
-        parsing,
-        redis_client,
-        script,
-        lambda client: client.chat.completions.create(model=settings.model, messages=ask, max_tokens=4),
-    )
+    got = await scripted_chat(parsing, redis_client, script)
     assert [r.skip_special_tokens for r in got.requests] == [False, False, None]
     message = got.whole.choices[0].message
     assert message.content == "Checking." and got.whole.choices[0].finish_reason == "tool_calls"
