@@ -140,3 +140,16 @@ async def test_a_cancel_mark_is_found_by_begin_and_by_a_step_write(
     assert [e.text for e in await read(any_redis_client, names.stream_key("table-1"))] == ["table-1"], (
         "a cancelled request's tokens of the step still land: its final follows them"
     )
+
+
+async def test_a_cancelled_request_redelivered_after_a_crash_is_not_run_again(
+    any_redis: Settings, any_redis_client: RedisClient
+) -> None:
+    """Its worker died mid-generation after the mark was set and before it wrote a final: the next owner's begin
+    says cancelled, with the next attempt number, so readers drop the cut-off attempt's tokens as usual."""
+    s = sink(any_redis_client, any_redis)
+    assert await s.begin(refs("r")) == [1]
+    await any_redis_client.hset(any_redis.names.request_key("r", "s"), CANCEL_FIELD, "1")
+    assert await s.begin(refs("r")) == [-2]
+    assert (await s.write([Outgoing("s", done("r", 0, attempt=2))])).lost == []
+    assert await s.begin(refs("r")) == [0], "finished: a later redelivery is skipped"
