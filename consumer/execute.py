@@ -30,7 +30,7 @@ from consumer.batcher import Batch, PendingItem
 from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine, OutOfMemory, TokenDelta
 from consumer.intake import Intake, Running
 from consumer.metrics import WorkerMetrics
-from consumer.sink import Outgoing, RedisSink, RequestRef, SessionWrite
+from consumer.sink import Outgoing, RedisSink, RequestRef, SessionWrite, Written
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, FinishReason, TokenEvent
 from schemas.settings import Settings
 
@@ -111,7 +111,7 @@ class BatchExecutor:
         error = ErrorEvent(  # cancelled or not (a negative attempt), it could never have run
             request_id=request_id, seq=0, attempt=abs(attempt), code=ErrorCode.INVALID_REQUEST, message=message
         )
-        await self._sink.write([Outgoing(session_id, error)])
+        await self._write([Outgoing(session_id, error)])
 
     def _close(self, item: PendingItem) -> None:
         left = self._open.pop(item.session_id, 1) - 1
@@ -136,8 +136,7 @@ class BatchExecutor:
             done(item)
         answered: list[tuple[PendingItem, DoneEvent | ErrorEvent]] = [*admission.rejected, *admission.cancelled]
         if answered:
-            await self._sink.write([Outgoing(item.session_id, event) for item, event in answered])
-            self._metrics.add_cancelled(len(admission.cancelled))
+            await self._write([Outgoing(item.session_id, event) for item, event in answered])
             for item, _ in answered:
                 self._finish_metrics(item)
                 done(item)
@@ -304,13 +303,23 @@ class BatchExecutor:
             Outgoing(r.item.session_id, self._done(r, FinishReason.CANCELLED, r.completion_tokens)) for r in stopped
         ]
         finished += stopped
-        written = await self._sink.write(events)
-        for rid in written.lost:
-            log.warning("another attempt wrote this request's final first", extra={"request_id": rid})
+        written = await self._write(events)
         for r in finished:
             self._finish_metrics(r.item)
             done(r.item)
         return [rid for rid in written.cancelled if rid in running and not running[rid].finished]
+
+    async def _write(self, events: Sequence[Outgoing]) -> Written:
+        """Write events, counting the requests their finals ended (a final lost to another attempt is that
+        attempt's to count)."""
+        written = await self._sink.write(events)
+        for rid in written.lost:
+            log.warning("another attempt wrote this request's final first", extra={"request_id": rid})
+        lost = set(written.lost)
+        self._metrics.count_finals(
+            o.event for o in events if not isinstance(o.event, TokenEvent) and o.event.request_id not in lost
+        )
+        return written
 
     def _stop(self, running: dict[str, Running], cancelled: Sequence[str]) -> list[Running]:
         """The cancelled requests still running, now finished: each gets a ``cancelled`` done (what it streamed
@@ -319,7 +328,6 @@ class BatchExecutor:
         for r in stopped:
             r.finished = True
         if stopped:
-            self._metrics.add_cancelled(len(stopped))
             log.info("cancelled by the caller", extra={"request_ids": [r.item.request.request_id for r in stopped]})
         return stopped
 
@@ -370,7 +378,7 @@ class BatchExecutor:
                 traceparent=r.item.traceparent,
             )
             events.append(Outgoing(r.item.session_id, error))
-        await self._sink.write(events)
+        await self._write(events)
         for r in left:
             self._finish_metrics(r.item)
             done(r.item)

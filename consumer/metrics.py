@@ -8,8 +8,11 @@ the cost ``class`` label, so one Prometheus can scrape all classes' pods.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from schemas.events import DoneEvent, ErrorEvent
 
 # Seconds. TTFT spans queue wait + prefill; E2E spans the whole generation (up to minutes on a busy pod).
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0)
@@ -70,12 +73,19 @@ class WorkerMetrics:
         self.dlq = Counter(
             "brigade_dlq_messages", "Messages sent to the dead-letter topic.", c, registry=r
         )  # exported as brigade_dlq_messages_total
-        self.cancelled = Counter(
-            "brigade_requests_cancelled",
-            "Requests their caller cancelled (or whose OpenAI client hung up) before they finished, queued or running.",
-            c,
+        self.finished = Counter(
+            "brigade_request_success",
+            "Requests ended by a done event, by finish reason: stop, length or cancelled (vLLM's request_success, "
+            "whose abort is cancelled here).",
+            ["class", "finished_reason"],
             registry=r,
-        )  # exported as brigade_requests_cancelled_total
+        )  # exported as brigade_request_success_total
+        self.errors = Counter(
+            "brigade_request_errors",
+            "Requests ended by an error event, by code (expired, invalid_request, context_length_exceeded, internal).",
+            ["class", "code"],
+            registry=r,
+        )  # exported as brigade_request_errors_total
         self.lag = Gauge(
             "brigade_consumer_lag",
             "Fetch high watermark minus committed offset, per assigned partition.",
@@ -119,9 +129,13 @@ class WorkerMetrics:
         if n:
             self._tokens.inc(n)
 
-    def add_cancelled(self, n: int) -> None:
-        if n:
-            self.cancelled.labels(self._class).inc(n)
+    def count_finals(self, finals: Iterable[DoneEvent | ErrorEvent]) -> None:
+        """Requests ended by these final events (written, and not lost to another attempt)."""
+        for event in finals:
+            if isinstance(event, DoneEvent):
+                self.finished.labels(self._class, event.finish_reason.value).inc()
+            else:
+                self.errors.labels(self._class, event.code.value).inc()
 
     def add_dlq(self) -> None:
         self.dlq.labels(self._class).inc()

@@ -42,7 +42,7 @@ async def test_a_running_request_stops_at_the_step_after_its_mark_is_seen(
     assert final.completion_tokens == 2 < 6
     assert "".join(e.text for e in tokens if isinstance(e, TokenEvent)) == expected_text(2)
     assert held.finished == ["a"]
-    assert held.metrics.cancelled.labels("small")._value.get() == 1
+    assert held.metrics.finished.labels("small", "cancelled")._value.get() == 1
 
 
 async def test_a_queued_request_is_answered_without_running(settings: Settings, redis_client: aioredis.Redis) -> None:
@@ -104,7 +104,7 @@ async def test_cancel_through_the_ingress_queued_running_and_finished(
 
         metrics = (await http.get(f"http://127.0.0.1:{f.worker_ports[0]}/metrics")).text
         ingress_metrics = (await http.get("/metrics")).text
-    assert 'brigade_requests_cancelled_total{class="small"} 2.0' in metrics
+    assert 'brigade_request_success_total{class="small",finished_reason="cancelled"} 2.0' in metrics
     assert 'brigade_ingress_cancels_total{reason="requested"} 2.0' in ingress_metrics, "the finished one is not counted"
 
 

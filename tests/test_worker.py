@@ -176,7 +176,16 @@ async def test_an_invalid_record_naming_its_request_is_dead_lettered_and_answere
     dead = await read_dlq(settings, count=2)
     assert [(h["reason"], h["value"]) for h in dead] == [("invalid_request", raw)] * 2
     assert await committed(settings, list(ends)) == ends
-    assert b'brigade_dlq_messages_total{class="small"} 2.0' in worker_metrics(worker)
+    metrics = worker_metrics(worker)
+    assert b'brigade_dlq_messages_total{class="small"} 2.0' in metrics
+    # The redelivery is answered once, so counted once; the fine one ended with its own reason.
+    assert b'brigade_request_errors_total{class="small",code="invalid_request"} 1.0' in metrics
+    reason = only_final(events["fine-1"])
+    assert isinstance(reason, DoneEvent)
+    assert (
+        f'brigade_request_success_total{{class="small",finished_reason="{reason.finish_reason.value}"}} 1.0'.encode()
+        in metrics
+    )
 
 
 async def read_dlq(settings: Settings, *, count: int) -> list[dict[str, Any]]:

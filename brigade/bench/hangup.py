@@ -56,19 +56,23 @@ class HangupResult:
         return self.generated / self.asked
 
 
+CANCELLED = "cancelled"
+
+
 def _worker_totals(text: str) -> dict[str, float]:
-    """The worker's counters this figure reads, summed over their labels."""
+    """The worker's figures this one reads, summed over their labels; ``cancelled``: requests ended so."""
     wanted = {
         "brigade_generation_tokens_total",
-        "brigade_requests_cancelled_total",
         "brigade_e2e_request_latency_seconds_count",
         "brigade_num_requests_running",
     }
-    out = dict.fromkeys(wanted, 0.0)
+    out = dict.fromkeys([*wanted, CANCELLED], 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in wanted:
                 out[sample.name] += sample.value
+            elif sample.name == "brigade_request_success_total" and sample.labels["finished_reason"] == CANCELLED:
+                out[CANCELLED] += sample.value
     return out
 
 
@@ -115,7 +119,7 @@ async def run_hangup(
     return HangupResult(
         config=config,
         generated=int(now["brigade_generation_tokens_total"] - before["brigade_generation_tokens_total"]),
-        cancelled=int(now["brigade_requests_cancelled_total"] - before["brigade_requests_cancelled_total"]),
+        cancelled=int(now[CANCELLED] - before[CANCELLED]),
         busy_after_s=busy,
     )
 
