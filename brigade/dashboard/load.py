@@ -4,7 +4,9 @@ Every panel needs something to show: TTFT and time per token need finished reque
 tokens/s needs steady decoding, lag and queue time need a backlog, batch size needs several requests at
 once. So clients join one by one over the first quarter (a ramp), each sends its next request when the
 last one's answer is in (closed loop, through the ingress and the Python client like any user), and
-halfway through a burst is published all at once (open loop) so lag and queue wait rise and drain.
+halfway through a burst is published all at once (open loop) so lag and queue wait rise and drain. One
+request in ten is given up on after 50 ms, as impatient callers do (the client then cancels it), so the outcome
+panels show cancels beside answers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from producer.client import BrigadeClient, BrigadeError, Overloaded, Submitted
 from schemas.events import DoneEvent, ErrorEvent
 
+CANCEL_SHARE = 0.1  # of the closed-loop requests, those whose caller gives up after CANCEL_AFTER_S
+CANCEL_AFTER_S = 0.05
 _WORDS = ("the", "kitchen", "order", "rail", "chef", "station", "plate", "pass", "ticket", "soup", "bread", "sauce")
 
 
@@ -78,6 +82,7 @@ class LoadResult:
     tokens: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     throttled: Counter[str] = field(default_factory=Counter)
+    given_up: Counter[str] = field(default_factory=Counter)  # requests whose caller stopped waiting (cancelled)
 
 
 def _prompt(rng: random.Random, words: tuple[int, int]) -> str:
@@ -89,13 +94,18 @@ async def _client_loop(
 ) -> None:
     await asyncio.sleep(start_in)  # the ramp: this client joins later than the one before
     while time.monotonic() < stop_at:
+        impatient = rng.random() < CANCEL_SHARE
         try:
             answer = await client.generate(
                 _prompt(rng, load.prompt_words),
                 max_new_tokens=rng.randint(*load.new_tokens),
                 cost_class=load.cost_class,
                 ignore_eos=True,
+                timeout_s=CANCEL_AFTER_S if impatient else None,
             )
+        except TimeoutError:
+            result.given_up[load.cost_class] += 1
+            continue
         except Overloaded as exc:
             result.throttled[load.cost_class] += 1
             await asyncio.sleep(exc.retry_after or 1.0)

@@ -101,7 +101,7 @@ def subtitle(plan: LoadPlan, load: LoadResult, *, model: str, scrape_interval_s:
     for c in plan.classes:
         lo, hi = c.new_tokens
         parts.append(f"{c.cost_class}: {c.clients} clients, {lo}–{hi} new tokens, burst {c.burst}, "
-                     f"{load.done[c.cost_class]} answers")  # fmt: skip
+                     f"{load.done[c.cost_class]} answers, {load.given_up[c.cost_class]} given up")  # fmt: skip
         if load.errors[c.cost_class] or load.throttled[c.cost_class]:
             parts[-1] += f" ({load.errors[c.cost_class]} errors, {load.throttled[c.cost_class]} answered 429)"
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(load.started_at))
