@@ -32,9 +32,13 @@ class ClassSample:
     ingress_lag: float | None = None  # brigade_class_lag, when an ingress was scraped
     workers: int = 0
     ttft_buckets: dict[float, float] = field(default_factory=dict)  # le → cumulative count
+    finished: float = 0.0  # Σ brigade_request_success_total over finish reasons
+    errors: float = 0.0  # Σ brigade_request_errors_total over codes
 
     def add(self, other: ClassSample) -> None:
         self.tokens += other.tokens
+        self.finished += other.finished
+        self.errors += other.errors
         self.batch_sum += other.batch_sum
         self.batch_count += other.batch_count
         self.running += other.running
@@ -57,6 +61,8 @@ _SUMMED = {
     "brigade_num_requests_running": "running",
     "brigade_num_requests_waiting": "waiting",
     "brigade_consumer_lag": "worker_lag",
+    "brigade_request_success_total": "finished",
+    "brigade_request_errors_total": "errors",
 }
 
 
@@ -130,6 +136,8 @@ class ClassRow:
     running: float
     waiting: float
     ttft_p50_s: float | None
+    finished_per_s: float | None = None  # requests ended by a done event (any finish reason), per second
+    errors_per_s: float | None = None  # requests ended by an error event, per second
 
 
 def _delta_buckets(cur: dict[float, float], prev: dict[float, float]) -> dict[float, float]:
@@ -143,10 +151,12 @@ def rows(cur: Snapshot, prev: Snapshot | None = None, seconds: float = 0.0) -> l
     for cls in sorted(cur):
         c = cur[cls]
         p = prev.get(cls) if prev is not None else None
-        tps: float | None = None
+        tps = finished = errors = None
         batch_sum, batch_count, buckets = c.batch_sum, c.batch_count, c.ttft_buckets
         if p is not None and seconds > 0:
             tps = max(0.0, c.tokens - p.tokens) / seconds
+            finished = max(0.0, c.finished - p.finished) / seconds
+            errors = max(0.0, c.errors - p.errors) / seconds
             if c.batch_count > p.batch_count:
                 batch_sum, batch_count = c.batch_sum - p.batch_sum, c.batch_count - p.batch_count
             window = _delta_buckets(c.ttft_buckets, p.ttft_buckets)
@@ -163,6 +173,8 @@ def rows(cur: Snapshot, prev: Snapshot | None = None, seconds: float = 0.0) -> l
                 running=c.running,
                 waiting=c.waiting,
                 ttft_p50_s=histogram_quantile(0.5, buckets),
+                finished_per_s=finished,
+                errors_per_s=errors,
             )
         )
     return out
@@ -170,7 +182,9 @@ def rows(cur: Snapshot, prev: Snapshot | None = None, seconds: float = 0.0) -> l
 
 def render(table_rows: Sequence[ClassRow], *, title: str = "brigade top") -> Table:
     table = Table(title=title)
-    for col in ("class", "workers", "lag", "batch (mean)", "tokens/s", "running", "waiting", "TTFT p50"):
+    columns = ("class", "workers", "lag", "batch (mean)", "tokens/s", "done/s", "errors/s", "running", "waiting",
+               "TTFT p50")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="left" if col == "class" else "right")
 
     def num(v: float | None, fmt: str) -> str:
@@ -183,6 +197,8 @@ def render(table_rows: Sequence[ClassRow], *, title: str = "brigade top") -> Tab
             num(r.lag, ".0f"),
             num(r.batch_mean, ".1f"),
             num(r.tokens_per_s, ".1f"),
+            num(r.finished_per_s, ".1f"),
+            num(r.errors_per_s, ".1f"),
             f"{r.running:.0f}",
             f"{r.waiting:.0f}",
             "–" if r.ttft_p50_s is None else f"{r.ttft_p50_s * 1000:.0f} ms",

@@ -15,6 +15,7 @@ from brigade.inprocess import fleet, read_until_final
 from brigade.top import ClassSample, histogram_quantile, merge, metrics_url, parse_metrics, render, rows
 from consumer.metrics import WorkerMetrics
 from producer.metrics import IngressMetrics
+from schemas.events import DoneEvent, ErrorCode, ErrorEvent, FinishReason
 from schemas.settings import Settings
 
 
@@ -96,9 +97,13 @@ def test_rates_and_window_figures_between_two_scrapes() -> None:
     m.observe_batch(2)
     m.observe_batch(4)
     m.observe_first_token(0.015)
+    done = [DoneEvent(request_id=f"r{i}", seq=0, finish_reason=reason, prompt_tokens=1, completion_tokens=1)
+            for i, reason in enumerate([FinishReason.STOP, FinishReason.LENGTH, FinishReason.CANCELLED])]  # fmt: skip
+    m.count_finals([*done, ErrorEvent(request_id="e", seq=0, code=ErrorCode.EXPIRED, message="late")])
     cur = parse_metrics(generate_latest(m.registry).decode())
     [row] = rows(cur, prev, seconds=2.0)
     assert row.tokens_per_s == pytest.approx(25.0)
+    assert row.finished_per_s == pytest.approx(1.5) and row.errors_per_s == pytest.approx(0.5)
     assert row.batch_mean == pytest.approx(3.0)  # the interval's batches, not all-time (38 / 3)
     assert row.ttft_p50_s is not None and 0.01 <= row.ttft_p50_s <= 0.02
     # nothing new in the interval: all-time figures rather than blanks
