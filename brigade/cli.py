@@ -356,6 +356,56 @@ def top(
 
 
 @app.command()
+def batch(
+    input_file: Annotated[
+        Path, typer.Argument(help="OpenAI Batch API input: JSONL of {custom_id, method, url, body}.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where the answers go (JSONL, appended; a rerun resumes).")
+    ],
+    ingress_url: Annotated[str, typer.Option("--ingress", help="The ingress's base URL.")] = "http://localhost:8080",
+    in_flight: Annotated[int, typer.Option(min=1, max=4096, help="Requests awaiting their answer at once.")] = 64,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            help="Priority for lines whose body sets none (higher runs later: let interactive traffic first)."
+        ),
+    ] = None,
+) -> None:
+    """Run an OpenAI Batch API file through the fleet (as vLLM's run_batch does on one engine); answers are OpenAI's
+    batch output lines, in the order they come (match on custom_id). Exit 1 if a request got no answer at all."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from brigade.batch import BatchInputError, read_batch, run_batch, unanswered
+
+    try:
+        with input_file.open(encoding="utf-8") as lines:
+            requests = read_batch(lines)
+    except (OSError, BatchInputError) as exc:
+        fail(f"cannot run {input_file}", [str(exc)], code=2)
+    todo = unanswered(requests, output)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        task = progress.add_task(f"batch → {ingress_url}", total=len(requests), completed=len(requests) - len(todo))
+        tally = asyncio.run(
+            run_batch(
+                ingress_url,
+                todo,
+                output,
+                in_flight=in_flight,
+                priority=priority,
+                on_answer=lambda: progress.advance(task),
+            )
+        )
+        progress.update(task, completed=len(requests))
+    typer.echo(
+        f"{tally.ok} answered, {tally.refused} refused by the endpoint, {tally.failed} without an answer, "
+        f"{len(requests) - len(todo)} already in {output}"
+    )
+    raise typer.Exit(1 if tally.failed else 0)
+
+
+@app.command()
 def gpus() -> None:
     """List NVIDIA GPUs and MIG slices (UUID, profile, memory) and the device BRIGADE_DEVICE binds to."""
     import os
