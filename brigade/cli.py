@@ -368,7 +368,7 @@ def batch(
     priority: Annotated[
         int | None,
         typer.Option(
-            help="Priority for lines whose body sets none (higher runs later: let interactive traffic first)."
+            help="Priority for lines whose body sets none (higher runs later: interactive traffic goes first)."
         ),
     ] = None,
 ) -> None:
