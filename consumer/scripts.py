@@ -59,8 +59,9 @@ return cancelled
 # field/value pairs. Returns 1 if this attempt's final is in place, 0 if it lost: another attempt finished
 # the request, or a newer attempt started (readers follow the newest attempt, so its final must win).
 # Finished by this very attempt means the call is a retry whose first run Redis executed but whose reply
-# was lost: it writes nothing again and answers 1. Everything that can fail (decoding) runs before the
-# first write: Redis does not roll a script back.
+# was lost: it writes nothing again and answers 1. A turn that continued a stored conversation
+# (patch.continues) whose session is gone by now (deleted or expired while it ran) appends nothing: the final
+# still lands. Everything that can fail (decoding) runs before the first write: Redis does not roll a script back.
 FINAL = LuaScript("""
 local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
 if redis.call('HGET', KEYS[1], 'status') == 'finished' then
@@ -77,11 +78,11 @@ if KEYS[3] ~= nil and ARGV[5] ~= '' then
     local ok, decoded = pcall(cjson.decode, raw)
     if ok and type(decoded) == 'table' and type(decoded.messages) == 'table' then doc = decoded end
   end
-  if doc == nil then
+  if doc == nil and not (raw == false and patch.continues) then
     doc = {session_id = patch.session_id, messages = {}, turns = 0, prompt_tokens = 0, completion_tokens = 0,
            trimmed = 0}
   end
-  if doc.last_request_id ~= patch.request_id then
+  if doc ~= nil and doc.last_request_id ~= patch.request_id then
     local old, msgs, first, system = doc.messages, {}, 1, nil
     if type(old[1]) == 'table' and old[1].role == 'system' then system = old[1]; first = 2 end
     if patch.system ~= nil then system = {role = 'system', content = patch.system} end

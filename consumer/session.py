@@ -183,6 +183,9 @@ class SessionAppend:
     system: str | None  # replaces (or adds) the stored system message
     prompt_tokens: int
     trimmed: int  # messages dropped this turn, new turns included
+    # the turn continued a stored conversation: if that is gone when the reply is done (deleted or expired while
+    # it ran), the reply does not bring back a conversation that would lack its start
+    continues: bool = False
 
     def patch_json(self, *, reply: str, completion_tokens: int, request_id: str, now: datetime) -> str:
         """The argument the Lua script applies (see ``consumer/sink.py``)."""
@@ -202,6 +205,8 @@ class SessionAppend:
         }
         if self.system is not None:
             patch["system"] = self.system
+        if self.continues:
+            patch["continues"] = True
         return json.dumps(patch, ensure_ascii=False)
 
 
@@ -218,6 +223,7 @@ def plan_append(merge: Merge, fit: Fit, *, session_id: str, model: str, ttl_s: i
         system=merge.system.content if merge.system_changed and merge.system is not None else None,
         prompt_tokens=fit.tokens,
         trimmed=fit.dropped,
+        continues=bool(merge.history),
     )
 
 

@@ -144,6 +144,7 @@ def test_plan_turn_splits_trimming_between_stored_history_and_new_turns() -> Non
     assert fit.dropped == 2
     assert turn.messages == [sys("x y"), *LONG[2:]]
     assert turn.append.drop == 2 and turn.append.append == (LONG[4],) and turn.append.system is None
+    assert turn.append.continues, "it continues a stored conversation"
 
     # a first call with a long conversation: the oldest of its own turns are trimmed and not stored
     turn, fit = plan_turn(SessionDoc(), LONG, budget=14, count=words, session_id="s", model="m", ttl_s=60)
@@ -154,6 +155,7 @@ def test_plan_turn_splits_trimming_between_stored_history_and_new_turns() -> Non
     )
     assert patch["append"] == [{"role": "user", "content": "q r s t"}, {"role": "assistant", "content": "ok"}]
     assert patch["prompt_tokens"] == 5 and patch["request_id"] == "r" and "system" not in patch
+    assert "continues" not in patch, "a first turn creates its session, whatever happened meanwhile"
 
 
 def test_a_corrupt_stored_session_is_reported() -> None:

@@ -16,7 +16,7 @@ from consumer.sink import Outgoing, RedisSink, RequestRef, SessionWrite
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, FinishReason
 from schemas.requests import ChatMessage, InferenceRequest
 from schemas.settings import Settings
-from tests.test_worker import publish_requests, run_until_idle
+from tests.test_worker import publish_requests, run_until_idle, stream
 
 SYSTEM = {"role": "system", "content": "You are the expediter."}
 
@@ -151,7 +151,9 @@ async def test_a_redelivered_chat_turn_appends_once_and_prompts_stay_stateless(
     assert await redis_client.exists(settings.names.session_key("plain")) == 0, "a prompt never writes a session"
 
 
-def _write(settings: Settings, rid: str, attempt: int = 1, *, reply: str = "Yes chef") -> Outgoing:
+def _write(
+    settings: Settings, rid: str, attempt: int = 1, *, reply: str = "Yes chef", continues: bool = False
+) -> Outgoing:
     append = SessionAppend(
         session_id="s",
         model="m",
@@ -161,6 +163,7 @@ def _write(settings: Settings, rid: str, attempt: int = 1, *, reply: str = "Yes 
         system=None,
         prompt_tokens=7,
         trimmed=0,
+        continues=continues,
     )
     patch = append.patch_json(reply=reply, completion_tokens=2, request_id=rid, now=datetime.now(UTC))
     done = DoneEvent(
@@ -202,3 +205,23 @@ async def test_the_session_append_lands_with_the_final_or_not_at_all(
     assert (await sink.write([_write(settings, "r3")])).lost == []
     doc = await stored(redis_client, settings, "s")
     assert doc["turns"] == 2 and doc["last_request_id"] == "r3" and len(doc["messages"]) == 4, "still one append"
+
+
+async def test_a_session_deleted_while_its_turn_ran_is_not_brought_back(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """DELETE /v1/sessions/<id> during a turn: the turn's answer still lands, but its reply does not recreate a
+    conversation that would start mid-way (its earlier turns are gone). A first turn still creates one."""
+    sink = RedisSink(redis_client, names=settings.names, ttl_s=settings.stream_ttl_s)
+    key = settings.names.session_key("s")
+    assert await sink.begin([RequestRef("s", "r1")]) == [1]
+    assert (await sink.write([_write(settings, "r1")])).lost == []
+    assert await sink.begin([RequestRef("s", "r2")]) == [1]
+    await redis_client.delete(key)  # while r2 runs
+    assert (await sink.write([_write(settings, "r2", continues=True)])).lost == []
+    assert not await redis_client.exists(key)
+    finals = [e for e in await stream(redis_client, settings, "s") if e.type == "done"]
+    assert [e.request_id for e in finals] == ["r1", "r2"], "the answer is delivered either way"
+    assert await sink.begin([RequestRef("s", "r3")]) == [1]
+    assert (await sink.write([_write(settings, "r3")])).lost == []
+    assert (await stored(redis_client, settings, "s"))["turns"] == 1, "a new first turn starts a new conversation"
