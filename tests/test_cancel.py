@@ -13,7 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from brigade.inprocess import fleet
+from brigade.redis_config import RedisClient
 from producer import openai_api
+from producer.cancel import cancel
 from producer.errors import CONTRACT_FIELDS, ApiError
 from producer.ingress import Ingress
 from producer.metrics import IngressMetrics
@@ -136,3 +138,18 @@ async def test_the_accepted_choices_of_a_refused_call_are_cancelled(
     assert await redis_client.hget(settings.names.request_key("c0", "s-c0"), CANCEL_FIELD) == "1"
     assert not await redis_client.exists(settings.names.request_key("c1", "s-c1")), "the refused one was never sent"
     assert ingress.metrics.cancels.labels("call_refused")._value.get() == 1
+
+
+async def test_the_mark_says_what_the_request_was_doing_on_either_redis(
+    any_redis: Settings, any_redis_client: RedisClient
+) -> None:
+    """The ingress's MARK script on standalone Redis and on a cluster (the key names the session's slot)."""
+    names, ttl = any_redis.names, any_redis.stream_ttl_s
+    key = names.request_key("m1", "s-m")
+    assert await cancel(any_redis_client, names, session_id="s-m", request_id="m1", ttl_s=ttl) == "queued"
+    assert await any_redis_client.hget(key, CANCEL_FIELD) == "1" and 0 < await any_redis_client.ttl(key) <= ttl
+    await any_redis_client.hset(key, "status", "running")
+    assert await cancel(any_redis_client, names, session_id="s-m", request_id="m1", ttl_s=ttl) == "running"
+    await any_redis_client.hset(names.request_key("m2", "s-m"), "status", "finished")
+    assert await cancel(any_redis_client, names, session_id="s-m", request_id="m2", ttl_s=ttl) == "finished"
+    assert await any_redis_client.hget(names.request_key("m2", "s-m"), CANCEL_FIELD) is None, "left unmarked"
