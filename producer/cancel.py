@@ -54,18 +54,22 @@ async def cancel(redis: RedisClient, names: Names, *, session_id: str, request_i
 
 
 async def abandon(ingress: Ingress, accepted: list[RequestAccepted], *, reason: str) -> None:
-    """Cancel requests nobody will read (``reason``: ``hung_up``, their OpenAI client left; ``call_refused``, a
-    choice of their call was refused); a failure is logged, not raised, as there is no one left to answer."""
+    """Cancel requests nobody will read, in one pipelined round trip (``reason``: ``hung_up``, their OpenAI client
+    left; ``call_refused`` or ``call_failed``, another choice of their call was refused or failed); finished ones
+    are left alone. A failure is logged, not raised, as there is no one left to answer."""
     s = ingress.settings
-    for a in accepted:
-        try:
-            status = await cancel(
-                ingress.redis, s.names, session_id=a.session_id, request_id=a.request_id, ttl_s=s.stream_ttl_s
-            )
-            if status != "finished":
-                ingress.metrics.cancels.labels(reason).inc()
-        except RedisError as exc:
-            log.warning("could not cancel an abandoned request", extra={"request_id": a.request_id, "error": str(exc)})
+    try:
+        async with ingress.redis.pipeline(transaction=False) as pipe:
+            for a in accepted:
+                pipe.eval(MARK, 1, s.names.request_key(a.request_id, a.session_id), CANCEL_FIELD, s.stream_ttl_s)
+            statuses = await pipe.execute()
+    except RedisError as exc:
+        ids = [a.request_id for a in accepted]
+        log.warning("could not cancel abandoned requests", extra={"request_ids": ids, "error": str(exc)})
+        return
+    marked = sum(status != "finished" for status in statuses)
+    if marked:
+        ingress.metrics.cancels.labels(reason).inc(marked)
 
 
 @router.post(

@@ -30,8 +30,8 @@ class IngressMetrics:
         self.cancels = Counter(
             "brigade_ingress_cancels",
             "Cancel marks the ingress set, by reason: requested (the cancel route), hung_up (an OpenAI client left "
-            "before its answer was complete) or call_refused (the other choices of an n>1 call, one of which was "
-            "refused).",
+            "before its answer was complete), call_refused or call_failed (the other choices of an n>1 call, one of "
+            "which was refused or failed).",
             ["reason"],
             registry=self.registry,
         )

@@ -198,7 +198,9 @@ async def _cancel_unless_read(
     payloads: AsyncIterator[str], ingress: Ingress, accepted: list[RequestAccepted]
 ) -> AsyncIterator[str]:
     """The stream's chunks; if the client hangs up before the last one, its requests are cancelled (vLLM aborts
-    them too), so no worker keeps generating what nobody reads."""
+    them too), so no worker keeps generating what nobody reads. With several choices, one choice's error ends the
+    answer: the others are cancelled then (the mark leaves finished ones alone, so a whole answer costs one
+    pipelined round trip and changes nothing)."""
     complete = False
     try:
         async for payload in payloads:
@@ -209,6 +211,8 @@ async def _cancel_unless_read(
             # The response's task is being cancelled: only a shielded scope may still talk to Redis.
             with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT_S):
                 await abandon(ingress, accepted, reason="hung_up")
+    if len(accepted) > 1:
+        await abandon(ingress, accepted, reason="call_failed")
 
 
 def _prompt_text(ingress: Ingress, model: str, wire: InferenceRequest) -> str:

@@ -516,6 +516,28 @@ async def test_n_choices_are_requests_of_their_own_whole_and_streamed(
     assert len({c.id for c in chunks}) == 1
 
 
+async def test_a_streamed_choices_error_cancels_the_choices_still_running(
+    settings: Settings, ingress: str, redis_client: aioredis.Redis
+) -> None:
+    """n=2, streamed: the seed-99 choice is refused, which ends the answer; its sibling (left unanswered here, as
+    if still generating) is cancelled, not left running for nobody."""
+
+    def refuse_one_hold_other(req: InferenceRequest) -> list[AnyEvent]:
+        return expired(req) if req.seed == 99 else []
+
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=2, script=refuse_one_hold_other))
+    body = {"model": settings.model, "prompt": "x", "n": 2, "seed": 98, "stream": True}
+    async with httpx.AsyncClient(base_url=ingress, timeout=30) as http:
+        async with http.stream("POST", "/v1/completions", json=body) as resp:
+            text = (await resp.aread()).decode()
+        requests = await worker
+        metrics = (await http.get("/metrics")).text
+    assert "deadline passed" in text and text.rstrip().endswith("data: [DONE]")
+    held = next(r for r in requests if r.seed == 98)
+    assert await redis_client.hget(settings.names.request_key(held.request_id, held.session_id), CANCEL_FIELD) == "1"
+    assert 'brigade_ingress_cancels_total{reason="call_failed"}' in metrics
+
+
 async def test_one_failed_choice_fails_the_call(
     oai: openai.AsyncOpenAI, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
