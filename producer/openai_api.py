@@ -108,13 +108,12 @@ async def _publish(
     options: dict[str, Any] = {"traceparent": trace[0], "tracestate": trace[1], "fields": fields}
     if len(wires) == 1:
         return [await ingress.submit(wires[0], **options)]
-    accepted: list[RequestAccepted] = []
     results = await ingress.submit_many(wires, **options)
     accepted = [result for result in results if not isinstance(result, ApiError)]
-    for result in results:
-        if isinstance(result, ApiError):
-            await abandon(ingress, accepted, reason="call_refused")
-            raise result
+    refused = next((result for result in results if isinstance(result, ApiError)), None)
+    if refused is not None:
+        await abandon(ingress, accepted, reason="call_refused")
+        raise refused
     return accepted
 
 
