@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from brigade.bench.pipeline import isolated_settings
 from brigade.inprocess import fleet
 from producer.topics import ensure_topics
+from schemas.events import FinishReason
 from schemas.settings import Settings
 
 POLL_S = 0.01
@@ -56,7 +57,7 @@ class HangupResult:
         return self.generated / self.asked
 
 
-CANCELLED = "cancelled"
+CANCELLED = FinishReason.CANCELLED.value
 
 
 def _worker_totals(text: str) -> dict[str, float]:
