@@ -111,7 +111,7 @@ class Intake:
                 out.skipped.append(item)
                 continue
             if attempt < 0:
-                out.cancelled.append((item, cancelled_event(item, -attempt, scheduled_at_ms)))
+                out.cancelled.append((item, cancelled_event(item, -attempt, scheduled_at_ms, self._engine.model_name)))
                 continue
             problem = self._static_check(item.request, now)
             if problem is not None:
@@ -265,8 +265,9 @@ def error_event(item: PendingItem, attempt: int, code: ErrorCode, message: str) 
     return ErrorEvent(request_id=rid, seq=0, attempt=attempt, code=code, message=message, traceparent=trace)
 
 
-def cancelled_event(item: PendingItem, attempt: int, scheduled_at_ms: int) -> DoneEvent:
-    """The final of a request cancelled before it ran: nothing generated, no prompt tokenized."""
+def cancelled_event(item: PendingItem, attempt: int, scheduled_at_ms: int, model: str) -> DoneEvent:
+    """The final of a request cancelled before it ran: nothing generated, no prompt tokenized; ``model``: the one
+    that would have answered, as every done names it."""
     return DoneEvent(
         request_id=item.request.request_id,
         seq=0,
@@ -275,6 +276,7 @@ def cancelled_event(item: PendingItem, attempt: int, scheduled_at_ms: int) -> Do
         prompt_tokens=0,
         completion_tokens=0,
         traceparent=item.traceparent,
+        model=model,
         published_at_ms=item.published_at_ms,
         fetched_at_ms=item.fetched_at_ms,
         scheduled_at_ms=scheduled_at_ms,

@@ -58,6 +58,7 @@ async def test_a_queued_request_is_answered_without_running(settings: Settings, 
     (final,) = await stream(redis_client, settings, "s-b")
     assert isinstance(final, DoneEvent) and final.finish_reason is FinishReason.CANCELLED
     assert (final.prompt_tokens, final.completion_tokens, final.attempt) == (0, 0, 1)
+    assert final.model == held.engine.model_name, "it names the model that would have answered, as every done does"
     assert sorted(held.finished) == ["a", "b"]
     a_events = await stream(redis_client, settings, "s-a")
     assert a_events[-1].type == "done" and sum(is_final(e) for e in a_events) == 1
