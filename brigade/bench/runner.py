@@ -79,7 +79,7 @@ class BenchConfig:
             prompt_words=16,
             new_tokens=8,
             repeats=1,
-            small_batch_requests=8,
+            small_batch_requests=4,
             session_timeout_ms=2000,
             latency=LatencyConfig.quick(),
             ingress=IngressConfig.quick(),
