@@ -17,6 +17,7 @@ import httpx
 from brigade.redis_config import RedisClient
 from brigade.streams import xread
 from consumer.main import serve as serve_worker
+from consumer.worker import EngineFactory
 from producer.main import serve as serve_ingress
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent, is_final, parse_event
 from schemas.settings import Settings
@@ -57,9 +58,11 @@ async def _started(factory: ServeFactory, ports: list[int], tasks: list[asyncio.
     ports.append(ready.result())
 
 
-def _worker_factory(settings: Settings, stop: asyncio.Event) -> ServeFactory:
+def _worker_factory(settings: Settings, stop: asyncio.Event, engines: EngineFactory | None) -> ServeFactory:
     def factory(on_ready: Callable[[int], None]) -> Coroutine[Any, Any, None]:
-        return serve_worker(settings, stop=stop, ready=on_ready)
+        if engines is None:
+            return serve_worker(settings, stop=stop, ready=on_ready)
+        return serve_worker(settings, stop=stop, ready=on_ready, engine_factory=engines)
 
     return factory
 
@@ -72,12 +75,15 @@ async def fleet(
     ingress: bool = True,
     broker_up: bool = True,
     timeout_s: float = 60,
+    engines: EngineFactory | None = None,
 ) -> AsyncIterator[Fleet]:
     """Start the ingress and one worker per class; stop them all (drain) on exit.
 
     With ``broker_up`` (a test of an unreachable broker sets it False) the fleet is yielded once the ingress's
     producer has connected, as traffic reaches a pod once its readiness probe passes: the ingress listens
     before that and answers 503 until it has.
+
+    ``engines`` is the workers' engine factory (the bench shares one loaded model between its fleets).
     """
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -91,7 +97,7 @@ async def fleet(
                 await _producer_connected(result.url, timeout_s)
         for cls in classes if classes is not None else settings.classes:
             s = settings.model_copy(update={"worker_class": cls})
-            await _started(_worker_factory(s, stop), result.worker_ports, tasks, timeout_s)
+            await _started(_worker_factory(s, stop, engines), result.worker_ports, tasks, timeout_s)
         yield result
     finally:
         stop.set()

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from brigade.bench.pipeline import isolated_settings
 from brigade.inprocess import fleet
+from consumer.worker import EngineFactory
 from producer.topics import ensure_topics
 from schemas.events import FinishReason
 from schemas.settings import Settings
@@ -78,14 +79,21 @@ def _worker_totals(text: str) -> dict[str, float]:
 
 
 async def run_hangup(
-    base: Settings, config: HangupConfig, *, on_client: Callable[[], None] | None = None
+    base: Settings,
+    config: HangupConfig,
+    *,
+    on_client: Callable[[], None] | None = None,
+    engines: EngineFactory | None = None,
 ) -> HangupResult:
     tag = uuid.uuid4().hex[:8]
     settings = isolated_settings(base, namespace=f"hangup{tag}", batch_size=config.clients, queue_size=config.clients)
     settings = settings.model_copy(update={"model": config.model})
     await ensure_topics(settings)
     ask = [{"role": "user", "content": "Tell the pass everything on the rail."}]
-    async with fleet(settings, classes=["small"]) as f, httpx.AsyncClient(base_url=f.url, timeout=120) as http:
+    async with (
+        fleet(settings, classes=["small"], engines=engines) as f,
+        httpx.AsyncClient(base_url=f.url, timeout=120) as http,
+    ):
         metrics_url = f"http://127.0.0.1:{f.worker_ports[0]}/metrics"
         # One answer read whole first: the worker has joined its group and warmed up before the timed calls.
         warm = await http.post("/v1/chat/completions", json={"model": config.model, "messages": ask, "max_tokens": 4})

@@ -25,6 +25,7 @@ from brigade.bench.engine_loop import bench_prompt
 from brigade.bench.latency import summarize
 from brigade.bench.pipeline import Job, await_finals, isolated_settings, publish
 from brigade.inprocess import fleet
+from consumer.worker import EngineFactory
 from producer.topics import ensure_topics
 from schemas.settings import Settings
 
@@ -96,7 +97,12 @@ def mixed_jobs(config: MixedConfig, *, tag: str) -> list[Job]:
 
 
 async def run_mode(
-    base: Settings, config: MixedConfig, mode: Mode, *, on_final: Callable[[], None] | None = None
+    base: Settings,
+    config: MixedConfig,
+    mode: Mode,
+    *,
+    on_final: Callable[[], None] | None = None,
+    engines: EngineFactory | None = None,
 ) -> ModeResult:
     """One worker in ``mode`` serves the whole backlog, pre-published as a burst to its topic."""
     tag = uuid.uuid4().hex[:8]
@@ -108,7 +114,7 @@ async def run_mode(
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
-        async with fleet(settings, classes=["small"], ingress=False):
+        async with fleet(settings, classes=["small"], ingress=False, engines=engines):
             warm_body: dict[str, object] = {"request_id": f"{tag}-w", "session_id": f"{tag}-w", "prompt": "warm"}
             warm = [Job(f"{tag}-w", f"{tag}-w", warm_body | {"max_new_tokens": 2})]
             await publish(producer, settings, warm)
@@ -129,7 +135,13 @@ async def run_mode(
     )
 
 
-async def run_mixed(base: Settings, config: MixedConfig, *, on_final: Callable[[], None] | None = None) -> MixedResult:
-    static = await run_mode(base, config, "static", on_final=on_final)
-    continuous = await run_mode(base, config, "continuous", on_final=on_final)
+async def run_mixed(
+    base: Settings,
+    config: MixedConfig,
+    *,
+    on_final: Callable[[], None] | None = None,
+    engines: EngineFactory | None = None,
+) -> MixedResult:
+    static = await run_mode(base, config, "static", on_final=on_final, engines=engines)
+    continuous = await run_mode(base, config, "continuous", on_final=on_final, engines=engines)
     return MixedResult(model=base.model, config=config, static=static, continuous=continuous)

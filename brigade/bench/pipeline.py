@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from brigade.bench.engine_loop import LoopResult, bench_prompt
 from brigade.inprocess import fleet
 from brigade.streams import xread
+from consumer.worker import EngineFactory
 from producer.topics import ensure_topics
 from schemas.events import DoneEvent, is_final, parse_event
 from schemas.settings import Settings
@@ -128,8 +129,10 @@ async def run_through_fleet(
     prompt_words: int,
     new_tokens: int,
     on_final: Callable[[], None] | None = None,
+    engines: EngineFactory | None = None,
 ) -> LoopResult:
-    """Tokens/s of one worker (batch ``batch_size``) fed by Kafka directly or through the ingress."""
+    """Tokens/s of one worker (batch ``batch_size``) fed by Kafka directly or through the ingress; ``engines``:
+    the worker's engine factory (``brigade/bench/engines.py``)."""
     tag = uuid.uuid4().hex[:8]
     settings = isolated_settings(base, namespace=f"bench{tag}", batch_size=batch_size, queue_size=requests + 1)
     await ensure_topics(settings)
@@ -138,7 +141,7 @@ async def run_through_fleet(
     await producer.start()
     try:
         async with (
-            fleet(settings, classes=["small"], ingress=via_http) as f,
+            fleet(settings, classes=["small"], ingress=via_http, engines=engines) as f,
             httpx.AsyncClient(base_url=f.url, timeout=60) as http,
         ):
             warm = make_jobs(batch_size, prompt_words=prompt_words, new_tokens=new_tokens, tag=f"{tag}w")

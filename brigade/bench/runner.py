@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from brigade import eventloop
 from brigade.bench.engine_loop import LoopResult, engine_loop
+from brigade.bench.engines import KeptEngines
 from brigade.bench.hangup import HangupConfig, run_hangup
 from brigade.bench.ingress import IngressConfig, run_ingress_figure
 from brigade.bench.latency import LatencyConfig, latency_prompts, measure_prefill, run_latency
@@ -142,14 +143,19 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     logs = Path(tempfile.mkdtemp(prefix="brigade-bench-"))
     kafka = kafka_service(port=free_port(), log_dir=logs).start()
     redis = redis_service(port=free_port(), log_dir=logs).start()
+    engines = KeptEngines()  # the in-process fleets' workers share one loaded model (no figure times its load)
     try:
         settings = settings.model_copy(update=on_dev_servers(kafka, redis))
+        if engine is not None:  # the engine loop's, warmed at the largest batch: the fleets' workers take it over
+            fleet_worker = settings.model_copy(update={"worker_class": "small"})
+            engines.adopt(fleet_worker, engine, warmed=max(config.batch_sizes))
         if engine is not None and {"batching", "pipeline"} & set(figures):
-            _rounds(config, report, settings, engine)
-        _fleet_figures(config, report, settings, prefill)
+            _rounds(config, report, settings, engine, engines)
+        _fleet_figures(config, report, settings, prefill, engines)
     finally:
         if engine is not None:
             engine.close()
+        engines.close()
         kafka.stop()
         redis.stop()
 
@@ -206,7 +212,9 @@ def _engine_loops(config: BenchConfig, report: BenchReport, settings: Settings) 
 FLEET_RUNS = (("consumer", False, "batching"), ("pipeline", True, "pipeline"))  # (run, via HTTP, its figure)
 
 
-def _rounds(config: BenchConfig, report: BenchReport, settings: Settings, engine: InferenceEngine) -> None:
+def _rounds(
+    config: BenchConfig, report: BenchReport, settings: Settings, engine: InferenceEngine, engines: KeptEngines
+) -> None:
     """The large batch size in rounds: engine loop, consumer via Kafka, HTTP path, back to back each round.
 
     Each run lasts seconds, and on a shared machine the neighbours' load changes over minutes; ratios taken
@@ -237,6 +245,7 @@ def _rounds(config: BenchConfig, report: BenchReport, settings: Settings, engine
                     requests=requests,
                     prompt_words=words,
                     new_tokens=new_tokens,
+                    engines=engines,
                 )
                 runs[key].append(eventloop.run(run, loop=settings.event_loop, role="worker"))
                 progress.advance(task)
@@ -270,7 +279,9 @@ def _prefill(lat: LatencyConfig, settings: Settings) -> dict[str, float]:
             engine.close()
 
 
-def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings, prefill: dict[str, float]) -> None:
+def _fleet_figures(
+    config: BenchConfig, report: BenchReport, settings: Settings, prefill: dict[str, float], engines: KeptEngines
+) -> None:
     kw = {"requests": config.small_requests, "prompt_words": config.prompt_words, "new_tokens": config.new_tokens}
     figures = config.figures
     with _progress() as progress:
@@ -278,7 +289,9 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
             lo = config.batch_sizes[0]
             task = progress.add_task(f"consumer via Kafka, batch {lo}", total=config.small_requests)
             report.consumer[lo] = eventloop.run(
-                run_through_fleet(settings, via_http=False, batch_size=lo, on_final=_advance(progress, task), **kw),
+                run_through_fleet(
+                    settings, via_http=False, batch_size=lo, on_final=_advance(progress, task), engines=engines, **kw
+                ),
                 loop=settings.event_loop,
                 role="worker",
             )
@@ -290,7 +303,9 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
                 total=2 * mix.requests,
             )
             report.mixed = eventloop.run(
-                run_mixed(settings, mix, on_final=_advance(progress, task)), loop=settings.event_loop, role="worker"
+                run_mixed(settings, mix, on_final=_advance(progress, task), engines=engines),
+                loop=settings.event_loop,
+                role="worker",
             )
         if "latency" in figures:
             lat = config.latency
@@ -337,5 +352,7 @@ def _fleet_figures(config: BenchConfig, report: BenchReport, settings: Settings,
                 total=hang.clients,
             )
             report.hangup = eventloop.run(
-                run_hangup(settings, hang, on_client=_advance(progress, task)), loop=settings.event_loop, role="worker"
+                run_hangup(settings, hang, on_client=_advance(progress, task), engines=engines),
+                loop=settings.event_loop,
+                role="worker",
             )
