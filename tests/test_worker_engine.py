@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumer.engine.forwarding import ForwardingEngine
 from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine, TokenDelta
 from schemas.events import FinishReason
 from schemas.requests import ChatMessage, SamplingParams, StructuredOutput
@@ -164,50 +165,18 @@ def test_word_engine_is_deterministic_and_satisfies_the_protocol() -> None:
     assert steps[-1][-1].finish_reason is FinishReason.LENGTH
 
 
-class CountingEngine:
+class CountingEngine(ForwardingEngine):
     """Wraps a real engine and records which requests were started: proof of "no compute"."""
 
     def __init__(self, inner: InferenceEngine) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._lock = threading.Lock()
         self.started: list[list[str]] = []
-
-    @property
-    def model_name(self) -> str:
-        return self.inner.model_name
-
-    @property
-    def max_context(self) -> int:
-        return self.inner.max_context
-
-    @property
-    def vocab_size(self) -> int:
-        return self.inner.vocab_size
-
-    def encode(self, text: str) -> list[int]:
-        return self.inner.encode(text)
-
-    def render_chat(
-        self,
-        messages: Sequence[ChatMessage],
-        tools: Sequence[dict[str, Any]] | None = None,
-        template_kwargs: Mapping[str, Any] | None = None,
-    ) -> str:
-        return self.inner.render_chat(messages, tools, template_kwargs)
-
-    def constraint_error(self, spec: StructuredOutput) -> str | None:
-        return self.inner.constraint_error(spec)
 
     def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
         with self._lock:
             self.started.append([g.request_id for g in inputs])
         return _CountingRun(self.inner.start(inputs), self)
-
-    def warmup(self, *, batch_size: int) -> None:
-        self.inner.warmup(batch_size=batch_size)
-
-    def close(self) -> None:
-        self.inner.close()
 
     @property
     def started_ids(self) -> set[str]:

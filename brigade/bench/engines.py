@@ -10,51 +10,19 @@ them at the end of the run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from consumer.engine.interface import BatchRun, GenerationInput, InferenceEngine
+from consumer.engine.forwarding import ForwardingEngine
+from consumer.engine.interface import InferenceEngine
 from consumer.worker import default_engine_factory
-from schemas.requests import ChatMessage, StructuredOutput
 from schemas.settings import Settings
 
 
-class KeptEngine:
+class KeptEngine(ForwardingEngine):
     """An engine a worker may use and "close" without ending it."""
 
     def __init__(self, engine: InferenceEngine, *, warmed: int = 0, owned: bool = True) -> None:
-        self.inner = engine
+        super().__init__(engine)
         self.warmed = warmed  # the largest batch size warmed so far
         self.owned = owned  # False: its loader closes it, not ``KeptEngines.close``
-
-    @property
-    def model_name(self) -> str:
-        return self.inner.model_name
-
-    @property
-    def max_context(self) -> int:
-        return self.inner.max_context
-
-    @property
-    def vocab_size(self) -> int:
-        return self.inner.vocab_size
-
-    def encode(self, text: str) -> list[int]:
-        return self.inner.encode(text)
-
-    def render_chat(
-        self,
-        messages: Sequence[ChatMessage],
-        tools: Sequence[dict[str, Any]] | None = None,
-        template_kwargs: Mapping[str, Any] | None = None,
-    ) -> str:
-        return self.inner.render_chat(messages, tools, template_kwargs)
-
-    def constraint_error(self, spec: StructuredOutput) -> str | None:
-        return self.inner.constraint_error(spec)
-
-    def start(self, inputs: Sequence[GenerationInput]) -> BatchRun:
-        return self.inner.start(inputs)
 
     def warmup(self, *, batch_size: int) -> None:
         if batch_size > self.warmed:
