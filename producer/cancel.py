@@ -12,9 +12,10 @@ a running one at the next step boundary (``consumer/sink.py``). The mark lives a
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -22,13 +23,13 @@ from brigade.redis_config import RedisClient
 from producer.ingress import Ingress
 from producer.sessions import SessionId
 from schemas.naming import CANCEL_FIELD, Names
-from schemas.requests import MAX_ID_LENGTH, RequestAccepted
+from schemas.requests import RequestAccepted
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1")
 
-RequestId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[A-Za-z0-9._:\-]+$")]
+RequestId = SessionId  # a request id follows the same identifier rules
 
 # What the request was doing when the mark was set: a worker's "running", or no worker's yet ("queued", which
 # is also what an unknown or expired request id reads as). A "finished" request is left unmarked.
@@ -44,25 +45,33 @@ return status or 'queued'
 """
 
 
+async def mark(redis: RedisClient, names: Names, refs: Sequence[tuple[str, str]], *, ttl_s: int) -> list[Status]:
+    """Mark requests cancelled (``refs``: their session and request ids), in one pipelined round trip, leaving
+    finished ones alone; say what each was doing."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for session_id, request_id in refs:
+            pipe.eval(MARK, 1, names.request_key(request_id, session_id), CANCEL_FIELD, ttl_s)
+        statuses = await pipe.execute()
+    for (_, request_id), status in zip(refs, statuses, strict=True):
+        if status not in ("queued", "running", "finished"):
+            raise RuntimeError(f"request key of {request_id!r} holds status {status!r}")
+    return list(statuses)
+
+
 async def cancel(redis: RedisClient, names: Names, *, session_id: str, request_id: str, ttl_s: int) -> Status:
     """Mark one request cancelled (unless it finished); say what it was doing."""
-    status = await redis.eval(MARK, 1, names.request_key(request_id, session_id), CANCEL_FIELD, ttl_s)
-    if status not in ("queued", "running", "finished"):
-        raise RuntimeError(f"request key of {request_id!r} holds status {status!r}")
-    result: Status = status
-    return result
+    (status,) = await mark(redis, names, [(session_id, request_id)], ttl_s=ttl_s)
+    return status
 
 
 async def abandon(ingress: Ingress, accepted: list[RequestAccepted], *, reason: str) -> None:
-    """Cancel requests nobody will read, in one pipelined round trip (``reason``: ``hung_up``, their OpenAI client
-    left; ``call_refused`` or ``call_failed``, another choice of their call was refused or failed); finished ones
-    are left alone. A failure is logged, not raised, as there is no one left to answer."""
+    """Cancel requests nobody will read (``reason``: ``hung_up``, their OpenAI client left; ``call_refused`` or
+    ``call_failed``, another choice of their call was refused or failed); finished ones are left alone. A failure
+    is logged, not raised, as there is no one left to answer."""
     s = ingress.settings
+    refs = [(a.session_id, a.request_id) for a in accepted]
     try:
-        async with ingress.redis.pipeline(transaction=False) as pipe:
-            for a in accepted:
-                pipe.eval(MARK, 1, s.names.request_key(a.request_id, a.session_id), CANCEL_FIELD, s.stream_ttl_s)
-            statuses = await pipe.execute()
+        statuses = await mark(ingress.redis, s.names, refs, ttl_s=s.stream_ttl_s)
     except RedisError as exc:
         ids = [a.request_id for a in accepted]
         log.warning("could not cancel abandoned requests", extra={"request_ids": ids, "error": str(exc)})
