@@ -61,6 +61,19 @@ class RedisCredentialsRejected(ConfigurationError):
 
     variable = "BRIGADE_REDIS_URL"
 
+    @classmethod
+    def refused(cls, url: str, exc: BaseException, *, running: bool = False) -> RedisCredentialsRejected:
+        """The error for ``exc`` (redis-py's ``AuthenticationError``), naming the user but never the password.
+
+        ``running``: Redis accepted these credentials at start-up and refused them on a reconnect — revoked, or
+        rotated while the process kept the old ones.
+        """
+        when = " it accepted at start-up (revoked or rotated since?)" if running else ""
+        return cls(
+            f"Redis at {redis_address(url)} refused the credentials{_as_user(url)}{when} ({exc}): put the right "
+            "user and password in the URL, redis://<user>:<password>@<host>:<port>/<db> (rediss:// for TLS)"
+        )
+
 
 def _as_user(url: str) -> str:
     user = urlsplit(url).username
@@ -85,11 +98,7 @@ async def check_redis(settings: Settings, *, timeout_s: float = 5.0) -> None:
     try:
         info = await probe.info("cluster")
     except redis.exceptions.AuthenticationError as exc:  # a ConnectionError to redis-py, but no retry mends it
-        raise RedisCredentialsRejected(
-            f"Redis at {redis_address(settings.redis_url)} refused the credentials"
-            f"{_as_user(settings.redis_url)} ({exc}): put the right user and password in the URL, "
-            "redis://<user>:<password>@<host>:<port>/<db> (rediss:// for TLS)"
-        ) from None
+        raise RedisCredentialsRejected.refused(settings.redis_url, exc) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         log.warning("redis unreachable at start-up; cluster mode not checked", extra={"error": str(exc)})
         return

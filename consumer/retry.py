@@ -53,8 +53,13 @@ NO_CLIENT_RETRY = Retry(NoBackoff(), 0)
 
 def redis_retryable(exc: BaseException) -> bool:
     """Connection lost or refused, a timeout, Redis still loading its data, or a cluster mid-failover (slots
-    down or moving, a demoted primary) — everything that a later attempt can get past on its own."""
-    return isinstance(exc, _REDIS_TRANSIENT)
+    down or moving, a demoted primary) — everything that a later attempt can get past on its own.
+
+    Not refused credentials (redis-py's ``AuthenticationError`` is a ``ConnectionError``): a password revoked
+    or rotated while the worker runs is refused on every reconnect, so retrying would only hold the batch
+    for ``BRIGADE_DEPENDENCY_RETRY_S`` under a log line that says "unreachable".
+    """
+    return isinstance(exc, _REDIS_TRANSIENT) and not isinstance(exc, redis.exceptions.AuthenticationError)
 
 
 _REDIS_TRANSIENT = (

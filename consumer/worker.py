@@ -28,9 +28,10 @@ from enum import StrEnum
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
+from redis.exceptions import AuthenticationError
 
 from brigade.kafka_config import check_kafka
-from brigade.redis_config import RedisClient, open_redis
+from brigade.redis_config import RedisClient, RedisCredentialsRejected, open_redis
 from consumer.batcher import Batch, Batcher, PendingItem
 from consumer.dlq import DeadLetters, Rejected, parse_record
 from consumer.engine.interface import InferenceEngine
@@ -132,6 +133,8 @@ class Worker:
                 executor=executor,
             )
             await self._serve(runner, stop)
+        except AuthenticationError as exc:  # on a reconnect: not retried (consumer/retry.py)
+            raise RedisCredentialsRejected.refused(self.settings.redis_url, exc, running=True) from None
         finally:
             self.health.ready = False
             if engine is not None:

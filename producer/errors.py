@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.reasons import reason
@@ -111,6 +111,13 @@ def error_answer(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str] | 
         # mapped onto InferenceRequest): still the caller's mistake, so 422 and not a 500.
         message, field = validation_message(list(exc.errors()))
         return 422, error_body(422, message, param=field, code="invalid_value"), None
+    if isinstance(exc, AuthenticationError):  # a ConnectionError to redis-py, but no retry by the caller mends it
+        log.error("redis refused the ingress's credentials", extra={"error": str(exc)})
+        message = (
+            "Redis refused the ingress's credentials (revoked or rotated since it started?); retrying will not help "
+            "until an operator fixes BRIGADE_REDIS_URL and restarts the ingress"
+        )
+        return 503, error_body(503, message, code="redis_unavailable"), {"Retry-After": "30"}
     if isinstance(exc, RedisError):
         log.warning("redis unavailable", extra={"error": str(exc)})
         message = f"Redis is not reachable ({type(exc).__name__}); retry shortly (BRIGADE_REDIS_URL)"

@@ -123,6 +123,7 @@ async def test_the_retries_stop_at_the_deadline_and_other_errors_are_not_retried
         (redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"), True),
         (redis.exceptions.ReadOnlyError("READONLY You can't write against a read only replica."), True),
         (redis.exceptions.ResponseError("WRONGTYPE"), False),
+        (redis.exceptions.AuthenticationError("WRONGPASS invalid username-password pair"), False),  # revoked
         (redis.exceptions.ClusterCrossSlotError("CROSSSLOT Keys in request don't hash to the same slot"), False),
     ],
 )
