@@ -125,12 +125,7 @@ class BatchExecutor:
             self._metrics.observe_queue(max(0.0, batch.planned_at - item.enqueued_at))
             self._open[item.session_id] = self._open.get(item.session_id, 0) + 1
         scheduled_at_ms = self._wall_ms()  # before ``begin``: its round trip is admission
-        attempts = await self._sink.begin(
-            [RequestRef(item.session_id, item.request.request_id) for item in batch.items]
-        )
-        admission = await self._intake.admit(
-            batch.items, attempts, now=self._wall_clock(), scheduled_at_ms=scheduled_at_ms
-        )
+        admission = await self._intake.admit(batch.items, now=self._wall_clock(), scheduled_at_ms=scheduled_at_ms)
         for item in admission.skipped:
             log.info("skipping a finished request (redelivery)", extra={"request_id": item.request.request_id})
             done(item)

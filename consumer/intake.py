@@ -28,7 +28,7 @@ from datetime import datetime
 from consumer.batcher import PendingItem
 from consumer.engine.interface import GenerationInput, InferenceEngine
 from consumer.session import SessionDoc, TurnPlan, plan_turn
-from consumer.sink import RedisSink
+from consumer.sink import RedisSink, RequestRef
 from schemas.events import DoneEvent, ErrorCode, ErrorEvent, FinishReason, PromptLogprob, TokenLogprob
 from schemas.requests import ChatMessage, InferenceRequest, SamplingParams
 from schemas.settings import Settings
@@ -97,16 +97,20 @@ class Intake:
         self._sink = sink
         self._executor = executor
 
-    async def admit(
-        self, items: Sequence[PendingItem], attempts: Sequence[int], *, now: datetime, scheduled_at_ms: int
-    ) -> Admission:
-        """Sort ``items`` (with the attempt numbers ``RedisSink.begin`` gave them) into run, reject and skip.
+    async def admit(self, items: Sequence[PendingItem], *, now: datetime, scheduled_at_ms: int) -> Admission:
+        """Begin ``items`` (``RedisSink.begin_turns``, which loads their stored sessions in the same round trip)
+        and sort them into run, reject and skip.
 
         ``scheduled_at_ms`` (epoch ms, when their admission began) goes on each runnable request's final event.
         """
+        begun = await self._sink.begin_turns(
+            [RequestRef(item.session_id, item.request.request_id) for item in items],
+            [item.session_id for item in items if item.request.messages is not None],
+            ttl_s=self._settings.session_ttl_s,
+        )
         out = Admission()
         to_encode: list[tuple[PendingItem, int]] = []
-        for item, attempt in zip(items, attempts, strict=True):
+        for item, attempt in zip(items, begun.attempts, strict=True):
             if attempt == 0:
                 out.skipped.append(item)
                 continue
@@ -120,12 +124,10 @@ class Intake:
                 to_encode.append((item, attempt))
         if not to_encode:  # answered without the executor thread, which a running step may hold
             return out
-        stored = await self._sink.load_sessions(
-            [item.session_id for item, _ in to_encode if item.request.messages is not None],
-            ttl_s=self._settings.session_ttl_s,
-        )
         encoded = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._encode_all, [(item.request, stored.get(item.session_id)) for item, _ in to_encode]
+            self._executor,
+            self._encode_all,
+            [(item.request, begun.sessions.get(item.session_id)) for item, _ in to_encode],
         )
         for (item, attempt), result in zip(to_encode, encoded, strict=True):
             request = item.request

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
 
-from brigade.redis_config import RedisClient
+from brigade.redis_config import RedisPipeline
 from schemas.naming import Names
 from schemas.requests import ChatMessage
 
@@ -255,14 +255,8 @@ def plan_turn(
     return TurnPlan(messages=messages, append=append), fit
 
 
-async def load_sessions(
-    redis: RedisClient, names: Names, session_ids: Sequence[str], *, ttl_s: int
-) -> Mapping[str, str | None]:
-    """The raw stored documents, in one round trip, refreshing each TTL (``GETEX``)."""
-    if not session_ids:
-        return {}
-    async with redis.pipeline(transaction=False) as pipe:
-        for sid in session_ids:
-            pipe.getex(names.session_key(sid), ex=ttl_s)
-        replies = await pipe.execute()
-    return dict(zip(session_ids, replies, strict=True))
+def queue_session_loads(pipe: RedisPipeline, names: Names, session_ids: Sequence[str], *, ttl_s: int) -> None:
+    """Queue a ``GETEX`` per session (its raw stored document, refreshing its TTL) on a pipeline that also
+    carries the turn's other admission commands, so loading costs no round trip of its own."""
+    for sid in session_ids:
+        pipe.getex(names.session_key(sid), ex=ttl_s)

@@ -29,14 +29,14 @@ them from the batch at the next step boundary.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from brigade.redis_config import RedisClient, RedisPipeline
 from consumer.retry import Backoff, call_with
 from consumer.scripts import BEGIN, FINAL, TOKENS
-from consumer.session import load_sessions
+from consumer.session import queue_session_loads
 from schemas.events import DoneEvent, ErrorEvent, TokenEvent
 from schemas.naming import Names
 
@@ -52,6 +52,13 @@ class Written(NamedTuple):
 
     lost: list[str]  # request ids whose final lost a race: another attempt finished the request
     cancelled: list[str]  # request ids of token events whose request a caller has cancelled
+
+
+class Begun(NamedTuple):
+    """What ``begin_turns`` found: the attempts, and the stored sessions it loaded with them."""
+
+    attempts: list[int]  # as ``begin`` returns them
+    sessions: dict[str, str | None]  # session id → raw stored document, None where there is none
 
 
 class RequestRef(NamedTuple):
@@ -95,25 +102,27 @@ class RedisSink:
     async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         return await call_with(self._retry, what, op)
 
-    async def load_sessions(self, session_ids: Sequence[str], *, ttl_s: int) -> Mapping[str, str | None]:
-        """Stored session documents (raw JSON, None where there is none), refreshing their TTL."""
-        return await self._call(
-            "load_sessions", lambda: load_sessions(self._redis, self._names, session_ids, ttl_s=ttl_s)
-        )
-
     async def begin(self, refs: Sequence[RequestRef]) -> list[int]:
         """Per request: 0 if it already finished (skip it), else this run's attempt number, negated when a caller
         has cancelled it (answer it ``cancelled`` without running it)."""
-        if not refs:
-            return []
-        return await self._call("begin", lambda: self._begin_once(refs))
+        return (await self.begin_turns(refs, (), ttl_s=0)).attempts
 
-    async def _begin_once(self, refs: Sequence[RequestRef]) -> list[int]:
+    async def begin_turns(self, refs: Sequence[RequestRef], session_ids: Sequence[str], *, ttl_s: int) -> Begun:
+        """``begin``, and the stored documents of ``session_ids`` (their TTL refreshed to ``ttl_s``) in the same
+        round trip: a chat turn's admission pays one, not two. A session loaded for a request that ``begin``
+        then skips or answers only had its TTL refreshed."""
+        if not refs and not session_ids:
+            return Begun([], {})
+        return await self._call("begin", lambda: self._begin_once(refs, session_ids, ttl_s))
+
+    async def _begin_once(self, refs: Sequence[RequestRef], session_ids: Sequence[str], ttl_s: int) -> Begun:
         async with self._redis.pipeline(transaction=False) as pipe:
             for ref in refs:
                 BEGIN.queue(pipe, [self._names.request_key(ref.request_id, ref.session_id)], [self._ttl])
+            queue_session_loads(pipe, self._names, session_ids, ttl_s=ttl_s)
             replies = await pipe.execute()
-        return [int(r) for r in replies]
+        stored = dict(zip(session_ids, replies[len(refs) :], strict=True))
+        return Begun([int(r) for r in replies[: len(refs)]], stored)
 
     async def write(self, events: Sequence[Outgoing]) -> Written:
         """Write one step's events in order, in one round trip; say whose final lost a race and which of the

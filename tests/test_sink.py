@@ -40,6 +40,24 @@ async def test_begin_counts_attempts_until_finished(any_redis: Settings, any_red
     assert await any_redis_client.ttl(any_redis.names.request_key("r2", "s")) > 0
 
 
+async def test_begin_turns_loads_the_sessions_with_the_attempts(
+    any_redis: Settings, any_redis_client: RedisClient
+) -> None:
+    """A chat turn's admission: attempts and stored sessions from one pipeline, each loaded session's TTL
+    refreshed (on a cluster the sessions live in several slots)."""
+    names = any_redis.names
+    await any_redis_client.set(names.session_key("chat-a"), '{"messages": []}', ex=5)
+    begun = await sink(any_redis_client, any_redis).begin_turns(
+        [RequestRef("chat-a", "r1"), RequestRef("chat-b", "r2"), RequestRef("plain", "r3")],
+        ["chat-a", "chat-b"],
+        ttl_s=600,
+    )
+    assert begun.attempts == [1, 1, 1]
+    assert begun.sessions == {"chat-a": '{"messages": []}', "chat-b": None}
+    assert 5 < await any_redis_client.ttl(names.session_key("chat-a")) <= 600
+    assert await any_redis_client.exists(names.session_key("chat-b")) == 0, "loading creates nothing"
+
+
 async def test_step_write_skips_empty_text_keeps_order_and_sets_ttl(
     any_redis: Settings, any_redis_client: RedisClient
 ) -> None:
