@@ -52,7 +52,8 @@ class Joins:
 
 
 class BatchExecutor:
-    """Runs batches one at a time against one engine, one sink and one executor thread."""
+    """Runs batches one at a time against one engine, one sink and one executor thread (``executor``); requests
+    are checked and tokenized on another (``intake_executor``, see ``consumer/intake.py``)."""
 
     def __init__(
         self,
@@ -62,6 +63,7 @@ class BatchExecutor:
         sink: RedisSink,
         metrics: WorkerMetrics,
         executor: Executor,
+        intake_executor: Executor,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -72,7 +74,7 @@ class BatchExecutor:
         self._executor = executor
         self._clock = clock
         self._wall_clock = wall_clock
-        self._intake = Intake(settings=settings, engine=engine, sink=sink, executor=executor)
+        self._intake = Intake(settings=settings, engine=engine, sink=sink, executor=intake_executor)
         self._open: dict[str, int] = {}  # session -> requests admitted whose final is not yet written
 
     def _wall_ms(self) -> int:

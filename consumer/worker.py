@@ -109,6 +109,7 @@ class Worker:
         self._started = True
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brigade-engine")
+        intake_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brigade-intake")
         redis: RedisClient | None = None
         engine: InferenceEngine | None = None
         try:
@@ -131,6 +132,7 @@ class Worker:
                 ),
                 metrics=self.metrics,
                 executor=executor,
+                intake_executor=intake_executor,
             )
             await self._serve(runner, stop)
         except AuthenticationError as exc:  # on a reconnect: not retried (consumer/retry.py)
@@ -140,6 +142,7 @@ class Worker:
             if engine is not None:
                 await loop.run_in_executor(executor, engine.close)
             executor.shutdown(wait=False)
+            intake_executor.shutdown(wait=False)
             if redis is not None:
                 await redis.aclose()
             await self.health.stop()

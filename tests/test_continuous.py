@@ -119,7 +119,7 @@ async def held_run(settings: Settings, redis: aioredis.Redis, *, fail_at: int | 
     """Start the batch and yield while its first step computes; the run must have ended when the body does."""
     gate = threading.Semaphore(0)
     engine = WordEngine(gate=gate, fail_at=fail_at)
-    executor = ThreadPoolExecutor(max_workers=1)
+    executor, intake = ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)
     metrics = WorkerMetrics(cost_class="small")
     runner = BatchExecutor(
         settings=settings,
@@ -127,6 +127,7 @@ async def held_run(settings: Settings, redis: aioredis.Redis, *, fail_at: int | 
         sink=RedisSink(redis, names=settings.names, ttl_s=settings.stream_ttl_s),
         metrics=metrics,
         executor=executor,
+        intake_executor=intake,
     )
     batcher = Batcher(max_batch_size=4, max_batch_wait_s=0.0, capacity=8)
     held = HeldRun(engine, runner, batcher, asyncio.Event(), gate, metrics)
@@ -149,6 +150,7 @@ async def held_run(settings: Settings, redis: aioredis.Redis, *, fail_at: int | 
         gate.release(100)
         run.cancel()
         executor.shutdown(wait=False)
+        intake.shutdown(wait=False)
 
 
 async def test_a_request_arriving_mid_step_joins_right_after_that_step(
@@ -169,6 +171,20 @@ async def test_a_request_arriving_mid_step_joins_right_after_that_step(
     events = await stream(redis_client, settings, "s-b")
     assert "".join(getattr(e, "text", "") for e in events) == expected_text(2)
     assert sum(is_final(e) for e in events) == 1
+
+
+async def test_a_joiner_is_tokenized_while_the_step_it_arrived_in_computes(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """The intake has its own thread: a chat turn's rendering and tokenizing (milliseconds for a long one) does not
+    wait for the running step, then hold up the next one for every running sequence."""
+    async with held_run(settings, redis_client) as held:
+        turn = pending("b", "s-b", 1, max_new_tokens=2, prompt=None, messages=[{"role": "user", "content": "hi"}])
+        held.arrive(turn)
+        await until(lambda: any("hi" in text for text in held.engine.encoded))
+        assert held.engine.runs[0].steps == 1, "step 1 is still held"
+
+    assert held.engine.runs[0].joined == [["b"]] and sorted(held.finished) == ["a", "b"]
 
 
 async def test_an_engine_failure_answers_the_joiners_not_yet_joined(

@@ -86,7 +86,7 @@ class _Run:
 
 
 class WordEngine:
-    """Implements ``InferenceEngine``; thread-safe enough for one executor thread plus test reads."""
+    """Implements ``InferenceEngine``; thread-safe enough for its executor thread, the intake's and test reads."""
 
     def __init__(
         self,
@@ -105,6 +105,7 @@ class WordEngine:
         self.runs: list[_Run] = []
         self.warmed_with: int | None = None
         self.closed = False
+        self.encoded: list[str] = []  # every text tokenized, in order
 
     @property
     def model_name(self) -> str:
@@ -119,6 +120,7 @@ class WordEngine:
         return 1000
 
     def encode(self, text: str) -> list[int]:
+        self.encoded.append(text)
         return [len(w) for w in text.split()]
 
     def render_chat(

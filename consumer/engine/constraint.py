@@ -10,6 +10,7 @@ worker's intake compiles a request's spec before it joins, off the step's path.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Collection
 
@@ -80,11 +81,15 @@ class Constraints:
         self._eos = sorted(eos_ids)
         self._ll: LLTokenizer | None = None
         self._compiled: OrderedDict[str, LLMatcher | str] = OrderedDict()
+        # The worker's intake compiles (``error``) on its own thread while the engine's thread starts sequences
+        # (``for_sequence``): the cache and the tokenizer's first build are shared between them.
+        self._lock = threading.Lock()
 
     def _llg_tokenizer(self) -> LLTokenizer:
-        if self._ll is None:  # ~50 ms for a 50k vocabulary: only engines that meet a constraint pay it
-            self._ll = LLTokenizer(self._tokenizer.to_str(), eos_token=self._eos or None)
-        return self._ll
+        with self._lock:
+            if self._ll is None:  # ~50 ms for a 50k vocabulary: only engines that meet a constraint pay it
+                self._ll = LLTokenizer(self._tokenizer.to_str(), eos_token=self._eos or None)
+            return self._ll
 
     def error(self, spec: StructuredOutput) -> str | None:
         """Why ``spec`` cannot constrain an answer on this vocabulary (llguidance's message, which points into the
@@ -102,16 +107,18 @@ class Constraints:
         """The matcher for ``spec``, or why there is none; the last few are kept by spec (OpenAI's ``n`` and
         prompt lists send one spec with many requests), failures too."""
         key = spec.model_dump_json(exclude_none=True)
-        compiled = self._compiled.get(key)
-        if compiled is not None:
-            self._compiled.move_to_end(key)
-            return compiled
-        try:
+        with self._lock:
+            compiled = self._compiled.get(key)
+            if compiled is not None:
+                self._compiled.move_to_end(key)
+                return compiled
+        try:  # outside the lock: a large grammar takes milliseconds, and the other thread may want a cached one
             matcher = LLMatcher(self._llg_tokenizer(), to_grammar(spec), log_level=0)
             compiled = matcher.get_error().strip() if matcher.is_error() else matcher
         except ValueError as exc:
             compiled = str(exc)
-        self._compiled[key] = compiled
-        if len(self._compiled) > _CACHED_GRAMMARS:
-            self._compiled.popitem(last=False)
+        with self._lock:
+            self._compiled[key] = compiled
+            if len(self._compiled) > _CACHED_GRAMMARS:
+                self._compiled.popitem(last=False)
         return compiled

@@ -1,7 +1,9 @@
 """What the worker needs from an engine, and nothing more (the seeds' ``IInferenceEngine``).
 
 A batch runs step by step so the worker can write each step's tokens to Redis while the next
-step computes; ``step`` is blocking and is always called from an executor thread.
+step computes; ``step`` is blocking and is always called from an executor thread. ``encode``, ``render_chat``
+and ``constraint_error`` are called from another thread (the worker's intake), while a step may be running:
+they must be safe alongside it.
 """
 
 from __future__ import annotations
