@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -194,11 +195,13 @@ class Intake:
             if request.max_new_tokens is None
             else f"max_new_tokens is {request.max_new_tokens}"
         )
+        chat = request.messages is not None
+        what, shorten = ("the conversation", "drop or shorten messages") if chat else ("prompt", "shorten the prompt")
         # The OpenAI endpoints' callers sent max_tokens: the message names both, as the worker cannot tell which.
         return ErrorCode.CONTEXT_LENGTH_EXCEEDED, (
-            f"prompt has {prompt_tokens} tokens and {asked}; their sum may not exceed the model's context of "
-            f"{context} (and the prompt may not exceed {self._settings.max_prompt_tokens} tokens); shorten the "
-            "prompt or ask for fewer new tokens (max_new_tokens, or max_tokens on the OpenAI endpoints)"
+            f"{what} has {prompt_tokens} tokens and {asked}; their sum may not exceed the model's context of "
+            f"{context} (and the prompt may not exceed {self._settings.max_prompt_tokens} tokens); {shorten} "
+            "or ask for fewer new tokens (max_new_tokens, or max_tokens on the OpenAI endpoints)"
         )
 
     def _encode_all(
@@ -239,6 +242,8 @@ class Intake:
             return len(ids)
 
         budget = min(self._engine.max_context - room_needed(request), self._settings.max_prompt_tokens)
+        if request.trim_history is False:  # one count; a conversation over the budget is _length_check's error
+            budget = sys.maxsize
         turn, _fit = plan_turn(
             SessionDoc.from_json(stored),
             messages,

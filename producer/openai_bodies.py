@@ -319,9 +319,10 @@ class ChatBody(OpenAIBody):
 
     def inputs(self) -> list[dict[str, Any]]:
         tools = [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
-        return [
-            {"messages": chat_turns(self.messages), "tools": tools, "chat_template_kwargs": self.chat_template_kwargs}
-        ]
+        # An OpenAI caller holds the conversation: one too long is an error, as OpenAI and vLLM answer it, not
+        # a reply to turns the model never saw.
+        turn = {"messages": chat_turns(self.messages), "tools": tools, "trim_history": False}
+        return [turn | {"chat_template_kwargs": self.chat_template_kwargs}]
 
     def use_tool_parser(self, parser: ToolCallParser) -> None:
         """The deployment's BRIGADE_TOOL_CALL_PARSER, which decides whether tool_choice "auto" is served."""

@@ -252,6 +252,11 @@ class InferenceRequest(SamplingParams):
     """With messages: more variables for the model's chat template, as vLLM's chat_template_kwargs (Qwen3's
     {"enable_thinking": false}); a template that does not read one ignores it. Not the variables the worker sets
     itself (messages, tools, add_generation_prompt, bos_token, eos_token)."""
+    trim_history: bool | None = None
+    """With messages: whether a conversation too long for the model's context beside max_new_tokens loses its
+    oldest turns (never the system message) until it fits, as a stored session's do. Absent or true: it does;
+    false: the request is answered context_length_exceeded instead, as OpenAI's and vLLM's chat endpoints answer
+    (the OpenAI endpoint here sends false: its callers hold the conversation and decide what to drop)."""
     prompt_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
     """The prompt as ids of the model's vocabulary, read as they are (no tokenizing, no special tokens added):
     what an evaluation harness that tokenized the text itself sends. Give exactly one of prompt, messages and
@@ -285,6 +290,8 @@ class InferenceRequest(SamplingParams):
             raise ValueError("tools go with messages: only a chat template can describe them to the model")
         if self.chat_template_kwargs is not None and self.messages is None:
             raise ValueError("chat_template_kwargs go with messages: only a chat template reads them")
+        if self.trim_history is not None and self.messages is None:
+            raise ValueError("trim_history goes with messages: only a conversation has turns to trim")
         if self.tools is not None and len(json.dumps(self.tools)) > MAX_GRAMMAR_CHARS:
             raise ValueError(f"tools are over {MAX_GRAMMAR_CHARS} characters as JSON; describe fewer or shorter")
         if self.min_tokens and self.max_new_tokens is not None and self.min_tokens > self.max_new_tokens:

@@ -46,6 +46,9 @@ def test_the_contract_bounds_them() -> None:
     with pytest.raises(ValidationError, match="chat_template_kwargs go with messages"):
         InferenceRequest.model_validate(base | {"messages": None, "prompt": "hi", "chat_template_kwargs": OFF})
     assert b"chat_template_kwargs" not in InferenceRequest.model_validate(base).to_bytes(), "off stays off the wire"
+    assert b"trim_history" not in InferenceRequest.model_validate(base).to_bytes(), "off stays off the wire"
+    with pytest.raises(ValidationError, match="trim_history goes with messages"):
+        InferenceRequest.model_validate(base | {"messages": None, "prompt": "hi", "trim_history": False})
 
 
 @pytest.fixture

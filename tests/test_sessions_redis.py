@@ -134,6 +134,50 @@ async def test_a_long_history_is_trimmed_oldest_first_keeping_the_system_message
     assert after["turns"] == 41 and after["context_tokens"] == done.prompt_tokens + done.completion_tokens
 
 
+def long_conversation(turns: int = 40) -> list[dict[str, str]]:
+    """Far beyond builtin:tiny's 512-token context."""
+    history = [{"role": "system", "content": "Keep this."}]
+    for i in range(turns):
+        history += [
+            {"role": "user", "content": f"Order {i}: the fish, the roast and the pastry for table {i}."},
+            {"role": "assistant", "content": f"Table {i} is fired; the pass will call it when the plates are up."},
+        ]
+    return [*history, {"role": "user", "content": "Table forty?"}]
+
+
+async def test_trim_history_false_answers_a_conversation_too_long_with_context_length_exceeded(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    whole = long_conversation()
+    await publish_requests(
+        settings, [chat("strict", "strict", *whole, trim_history=False), chat("trimmed", "trimmed", *whole)]
+    )
+
+    await run_until_idle(settings)
+
+    events = await stream(redis_client, settings, "strict")
+    assert len(events) == 1 and isinstance(events[0], ErrorEvent), events
+    assert events[0].code is ErrorCode.CONTEXT_LENGTH_EXCEEDED
+    assert "the conversation has" in events[0].message and "512" in events[0].message, events[0].message
+    assert await redis_client.exists(settings.names.session_key("strict")) == 0, "an error leaves no session"
+    (done,) = [e for e in await stream(redis_client, settings, "trimmed") if isinstance(e, DoneEvent)]
+    assert done.prompt_tokens + 6 <= 512, "absent, trim_history trims as before"
+
+
+async def test_the_openai_chat_endpoint_refuses_a_conversation_too_long_instead_of_trimming_it(
+    settings: Settings, topics: list[str]
+) -> None:
+    one_class = settings.model_copy(update={"class_max_cost": (100_000, 200_000)})  # the long one goes to "small" too
+    async with fleet(one_class, classes=["small"]) as f, httpx.AsyncClient(base_url=f.url, timeout=30) as http:
+        body = {"model": settings.model, "messages": long_conversation(), "max_tokens": 4}
+        resp = await http.post("/v1/chat/completions", json=body)
+        fits = await http.post("/v1/chat/completions", json=body | {"messages": long_conversation(1)})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "context_length_exceeded" and "the conversation has" in error["message"], error
+    assert fits.status_code == 200, fits.text
+
+
 async def test_a_redelivered_chat_turn_appends_once_and_prompts_stay_stateless(
     settings: Settings, topics: list[str], redis_client: aioredis.Redis
 ) -> None:
