@@ -388,6 +388,8 @@ class BatchExecutor:
             return
         if r.last_token_at is None:
             self._metrics.observe_first_token(now - r.item.enqueued_at)
+            if r.cached:
+                self._metrics.observe_prefix_cache(queried=r.prompt_tokens, hit=delta.cached_tokens)
         else:
             self._metrics.observe_token_gap(now - r.last_token_at)
         r.last_token_at = now

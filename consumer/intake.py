@@ -51,6 +51,7 @@ class Running:
     first_token_at_ms: int | None = None  # wall clock (epoch ms) when the step with its first token ended
     finished: bool = False
     turn: TurnPlan | None = None  # a chat turn: its session append, and the reply collected so far
+    cached: bool = False  # the engine may reuse its session's cache (it has a cache key)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # entries not written yet (their text is held)
     prompt_logprobs: list[PromptLogprob] | None = None  # the prompt's entries until an event carries them
 
@@ -147,8 +148,14 @@ class Intake:
             if problem is not None:
                 out.rejected.append((item, error_event(item, attempt, *problem)))
                 continue
+            key = _cache_key(request)
             run = Running(
-                item=item, attempt=attempt, prompt_tokens=len(ids), turn=turn, scheduled_at_ms=scheduled_at_ms
+                item=item,
+                attempt=attempt,
+                prompt_tokens=len(ids),
+                turn=turn,
+                scheduled_at_ms=scheduled_at_ms,
+                cached=key is not None,
             )
             gen = GenerationInput(
                 request_id=request.request_id,
@@ -156,6 +163,7 @@ class Intake:
                 # null: the limit, which the engine's sequence clamps to what the context leaves
                 max_new_tokens=request.new_tokens_cap(self._settings.max_new_tokens_limit),
                 sampling=replayable_sampling(request),
+                cache_key=key,
             )
             out.runnable.append((run, gen))
         return out
@@ -254,6 +262,15 @@ class Intake:
             ttl_s=self._settings.session_ttl_s,
         )
         return ids_by_length[len(turn.messages)], turn
+
+
+def _cache_key(request: InferenceRequest) -> str | None:
+    """A chat turn's session, whose next turn will start with this one's tokens; not a turn that holds its
+    whole conversation itself (``trim_history: false``, the OpenAI endpoint's fresh session per call), which
+    has no next turn here: its cache would only push out the caches of sessions that do."""
+    if request.messages is None or request.trim_history is False:
+        return None
+    return request.session_id
 
 
 def room_needed(request: InferenceRequest) -> int:

@@ -73,6 +73,19 @@ class WorkerMetrics:
         self.dlq = Counter(
             "brigade_dlq_messages", "Messages sent to the dead-letter topic.", c, registry=r
         )  # exported as brigade_dlq_messages_total
+        # vLLM's pair, in tokens: hits / queries is the share of chat turns' prompts not computed again
+        self.prefix_queries = Counter(
+            "brigade_prefix_cache_queries",
+            "Prompt tokens of chat turns that looked for their session's cache.",
+            c,
+            registry=r,
+        )  # exported as brigade_prefix_cache_queries_total
+        self.prefix_hits = Counter(
+            "brigade_prefix_cache_hits",
+            "Prompt tokens whose keys and values came from their session's cache.",
+            c,
+            registry=r,
+        )  # exported as brigade_prefix_cache_hits_total
         self.finished = Counter(
             "brigade_request_success",
             "Requests ended by a done event, by finish reason: stop, length or cancelled (vLLM's request_success, "
@@ -124,6 +137,10 @@ class WorkerMetrics:
 
     def observe_e2e(self, seconds: float) -> None:
         self.e2e.labels(self._class).observe(seconds)
+
+    def observe_prefix_cache(self, *, queried: int, hit: int) -> None:
+        self.prefix_queries.labels(self._class).inc(queried)
+        self.prefix_hits.labels(self._class).inc(hit)
 
     def add_tokens(self, n: int) -> None:
         if n:

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=256, ge=1)  # local queue bound; partitions pause when it is full
     # ONNX Runtime's session.intra_op.allow_spinning: turn it off where the worker shares its CPUs
     ort_allow_spinning: bool = True
+    # host memory for finished chat turns' KV caches, kept per session so its next turn (same partition, same
+    # worker) prefills only its new tokens (consumer/engine/kv_cache.py); 0 turns it off
+    kv_cache_mb: int = Field(default=512, ge=0)
     drain_timeout_s: float = Field(default=30.0, ge=0.0)
     # how long a worker keeps retrying an unreachable Redis (backing off exponentially) before it fails loudly;
     # covers a Redis restart or failover without losing the running batch

@@ -28,6 +28,9 @@ class GenerationInput:
     prompt_ids: Sequence[int]
     max_new_tokens: int
     sampling: SamplingParams
+    # a chat turn's session: an engine may keep the finished sequence's KV cache under it for the session's next
+    # turn, whose prompt starts with the same tokens (``consumer/engine/kv_cache.py``)
+    cache_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,8 @@ class TokenDelta:
     # set on the last delta of a sequence the engine gave up on alone (its structured output's grammar failed):
     # the request is answered with this error, and the rest of the batch goes on
     error: str | None = None
+    # on a prefill's delta: prompt tokens whose keys and values came from the cache instead of being computed
+    cached_tokens: int = 0
 
 
 class BatchRun(Protocol):

@@ -25,6 +25,7 @@ from brigade.models.chat_template import ChatRenderer
 from brigade.models.registry import model_file, resolve_model
 from consumer.engine.constraint import Constraints
 from consumer.engine.interface import GenerationInput, OutOfMemory, TokenDelta
+from consumer.engine.kv_cache import KvEntry, SessionKvCache
 from consumer.engine.logprobs import TokenText, entry, log_softmax, prompt_entries
 from consumer.engine.model_files import ModelFiles, read_model_files
 from consumer.engine.sampling import choose_tokens
@@ -231,7 +232,7 @@ class OnnxBatchRun:
         for rid in gone:
             self._by_id[rid].finish_reason = FinishReason.CANCELLED
         self._joining = [s for s in self._joining if s.request_id not in gone]
-        self._rows.compact()  # their rows and the cache columns only they attended to
+        self._compact(self._rows)  # their rows and the cache columns only they attended to
 
     def _add(self, seqs: list[SequenceState]) -> None:
         for s in seqs:
@@ -247,6 +248,11 @@ class OnnxBatchRun:
             # Scoring a prompt needs the model's output at every position: only those rows pay for it.
             plain = [s for s in joining if s.sampling.prompt_logprobs is None]
             scoring = [s for s in joining if s.sampling.prompt_logprobs is not None]
+            hits = [(s, hit) for s in plain if (hit := self._cached(s)) is not None]
+            for s, (entry, reused) in hits:
+                deltas.append(self._prefill_from(s, entry, reused))
+            if hits:
+                plain = [s for s in plain if all(s is not h for h, _ in hits)]
             if plain:
                 deltas.extend(self._prefill(plain))
             if scoring:
@@ -262,7 +268,7 @@ class OnnxBatchRun:
         logits, rows.past = self._run(feeds)
         rows.next_pos = rows.next_pos + 1
         rows.next_ids, deltas = self._sample(logits[:, -1], rows.seqs)
-        rows.compact()
+        self._compact(rows)
         return deltas
 
     def _prefill(self, seqs: list[SequenceState], *, every_position: bool = False) -> list[TokenDelta]:
@@ -287,9 +293,43 @@ class OnnxBatchRun:
                 scored = prompt_entries(logits[row, width - n :], s.prompt_ids, k, self._engine.token_text)
                 deltas[row] = replace(deltas[row], prompt_logprobs=scored)
         new = _Rows(seqs=seqs, past=past, mask=mask, next_pos=np.array(lengths, dtype=np.int64), next_ids=next_ids)
-        new.compact()
+        self._compact(new)
         self._rows.extend(new)
         return deltas
+
+    def _cached(self, seq: SequenceState) -> tuple[KvEntry, int] | None:
+        if seq.cache_key is None or not self._engine.kv.max_bytes:
+            return None
+        return self._engine.kv.take(seq.cache_key, seq.prompt_ids)
+
+    def _prefill_from(self, seq: SequenceState, entry: KvEntry, reused: int) -> TokenDelta:
+        """A joiner whose first ``reused`` prompt tokens' keys and values are ``entry``'s: only the rest runs,
+        at their own positions, attending to the cached ones."""
+        ids = np.array([seq.prompt_ids[reused:]], dtype=np.int64)
+        total = len(seq.prompt_ids)
+        mask = np.ones((1, total), dtype=np.int64)
+        positions = np.arange(reused, total, dtype=np.int64)[None, :]
+        # all of it, the usual case (the next turn renders this one's prompt and reply first): no copy
+        whole = reused == len(entry.ids)
+        past = list(entry.past) if whole else [np.ascontiguousarray(p[:, :, :reused]) for p in entry.past]
+        logits, present = self._run(self._feeds(ids, positions, mask, past, decode=True))
+        next_ids, (delta,) = self._sample(logits[:, -1], [seq])
+        new = _Rows(seqs=[seq], past=present, mask=mask, next_pos=np.array([total], dtype=np.int64), next_ids=next_ids)
+        self._compact(new)
+        self._rows.extend(new)
+        return replace(delta, cached_tokens=reused)
+
+    def _compact(self, rows: _Rows) -> None:
+        """``rows.compact()``, after keeping the cache of each finished chat turn for its session's next one."""
+        kv = self._engine.kv
+        if kv.max_bytes:
+            for row, s in enumerate(rows.seqs):
+                if s.done and s.cache_key is not None and s.error is None:
+                    fed = (*s.prompt_ids, *s.token_ids[:-1])  # the last sampled token never ran
+                    kept = rows.mask[row].astype(bool)
+                    if int(kept.sum()) == len(fed):
+                        kv.put(s.cache_key, KvEntry(fed, tuple(p[row : row + 1][:, :, kept] for p in rows.past)))
+        rows.compact()
 
     def _sample(self, logits: npt.NDArray[Any], seqs: list[SequenceState]) -> tuple[I64, list[TokenDelta]]:
         logits[:, self._engine.suppress_ids] = -np.inf
@@ -355,8 +395,17 @@ class OnnxBatchRun:
 
 
 class OnnxEngine:
-    def __init__(self, model_dir: Path, *, model_name: str, device: str = "cpu", allow_spinning: bool = True) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        model_name: str,
+        device: str = "cpu",
+        allow_spinning: bool = True,
+        kv_cache_bytes: int = 0,
+    ) -> None:
         self._name = model_name
+        self.kv = SessionKvCache(kv_cache_bytes)  # finished chat turns' caches, for their sessions' next turns
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.files: ModelFiles = read_model_files(model_dir, self.tokenizer)
         self._chat = ChatRenderer(
@@ -449,4 +498,5 @@ def load_engine(settings: Settings) -> OnnxEngine:
         model_name=model,
         device=settings.device_for(settings.worker_class),
         allow_spinning=settings.ort_allow_spinning,
+        kv_cache_bytes=settings.kv_cache_mb * 2**20,
     )

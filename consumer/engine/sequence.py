@@ -31,6 +31,7 @@ class SequenceState:
         constraint: Constraint | None = None,
     ) -> None:
         self.request_id = item.request_id
+        self.cache_key = item.cache_key
         self.prompt_ids = prompt_ids
         self.sampling = item.sampling
         self.rng: np.random.Generator | None = make_generator(item.sampling)

@@ -1,0 +1,155 @@
+"""A finished chat turn's KV cache reused by its session's next turn: the cache's rules, then the engine on
+builtin:tiny checked against a plain full recomputation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
+
+from brigade.inprocess import finals, fleet, read_until_final
+from consumer.engine.interface import GenerationInput, TokenDelta
+from consumer.engine.kv_cache import MIN_REUSED_TOKENS, KvEntry, SessionKvCache, common_prefix
+from consumer.engine.onnx_engine import OnnxEngine, load_engine
+from schemas.events import DoneEvent
+from schemas.settings import Settings
+from tests.test_engine import GREEDY, no_cache_greedy
+
+
+def entry(ids: range | list[int], nbytes: int) -> KvEntry:
+    return KvEntry(tuple(ids), (np.zeros(nbytes, dtype=np.uint8),))
+
+
+def test_common_prefix() -> None:
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+    assert common_prefix([], [1]) == 0 and common_prefix([9], [1]) == 0
+
+
+def test_entries_are_taken_once_and_only_when_worth_it() -> None:
+    cache = SessionKvCache(max_bytes=1000)
+    ids = list(range(40))
+    cache.put("s", entry(ids, 10))
+    assert cache.take("s", [*ids, 99]) is not None
+    assert cache.take("s", [*ids, 99]) is None, "taken: the turn that reused it leaves the next entry"
+    cache.put("s", entry(ids, 10))
+    hit = cache.take("s", ids)
+    assert hit is not None and hit[1] == len(ids) - 1, "the prompt's last token always runs, for its logits"
+    cache.put("s", entry(ids, 10))
+    short = ids[: MIN_REUSED_TOKENS - 1] + [-1] * 10
+    assert cache.take("s", short) is None and len(cache) == 0, "too little in common: computed, entry gone"
+
+
+def test_the_byte_bound_evicts_the_oldest() -> None:
+    cache = SessionKvCache(max_bytes=100)
+    for key in "abc":
+        cache.put(key, entry(range(20), 40))
+    assert len(cache) == 2 and cache.nbytes == 80 and cache.take("a", list(range(21))) is None
+    cache.put("big", entry(range(20), 101))
+    assert len(cache) == 2, "an entry over the whole bound is not kept, and evicts nothing"
+    off = SessionKvCache(max_bytes=0)
+    off.put("a", entry(range(20), 1))
+    assert len(off) == 0
+
+
+@pytest.fixture(scope="module")
+def engine(model_cache_dir: Path) -> Iterator[OnnxEngine]:
+    eng = load_engine(Settings(model="builtin:tiny", model_cache_dir=model_cache_dir, device="cpu", kv_cache_mb=64))
+    yield eng
+    eng.close()
+
+
+def steps(
+    engine: OnnxEngine, first: list[GenerationInput], joins: dict[int, list[GenerationInput]]
+) -> dict[str, list[TokenDelta]]:
+    run = engine.start(first)
+    out: dict[str, list[TokenDelta]] = {}
+    step = 0
+    while not run.finished or step in joins:
+        if step in joins:
+            run.join(joins.pop(step))
+        for delta in run.step():
+            out.setdefault(delta.request_id, []).append(delta)
+        step += 1
+    return out
+
+
+def test_the_next_turn_prefills_only_its_new_tokens_and_generates_what_a_full_prefill_would(
+    engine: OnnxEngine,
+) -> None:
+    """Turn 1 runs beside a longer prompt (its row left-padded, so the cache kept must skip the padding); turn 2
+    joins a running batch with turn 1's tokens, its reply and new ones."""
+    turn1 = engine.encode("The chef calls the order and the pass sends the plates out to table four, hot.")
+    other = engine.encode("Tickets pile up on the rail while the brigade works the fish, the roast and the sauce.")
+    assert len(other) > len(turn1) >= MIN_REUSED_TOKENS
+    first = steps(
+        engine, [GenerationInput("t1", turn1, 6, GREEDY, cache_key="s1"), GenerationInput("x", other, 9, GREEDY)], {}
+    )
+    reply = no_cache_greedy(engine, turn1, 6)
+    assert [d.cached_tokens for d in first["t1"]] == [0] * 6
+    assert len(engine.kv) == 1, "only the turn with a session left its cache"
+
+    turn2 = [*turn1, *reply, *engine.encode(" And the dessert for table four?")]
+    second = steps(
+        engine,
+        [GenerationInput("y", other, 8, GREEDY)],
+        {2: [GenerationInput("t2", turn2, 8, GREEDY, cache_key="s1")]},
+    )
+    fed = len(turn1) + len(reply) - 1  # turn 1's last token was sampled, never run
+    assert second["t2"][0].cached_tokens == fed and all(d.cached_tokens == 0 for d in second["t2"][1:])
+    run = engine.start([GenerationInput("t2-ref", turn2, 8, GREEDY)])
+    while not run.finished:
+        run.step()
+    expected = no_cache_greedy(engine, turn2, 8)
+    assert run.token_ids("t2-ref") == expected
+    assert "".join(d.text for d in second["t2"]) == engine.tokenizer.decode(expected)
+
+
+def test_a_prompt_that_differs_early_computes_everything(engine: OnnxEngine) -> None:
+    prompt = engine.encode("The pass is where plates go out, and the brigade works in order every night.")
+    steps(engine, [GenerationInput("a1", prompt, 3, GREEDY, cache_key="s2")], {})
+    other = engine.encode("Nothing in common with the last turn at all, from its very first word onward.")
+    out = steps(engine, [GenerationInput("a2", other, 3, GREEDY, cache_key="s2")], {})
+    assert out["a2"][0].cached_tokens == 0
+
+
+def prefix_cache_totals(metrics: str) -> tuple[float, float]:
+    values = {
+        s.name: s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name in ("brigade_prefix_cache_queries_total", "brigade_prefix_cache_hits_total")
+    }
+    return values["brigade_prefix_cache_queries_total"], values["brigade_prefix_cache_hits_total"]
+
+
+async def test_a_sessions_second_turn_reuses_the_first_through_the_worker(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    """The native API's chat turns carry their session as the cache key (the worker counts what was reused);
+    an OpenAI call, a fresh session per call, looks for nothing."""
+    first = "Fire table two: the fish, the roast and the pastry, and tell the pass when the plates are up."
+    turns = [[{"role": "user", "content": first}], [{"role": "user", "content": "And the fish?"}]]
+    dones: list[DoneEvent] = []
+    async with fleet(settings, classes=["small"]) as f, httpx.AsyncClient(base_url=f.url, timeout=30) as http:
+        for messages in turns:
+            body = {"session_id": "kv", "messages": messages, "max_new_tokens": 6, "cost_class": "small"}
+            ack = await http.post("/v1/requests", json=body | {"temperature": 0, "ignore_eos": True})
+            rid = ack.json()["request_id"]
+            events = await read_until_final(redis_client, settings.names.stream_key("kv"), {rid})
+            (done,) = finals(events[rid])
+            assert isinstance(done, DoneEvent), done
+            dones.append(done)
+        metrics = f"http://127.0.0.1:{f.worker_ports[0]}/metrics"
+        queried, hits = prefix_cache_totals((await http.get(metrics)).text)
+        oai = {"model": settings.model, "messages": turns[0], "max_tokens": 2, "cost_class": "small"}
+        assert (await http.post("/v1/chat/completions", json=oai)).status_code == 200
+        assert prefix_cache_totals((await http.get(metrics)).text) == (queried, hits), "OpenAI calls look for nothing"
+    assert queried == dones[0].prompt_tokens + dones[1].prompt_tokens
+    # Turn 2 renders turn 1's prompt and reply first: at least turn 1's prompt is reused.
+    assert dones[0].prompt_tokens <= hits < dones[1].prompt_tokens
