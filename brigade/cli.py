@@ -219,7 +219,7 @@ def bench(
         list[str] | None,
         typer.Option(
             help="Figures (repeatable or comma list): batching, pipeline, structured, latency, ingress, continuous, "
-            "scaleout, coldstart, hangup; default all."
+            "scaleout, coldstart, hangup, multiturn; default all."
         ),
     ] = None,
     consumers: Annotated[
@@ -239,7 +239,8 @@ def bench(
     ] = None,
 ) -> None:
     """Measure batching gain, pipeline efficiency, structured output's cost, queue hop latency, ingress throughput,
-    continuous batching, scale-out, cold start and what abandoned streams still cost.
+    continuous batching, scale-out, cold start, what abandoned streams still cost and what a session's kept KV cache
+    saves a multi-turn chat.
 
     Starts its own broker and redis-server (the 'dev' extra). Prints ratios with the absolute figures.
     The latency figure runs on builtin:tiny so that the hop, not the model, dominates.

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from brigade.bench.latency import LatencyResult
 from brigade.bench.mixed import MixedResult
+from brigade.bench.multiturn import MultiturnResult
 from brigade.bench.report import BenchReport
 from brigade.bench.scaleout import ScaleoutResult
 
@@ -87,6 +88,32 @@ def plot_mixed(result: MixedResult, path: Path) -> Path:
     fig.suptitle(
         f"continuous vs static batching — {result.model}, {c.requests} requests, "
         f"{c.min_new_tokens}–{c.max_new_tokens} new tokens, batch {c.batch_size}"
+    )
+    return _save(fig, path)
+
+
+def plot_multiturn(result: MultiturnResult, path: Path) -> Path:
+    """Time to first token per turn number: a session's turns (its KV cache kept) against the conversation sent
+    whole; the prompt grows with every turn, and only the second side's prefill grows with it."""
+    fig = Figure(figsize=(12.5, 4.8))
+    ax = fig.subplots()
+    turns = list(range(1, result.config.turns + 1))
+    for side, label, color in (
+        (result.whole_ttft_ms, "conversation sent whole (no cache)", "#dd8452"),
+        (result.session_ttft_ms, "brigade session (last turn's KV cache kept)", "#4c72b0"),
+    ):
+        ax.plot(turns, result.medians(side), marker="o", color=color, label=label)
+    for t, tokens in zip(turns, result.prompt_tokens, strict=True):
+        ax.annotate(f"{tokens:.0f} tok", (t, 0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
+    ax.set_xticks(turns)
+    ax.set_xlabel("turn (prompt tokens at the bottom)")
+    ax.set_ylabel("time to first token, ms")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_title(
+        f"multi-turn chat — {result.model}: last turn {result.last_turn_speedup:.1f}× sooner as a session, "
+        f"{result.cache_hit_share:.0%} of the session turns' prompt tokens from the cache"
     )
     return _save(fig, path)
 

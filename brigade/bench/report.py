@@ -14,6 +14,7 @@ from brigade.bench.hangup import HangupResult, hangup_json, hangup_line
 from brigade.bench.ingress import IngressResult
 from brigade.bench.latency import LatencyResult
 from brigade.bench.mixed import MixedResult
+from brigade.bench.multiturn import MultiturnResult, multiturn_json, multiturn_line
 from brigade.bench.scaleout import (
     ColdStartResult,
     ScaleoutResult,
@@ -47,6 +48,7 @@ class BenchReport:
     coldstart: ColdStartResult | None = None
     structured: StructuredResult | None = None
     hangup: HangupResult | None = None
+    multiturn: MultiturnResult | None = None
 
     def ratios(self) -> dict[str, float]:
         lo, hi = self.config.batch_sizes
@@ -67,6 +69,8 @@ class BenchReport:
             out["structured_vs_free"] = self.structured.ratio
         if self.hangup is not None:
             out["abandoned_tokens_generated_share"] = self.hangup.share
+        if self.multiturn is not None:
+            out["multiturn_last_turn_ttft_speedup"] = self.multiturn.last_turn_speedup
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -90,6 +94,7 @@ class BenchReport:
             "cold_start": None if self.coldstart is None else cold_start_json(self.coldstart),
             "structured_output": None if self.structured is None else structured_json(self.structured),
             "abandoned_streams": None if self.hangup is None else hangup_json(self.hangup),
+            "multiturn": None if self.multiturn is None else multiturn_json(self.multiturn),
             "ratios": self.ratios(),
         }
 
@@ -157,6 +162,7 @@ def print_report(report: BenchReport) -> None:
         *(scaleout_lines(report.scaleout) if report.scaleout is not None else []),
         *(cold_start_lines(report.coldstart) if report.coldstart is not None else []),
         *([hangup_line(report.hangup)] if report.hangup is not None else []),
+        *([multiturn_line(report.multiturn)] if report.multiturn is not None else []),
     ]:
         console.print(line)
     if report.samples and any(len(v) > 1 for v in report.samples.values()):

@@ -24,6 +24,7 @@ from brigade.bench.hangup import HangupConfig, run_hangup
 from brigade.bench.ingress import IngressConfig, run_ingress_figure
 from brigade.bench.latency import LatencyConfig, latency_prompts, measure_prefill, run_latency
 from brigade.bench.mixed import MixedConfig, run_mixed
+from brigade.bench.multiturn import MultiturnConfig, run_multiturn
 from brigade.bench.pipeline import run_through_fleet
 from brigade.bench.report import BenchReport, console, print_report
 from brigade.bench.rounds import median_run
@@ -34,7 +35,18 @@ from brigade.devtools.servers import kafka_service, on_dev_servers, redis_servic
 from consumer.engine.interface import InferenceEngine
 from schemas.settings import Settings
 
-FIGURES = ("batching", "pipeline", "structured", "latency", "ingress", "continuous", "scaleout", "coldstart", "hangup")
+FIGURES = (
+    "batching",
+    "pipeline",
+    "structured",
+    "latency",
+    "ingress",
+    "continuous",
+    "scaleout",
+    "coldstart",
+    "hangup",
+    "multiturn",
+)
 
 
 def parse_figures(values: list[str] | None) -> tuple[str, ...]:
@@ -66,6 +78,7 @@ class BenchConfig:
     coldstart: ColdStartConfig = field(default_factory=ColdStartConfig)
     structured: StructuredConfig = field(default_factory=StructuredConfig)
     hangup: HangupConfig = field(default_factory=HangupConfig)
+    multiturn: MultiturnConfig = field(default_factory=MultiturnConfig)
 
     @property
     def small_requests(self) -> int:
@@ -89,6 +102,7 @@ class BenchConfig:
             coldstart=ColdStartConfig.quick(),
             structured=StructuredConfig.quick(),
             hangup=HangupConfig.quick(),
+            multiturn=MultiturnConfig.quick(),
         )
 
 
@@ -164,7 +178,7 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     print_report(report)
     written = [str(out_dir / "bench.json")]
     try:
-        from brigade.bench.plots import plot_latency, plot_mixed, plot_report, plot_scaleout
+        from brigade.bench.plots import plot_latency, plot_mixed, plot_multiturn, plot_report, plot_scaleout
 
         if report.engine or report.consumer or report.pipeline is not None:
             written.append(str(plot_report(report, out_dir / "bench.png")))
@@ -174,6 +188,8 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
             written.append(str(plot_mixed(report.mixed, out_dir / "bench-continuous.png")))
         if report.scaleout is not None:
             written.append(str(plot_scaleout(report.scaleout, out_dir / "bench-scaleout.png")))
+        if report.multiturn is not None:
+            written.append(str(plot_multiturn(report.multiturn, out_dir / "bench-multiturn.png")))
     except ImportError:
         written.append("(install matplotlib for the PNGs)")
     console.print(f"wrote {', '.join(written)}")
@@ -353,6 +369,17 @@ def _fleet_figures(
             )
             report.hangup = eventloop.run(
                 run_hangup(settings, hang, on_client=_advance(progress, task), engines=engines),
+                loop=settings.event_loop,
+                role="worker",
+            )
+        if "multiturn" in figures:
+            turns = config.multiturn
+            task = progress.add_task(
+                f"multi-turn chat: {turns.sessions} conversation(s) of {turns.turns} turns, as sessions, then whole",
+                total=2 * turns.sessions * turns.turns,
+            )
+            report.multiturn = eventloop.run(
+                run_multiturn(settings, turns, on_turn=_advance(progress, task), engines=engines),
                 loop=settings.event_loop,
                 role="worker",
             )
