@@ -127,6 +127,9 @@ class RequestOptions(TypedDict, total=False):
     """Each prompt token's, likewise, on the first event and on ``Completion.prompt_logprobs``."""
     chat_template_kwargs: Mapping[str, Any] | None
     """With ``messages``: more variables for the model's chat template (Qwen3's ``{"enable_thinking": False}``)."""
+    trim_history: bool | None
+    """With ``messages``: False answers a conversation too long for the context with ``context_length_exceeded``
+    instead of dropping its oldest turns."""
     skip_special_tokens: bool | None
     """False keeps the text of special tokens the model generates (its control tokens) in the answer."""
     tools: Sequence[Mapping[str, Any]] | None
