@@ -232,7 +232,10 @@ class OnnxBatchRun:
         for rid in gone:
             self._by_id[rid].finish_reason = FinishReason.CANCELLED
         self._joining = [s for s in self._joining if s.request_id not in gone]
-        self._compact(self._rows)  # their rows and the cache columns only they attended to
+        # Their rows and the cache columns only they attended to. Called on the worker's event loop, between steps:
+        # no cache kept for them (a copy of megabytes there would hold up the loop, and a cancelled turn's reply
+        # is not in its session's next prompt anyway).
+        self._rows.compact()
 
     def _add(self, seqs: list[SequenceState]) -> None:
         for s in seqs:
