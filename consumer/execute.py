@@ -337,6 +337,7 @@ class BatchExecutor:
             finish_reason=finish_reason,
             prompt_tokens=r.prompt_tokens,
             completion_tokens=completion_tokens,
+            cached_tokens=r.cached_tokens or None,
             logprobs=r.take_logprobs(),
             prompt_logprobs=r.take_prompt_logprobs(),
             traceparent=r.item.traceparent,
@@ -389,6 +390,7 @@ class BatchExecutor:
         if r.last_token_at is None:
             self._metrics.observe_first_token(now - r.item.enqueued_at)
             if r.cached:
+                r.cached_tokens = delta.cached_tokens
                 self._metrics.observe_prefix_cache(queried=r.prompt_tokens, hit=delta.cached_tokens)
         else:
             self._metrics.observe_token_gap(now - r.last_token_at)

@@ -52,6 +52,7 @@ class Running:
     finished: bool = False
     turn: TurnPlan | None = None  # a chat turn: its session append, and the reply collected so far
     cached: bool = False  # the engine may reuse its session's cache (it has a cache key)
+    cached_tokens: int = 0  # prompt tokens the engine took from that cache (its prefill delta says)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # entries not written yet (their text is held)
     prompt_logprobs: list[PromptLogprob] | None = None  # the prompt's entries until an event carries them
 

@@ -152,6 +152,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     attempts: int  # 1 unless a worker crashed mid-generation and the request was regenerated
+    cached_tokens: int = 0  # of prompt_tokens, those kept from the session's previous turn (not computed again)
     traceparent: str | None = None  # the worker's span (W3C): its trace id is the request's
     logprobs: list[TokenLogprob] | None = None  # one per generated token, when the request asked
     prompt_logprobs: list[PromptLogprob] | None = None  # one per prompt token, when the request asked
@@ -361,6 +362,7 @@ class BrigadeClient:
             prompt_tokens=final.prompt_tokens,
             completion_tokens=final.completion_tokens,
             attempts=attempt,
+            cached_tokens=final.cached_tokens or 0,
             traceparent=final.traceparent,
             logprobs=answer.logprobs if options.get("logprobs") is not None else None,
             prompt_logprobs=answer.prompt_logprobs,

@@ -126,6 +126,9 @@ class DoneEvent(_EventBase):
     """The prompt's length in the model's tokens (chat template included)."""
     completion_tokens: int = Field(ge=0)
     """Tokens generated."""
+    cached_tokens: int | None = Field(default=None, ge=1)
+    """Of prompt_tokens, those whose keys and values the worker kept from the session's previous turn instead
+    of computing them (vLLM's usage.prompt_tokens_details.cached_tokens); absent when none were."""
     logprobs: Logprobs = None
     """As on token events: the entries of the tokens no token event carried (the last one, end-of-sequence,
     a stop string's). Over a request's events there is one entry per generated token."""

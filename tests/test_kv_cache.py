@@ -153,3 +153,4 @@ async def test_a_sessions_second_turn_reuses_the_first_through_the_worker(
     assert queried == dones[0].prompt_tokens + dones[1].prompt_tokens
     # Turn 2 renders turn 1's prompt and reply first: at least turn 1's prompt is reused.
     assert dones[0].prompt_tokens <= hits < dones[1].prompt_tokens
+    assert dones[0].cached_tokens is None and dones[1].cached_tokens == hits, "each done says what it reused"
