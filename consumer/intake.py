@@ -261,6 +261,7 @@ class Intake:
             session_id=request.session_id,
             model=self._engine.model_name,
             ttl_s=self._settings.session_ttl_s,
+            headroom=self._settings.trim_headroom,
         )
         return ids_by_length[len(turn.messages)], turn
 

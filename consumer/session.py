@@ -145,8 +145,15 @@ def fit_history(
     *,
     budget: int,
     count: Callable[[list[ChatMessage]], int],
+    headroom: float = 0.0,
 ) -> Fit:
-    """Drop the fewest oldest messages (never the system message) so the rendered prompt fits ``budget``.
+    """Drop the oldest messages (never the system message) so the rendered prompt fits ``budget``.
+
+    Once it must trim, it trims the fewest messages that leave ``headroom`` (a share of ``budget``) free, or,
+    where no drop point does, the fewest that fit: a conversation kept at the edge of its budget would lose
+    its oldest turn on every turn, and with it its start — every turn's prompt would differ from the last from
+    its first token, and no turn could reuse the previous one's KV cache (``consumer/engine/kv_cache.py``).
+    With headroom, the turns after a trim keep the same start until the headroom is used up.
 
     ``count`` renders and tokenizes a conversation. The token count only falls as messages are dropped,
     so this is a binary search over ``drop_points``: one ``count`` when nothing needs trimming, about
@@ -164,7 +171,10 @@ def fit_history(
 
     if tokens(0) <= budget:
         return Fit(dropped=0, tokens=tokens(0), fits=True)
-    first_fit = bisect.bisect_left(range(1, len(points)), True, key=lambda i: tokens(i) <= budget) + 1
+    roomy = int(budget * (1 - headroom))
+    first_fit = bisect.bisect_left(range(1, len(points)), True, key=lambda i: tokens(i) <= roomy) + 1
+    if first_fit == len(points) and roomy < budget:  # no drop point leaves the headroom: the fewest that fit
+        first_fit = bisect.bisect_left(range(1, len(points)), True, key=lambda i: tokens(i) <= budget) + 1
     if first_fit == len(points):
         last = len(points) - 1
         return Fit(dropped=points[last], tokens=tokens(last), fits=False)
@@ -245,10 +255,11 @@ def plan_turn(
     session_id: str,
     model: str,
     ttl_s: int,
+    headroom: float = 0.0,
 ) -> tuple[TurnPlan, Fit]:
     """Merge, trim and plan one chat turn (pure apart from ``count``)."""
     merge = merge_turn(stored.messages, incoming)
-    fit = fit_history(merge.system, merge.body, budget=budget, count=count)
+    fit = fit_history(merge.system, merge.body, budget=budget, count=count, headroom=headroom)
     head = [merge.system] if merge.system is not None else []
     messages = [*head, *merge.body[fit.dropped :]]
     append = plan_append(merge, fit, session_id=session_id, model=model, ttl_s=ttl_s)

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     stream_ttl_s: int = Field(default=3600, ge=1)  # a response stream expires this long after its last event
     session_ttl_s: int = Field(default=1800, ge=1)
+    # a chat turn that must trim its conversation trims it to leave this share of the context free, so the next
+    # turns keep the same start (and reuse their session's KV cache) until it fills again; 0: trim the fewest
+    trim_headroom: float = Field(default=0.25, ge=0.0, lt=1.0)
 
     # --- cost classes ---
     classes: CommaList = ("small", "medium", "large")

@@ -123,6 +123,22 @@ def test_fit_history_trims_oldest_first_keeping_the_system_message(
         assert len(seen) == 1, "no trimming needed: one render"
 
 
+@pytest.mark.parametrize(
+    ("system", "budget", "headroom", "expected"),
+    [
+        (None, 25, 0.25, Fit(dropped=0, tokens=25, fits=True)),  # fits: no trim, whatever the headroom
+        (None, 16, 0.0, Fit(dropped=2, tokens=15, fits=True)),  # the fewest that fit
+        (None, 16, 0.25, Fit(dropped=4, tokens=5, fits=True)),  # 15 would leave 1 of 16 free: two more go
+        (None, 20, 0.25, Fit(dropped=2, tokens=15, fits=True)),  # 15 leaves a quarter of 20 free
+        (sys("x y"), 8, 0.25, Fit(dropped=4, tokens=8, fits=True)),  # no drop point leaves 2 free: the fewest that fit
+    ],
+)
+def test_a_trim_leaves_headroom_so_the_next_turns_keep_their_start(
+    system: ChatMessage | None, budget: int, headroom: float, expected: Fit
+) -> None:
+    assert fit_history(system, LONG, budget=budget, count=words, headroom=headroom) == expected
+
+
 def test_fit_history_renders_logarithmically_many_times() -> None:
     body = [m for i in range(200) for m in (u(f"question {i}"), a(f"answer {i}"))] + [u("last")]
     calls = 0
