@@ -6,7 +6,8 @@ once. So clients join one by one over the first quarter (a ramp), each sends its
 last one's answer is in (closed loop, through the ingress and the Python client like any user), and
 halfway through a burst is published all at once (open loop) so lag and queue wait rise and drain. One
 request in ten is given up on after 50 ms, as impatient callers do (the client then cancels it), so the outcome
-panels show cancels beside answers.
+panels show cancels beside answers. Every other client is a conversation (chat turns on one session, each
+sending only its new message), so the prefix-cache panel has turns that reuse their session's cache.
 """
 
 from __future__ import annotations
@@ -90,14 +91,25 @@ def _prompt(rng: random.Random, words: tuple[int, int]) -> str:
 
 
 async def _client_loop(
-    client: BrigadeClient, load: ClassLoad, *, rng: random.Random, start_in: float, stop_at: float, result: LoadResult
+    client: BrigadeClient,
+    load: ClassLoad,
+    *,
+    rng: random.Random,
+    start_in: float,
+    stop_at: float,
+    result: LoadResult,
+    session_id: str | None = None,
 ) -> None:
+    """``session_id``: a conversation, each request a chat turn of it; else stateless prompts."""
     await asyncio.sleep(start_in)  # the ramp: this client joins later than the one before
     while time.monotonic() < stop_at:
         impatient = rng.random() < CANCEL_SHARE
+        text = _prompt(rng, load.prompt_words)
+        asked = {"messages": [{"role": "user", "content": text}]} if session_id is not None else {"prompt": text}
         try:
             answer = await client.generate(
-                _prompt(rng, load.prompt_words),
+                **asked,
+                session_id=session_id,
                 max_new_tokens=rng.randint(*load.new_tokens),
                 cost_class=load.cost_class,
                 ignore_eos=True,
@@ -164,11 +176,11 @@ async def run_load(ingress_url: str, plan: LoadPlan, *, drain_timeout_s: float =
             for i in range(load.clients):
                 start_in = plan.ramp_s * i / load.clients
                 child = random.Random(rng.random())
-                loops.append(
-                    asyncio.create_task(
-                        _client_loop(client, load, rng=child, start_in=start_in, stop_at=stop_at, result=result)
-                    )
+                session = f"conversation-{load.cost_class}-{i}-{plan.seed}" if i % 2 == 0 else None
+                loop = _client_loop(
+                    client, load, rng=child, start_in=start_in, stop_at=stop_at, result=result, session_id=session
                 )
+                loops.append(asyncio.create_task(loop))
         burst: list[tuple[str, Submitted]] = []
         with Progress(
             TextColumn("[bold]load[/]"), BarColumn(), TextColumn("{task.description}"), TimeRemainingColumn()
