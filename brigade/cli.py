@@ -346,7 +346,8 @@ def top(
     interval: Annotated[float, typer.Option(min=0.05, help="Seconds between scrapes (the rate window).")] = 2.0,
     once: Annotated[bool, typer.Option(help="Print one frame (two scrapes an interval apart) and exit.")] = False,
 ) -> None:
-    """A live view of the classes: lag, batch size, tokens/s, running/waiting, TTFT p50, from /metrics."""
+    """A live view of the classes from /metrics: workers, lag, mean batch, tokens/s, requests done and failed per
+    second, running and waiting, TTFT p50, and the share of chat prompt tokens taken from the session cache."""
     from brigade.top import run_top
 
     urls = [*(ingress or []), *(worker or [])]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -34,9 +35,13 @@ class ClassSample:
     ttft_buckets: dict[float, float] = field(default_factory=dict)  # le → cumulative count
     finished: float = 0.0  # Σ brigade_request_success_total over finish reasons
     errors: float = 0.0  # Σ brigade_request_errors_total over codes
+    cache_queries: float = 0.0  # brigade_prefix_cache_queries_total: chat prompt tokens that looked for a cache
+    cache_hits: float = 0.0  # brigade_prefix_cache_hits_total: those found there
 
     def add(self, other: ClassSample) -> None:
         self.tokens += other.tokens
+        self.cache_queries += other.cache_queries
+        self.cache_hits += other.cache_hits
         self.finished += other.finished
         self.errors += other.errors
         self.batch_sum += other.batch_sum
@@ -63,6 +68,8 @@ _SUMMED = {
     "brigade_consumer_lag": "worker_lag",
     "brigade_request_success_total": "finished",
     "brigade_request_errors_total": "errors",
+    "brigade_prefix_cache_queries_total": "cache_queries",
+    "brigade_prefix_cache_hits_total": "cache_hits",
 }
 
 
@@ -138,6 +145,7 @@ class ClassRow:
     ttft_p50_s: float | None
     finished_per_s: float | None = None  # requests ended by a done event (any finish reason), per second
     errors_per_s: float | None = None  # requests ended by an error event, per second
+    cached_share: float | None = None  # of chat turns' prompt tokens, those their session's KV cache held
 
 
 def _delta_buckets(cur: dict[float, float], prev: dict[float, float]) -> dict[float, float]:
@@ -153,12 +161,15 @@ def rows(cur: Snapshot, prev: Snapshot | None = None, seconds: float = 0.0) -> l
         p = prev.get(cls) if prev is not None else None
         tps = finished = errors = None
         batch_sum, batch_count, buckets = c.batch_sum, c.batch_count, c.ttft_buckets
+        queries, hits = c.cache_queries, c.cache_hits
         if p is not None and seconds > 0:
             tps = max(0.0, c.tokens - p.tokens) / seconds
             finished = max(0.0, c.finished - p.finished) / seconds
             errors = max(0.0, c.errors - p.errors) / seconds
             if c.batch_count > p.batch_count:
                 batch_sum, batch_count = c.batch_sum - p.batch_sum, c.batch_count - p.batch_count
+            if c.cache_queries > p.cache_queries:
+                queries, hits = c.cache_queries - p.cache_queries, c.cache_hits - p.cache_hits
             window = _delta_buckets(c.ttft_buckets, p.ttft_buckets)
             if window and max(window.values()) > 0:
                 buckets = window
@@ -175,17 +186,20 @@ def rows(cur: Snapshot, prev: Snapshot | None = None, seconds: float = 0.0) -> l
                 ttft_p50_s=histogram_quantile(0.5, buckets),
                 finished_per_s=finished,
                 errors_per_s=errors,
+                cached_share=hits / queries if queries > 0 else None,
             )
         )
     return out
 
 
+# Short enough that eleven columns fit an 80-column terminal; ``--help`` says what each one is.
+COLUMNS = ("class", "workers", "lag", "batch", "tokens/s", "done/s", "err/s", "run", "wait", "TTFT p50", "cached")
+
+
 def render(table_rows: Sequence[ClassRow], *, title: str = "brigade top") -> Table:
-    table = Table(title=title)
-    columns = ("class", "workers", "lag", "batch (mean)", "tokens/s", "done/s", "errors/s", "running", "waiting",
-               "TTFT p50")  # fmt: skip
-    for col in columns:
-        table.add_column(col, justify="left" if col == "class" else "right")
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
 
     def num(v: float | None, fmt: str) -> str:
         return "–" if v is None else format(v, fmt)
@@ -202,6 +216,7 @@ def render(table_rows: Sequence[ClassRow], *, title: str = "brigade top") -> Tab
             f"{r.running:.0f}",
             f"{r.waiting:.0f}",
             "–" if r.ttft_p50_s is None else f"{r.ttft_p50_s * 1000:.0f} ms",
+            "–" if r.cached_share is None else f"{r.cached_share:.0%}",
         )
     return table
 

@@ -100,15 +100,20 @@ def test_rates_and_window_figures_between_two_scrapes() -> None:
     done = [DoneEvent(request_id=f"r{i}", seq=0, finish_reason=reason, prompt_tokens=1, completion_tokens=1)
             for i, reason in enumerate([FinishReason.STOP, FinishReason.LENGTH, FinishReason.CANCELLED])]  # fmt: skip
     m.count_finals([*done, ErrorEvent(request_id="e", seq=0, code=ErrorCode.EXPIRED, message="late")])
+    m.observe_prefix_cache(queried=100, hit=75)
     cur = parse_metrics(generate_latest(m.registry).decode())
     [row] = rows(cur, prev, seconds=2.0)
     assert row.tokens_per_s == pytest.approx(25.0)
     assert row.finished_per_s == pytest.approx(1.5) and row.errors_per_s == pytest.approx(0.5)
+    assert row.cached_share == pytest.approx(0.75) and prev["small"].cache_queries == 0
     assert row.batch_mean == pytest.approx(3.0)  # the interval's batches, not all-time (38 / 3)
     assert row.ttft_p50_s is not None and 0.01 <= row.ttft_p50_s <= 0.02
     # nothing new in the interval: all-time figures rather than blanks
     [idle] = rows(cur, cur, seconds=2.0)
     assert idle.tokens_per_s == 0.0 and idle.batch_mean == pytest.approx(38 / 3)
+    assert idle.cached_share == pytest.approx(0.75)
+    [before] = rows(prev)
+    assert before.cached_share is None, "no chat turn yet: nothing to share"
 
 
 def test_histogram_quantile() -> None:
@@ -146,3 +151,4 @@ async def test_top_once_against_a_real_fleet(settings: Settings, topics: list[st
     assert "2/2 endpoints" in result.output
     line = next(ln for ln in result.output.splitlines() if "small" in ln)
     assert "ms" in line  # a TTFT p50 from the worker's histogram
+    assert "cached" in result.output and "…" not in result.output, "every header whole in 80 columns"
