@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client.parser import text_string_to_metric_families
 
 from brigade.inprocess import finals, fleet, read_until_final
+from brigade.top import parse_metrics
 from consumer.engine.interface import GenerationInput, TokenDelta
 from consumer.engine.kv_cache import MIN_REUSED_TOKENS, KvEntry, SessionKvCache, common_prefix
 from consumer.engine.onnx_engine import OnnxEngine, load_engine
@@ -119,13 +119,8 @@ def test_a_prompt_that_differs_early_computes_everything(engine: OnnxEngine) -> 
 
 
 def prefix_cache_totals(metrics: str) -> tuple[float, float]:
-    values = {
-        s.name: s.value
-        for family in text_string_to_metric_families(metrics)
-        for s in family.samples
-        if s.name in ("brigade_prefix_cache_queries_total", "brigade_prefix_cache_hits_total")
-    }
-    return values["brigade_prefix_cache_queries_total"], values["brigade_prefix_cache_hits_total"]
+    small = parse_metrics(metrics)["small"]
+    return small.cache_queries, small.cache_hits
 
 
 async def test_a_sessions_second_turn_reuses_the_first_through_the_worker(

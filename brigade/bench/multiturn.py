@@ -19,11 +19,11 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from prometheus_client.parser import text_string_to_metric_families
 
 from brigade.bench.engine_loop import bench_prompt
 from brigade.bench.pipeline import isolated_settings
 from brigade.inprocess import fleet, read_until_final
+from brigade.top import parse_metrics
 from consumer.worker import EngineFactory
 from producer.topics import ensure_topics
 from schemas.events import DoneEvent, TokenEvent
@@ -60,15 +60,6 @@ class MultiturnResult:
     @property
     def last_turn_speedup(self) -> float:
         return self.medians(self.whole_ttft_ms)[-1] / self.medians(self.session_ttft_ms)[-1]
-
-
-def _prefix_totals(text: str) -> tuple[float, float]:
-    out = {"brigade_prefix_cache_queries_total": 0.0, "brigade_prefix_cache_hits_total": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in out:
-                out[sample.name] += sample.value
-    return out["brigade_prefix_cache_queries_total"], out["brigade_prefix_cache_hits_total"]
 
 
 async def _turn(
@@ -121,7 +112,7 @@ async def run_multiturn(
         ):
             metrics_url = f"http://127.0.0.1:{f.worker_ports[0]}/metrics"
             await _turn(http, redis, settings, {"prompt": "warm up", **common})  # joined and warm before timing
-            before = _prefix_totals((await http.get(metrics_url)).text)
+            before = parse_metrics((await http.get(metrics_url)).text)["small"]
             replies: list[list[str]] = []
             for s, conversation in enumerate(messages):
                 said: list[str] = []
@@ -133,7 +124,7 @@ async def run_multiturn(
                     if on_turn is not None:
                         on_turn()
                 replies.append(said)
-            after = _prefix_totals((await http.get(metrics_url)).text)
+            after = parse_metrics((await http.get(metrics_url)).text)["small"]
             for s, conversation in enumerate(messages):
                 history: list[dict[str, str]] = []
                 for t, message in enumerate(conversation):
@@ -150,7 +141,7 @@ async def run_multiturn(
                         on_turn()
     finally:
         await redis.aclose()
-    queried, hits = after[0] - before[0], after[1] - before[1]
+    queried, hits = after.cache_queries - before.cache_queries, after.cache_hits - before.cache_hits
     return MultiturnResult(
         model=settings.model,
         config=config,

@@ -251,13 +251,15 @@ class OnnxBatchRun:
             # Scoring a prompt needs the model's output at every position: only those rows pay for it.
             plain = [s for s in joining if s.sampling.prompt_logprobs is None]
             scoring = [s for s in joining if s.sampling.prompt_logprobs is not None]
-            hits = [(s, hit) for s in plain if (hit := self._cached(s)) is not None]
-            for s, (entry, reused) in hits:
-                deltas.append(self._prefill_from(s, entry, reused))
-            if hits:
-                plain = [s for s in plain if all(s is not h for h, _ in hits)]
-            if plain:
-                deltas.extend(self._prefill(plain))
+            fresh = []  # the rest: no cache of their session's last turn to start from
+            for s in plain:
+                hit = self._engine.kv.take(s.cache_key, s.prompt_ids) if s.cache_key is not None else None
+                if hit is None:
+                    fresh.append(s)
+                else:
+                    deltas.append(self._prefill_from(s, *hit))
+            if fresh:
+                deltas.extend(self._prefill(fresh))
             if scoring:
                 deltas.extend(self._prefill(scoring, every_position=True))
         elif self._rows.seqs:
@@ -299,11 +301,6 @@ class OnnxBatchRun:
         self._compact(new)
         self._rows.extend(new)
         return deltas
-
-    def _cached(self, seq: SequenceState) -> tuple[KvEntry, int] | None:
-        if seq.cache_key is None or not self._engine.kv.max_bytes:
-            return None
-        return self._engine.kv.take(seq.cache_key, seq.prompt_ids)
 
     def _prefill_from(self, seq: SequenceState, entry: KvEntry, reused: int) -> TokenDelta:
         """A joiner whose first ``reused`` prompt tokens' keys and values are ``entry``'s: only the rest runs,
