@@ -347,7 +347,7 @@ def top(
     once: Annotated[bool, typer.Option(help="Print one frame (two scrapes an interval apart) and exit.")] = False,
 ) -> None:
     """A live view of the classes from /metrics: workers, lag, mean batch, tokens/s, requests done and failed per
-    second, running and waiting, TTFT p50, and the share of chat prompt tokens taken from the session cache."""
+    second, running and waiting, TTFT p50, and the share of prompt tokens taken from the KV cache."""
     from brigade.top import run_top
 
     urls = [*(ingress or []), *(worker or [])]

@@ -35,7 +35,7 @@ class ClassSample:
     ttft_buckets: dict[float, float] = field(default_factory=dict)  # le → cumulative count
     finished: float = 0.0  # Σ brigade_request_success_total over finish reasons
     errors: float = 0.0  # Σ brigade_request_errors_total over codes
-    cache_queries: float = 0.0  # brigade_prefix_cache_queries_total: chat prompt tokens that looked for a cache
+    cache_queries: float = 0.0  # brigade_prefix_cache_queries_total: prompt tokens that looked for a KV cache
     cache_hits: float = 0.0  # brigade_prefix_cache_hits_total: those found there
 
     def add(self, other: ClassSample) -> None:

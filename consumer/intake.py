@@ -13,6 +13,9 @@ A chat request (``messages``) is a turn of its session's conversation: its store
 with the admission, merged with the request's messages and trimmed oldest-first to fit
 (``consumer/session.py``); its ``done`` will carry the session append. A ``prompt`` (or ``prompt_token_ids``)
 request is a stateless completion and never touches the session.
+
+Which requests keep their KV cache for the next (``consumer/engine/kv_cache.py``): a session's chat turns, by
+session, and any request that names a ``prompt_cache_key``, by that key (``_cache_key``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from schemas.requests import ChatMessage, InferenceRequest, SamplingParams
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
+
+CACHE_KEY_PREFIX = "prompt_cache_key/"
 
 
 @dataclass(slots=True)
@@ -267,9 +272,12 @@ class Intake:
 
 
 def _cache_key(request: InferenceRequest) -> str | None:
-    """A chat turn's session, whose next turn will start with this one's tokens; not a turn that holds its
-    whole conversation itself (``trim_history: false``, the OpenAI endpoint's fresh session per call), which
-    has no next turn here: its cache would only push out the caches of sessions that do."""
+    """A chat turn's session, whose next turn will start with this one's tokens, or the prompt_cache_key of a
+    request that carries its whole context (its record key too, so the next request with it comes here). Not
+    a request that carries its whole context without one (the OpenAI endpoint's fresh session per call): it
+    has no next turn here, and its cache would only push out the caches of those that do."""
+    if request.prompt_cache_key is not None:
+        return CACHE_KEY_PREFIX + request.prompt_cache_key  # never a session's: no Identifier has a "/"
     if request.messages is None or request.trim_history is False:
         return None
     return request.session_id

@@ -73,16 +73,16 @@ class WorkerMetrics:
         self.dlq = Counter(
             "brigade_dlq_messages", "Messages sent to the dead-letter topic.", c, registry=r
         )  # exported as brigade_dlq_messages_total
-        # vLLM's pair, in tokens: hits / queries is the share of chat turns' prompts not computed again
+        # vLLM's pair, in tokens: hits / queries is the share of cached requests' prompts not computed again
         self.prefix_queries = Counter(
             "brigade_prefix_cache_queries",
-            "Prompt tokens of chat turns that looked for their session's cache.",
+            "Prompt tokens of chat turns (and prompt_cache_key requests) that looked for a KV cache.",
             c,
             registry=r,
         )  # exported as brigade_prefix_cache_queries_total
         self.prefix_hits = Counter(
             "brigade_prefix_cache_hits",
-            "Prompt tokens whose keys and values came from their session's cache.",
+            "Prompt tokens whose keys and values came from a KV cache.",
             c,
             registry=r,
         )  # exported as brigade_prefix_cache_hits_total

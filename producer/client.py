@@ -130,6 +130,9 @@ class RequestOptions(TypedDict, total=False):
     trim_history: bool | None
     """With ``messages``: False answers a conversation too long for the context with ``context_length_exceeded``
     instead of dropping its oldest turns."""
+    prompt_cache_key: str | None
+    """For a ``prompt`` (or ``messages`` with ``trim_history=False``) that repeats an earlier request's text and
+    goes on: requests with one key go to one worker, which computes only what follows the prefix they share."""
     skip_special_tokens: bool | None
     """False keeps the text of special tokens the model generates (its control tokens) in the answer."""
     tools: Sequence[Mapping[str, Any]] | None
@@ -152,7 +155,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     attempts: int  # 1 unless a worker crashed mid-generation and the request was regenerated
-    cached_tokens: int = 0  # of prompt_tokens, those kept from the session's previous turn (not computed again)
+    cached_tokens: int = 0  # of prompt_tokens, those a worker kept from the previous turn (not computed again)
     traceparent: str | None = None  # the worker's span (W3C): its trace id is the request's
     logprobs: list[TokenLogprob] | None = None  # one per generated token, when the request asked
     prompt_logprobs: list[PromptLogprob] | None = None  # one per prompt token, when the request asked

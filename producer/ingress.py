@@ -204,7 +204,7 @@ class _Planned(NamedTuple):
     headers: tuple[tuple[str, bytes], ...] = ()
 
     def record(self) -> Record:
-        return Record(self.topic, self.request.session_id.encode(), self.request.to_bytes(), self.headers)
+        return Record(self.topic, self.request.record_key, self.request.to_bytes(), self.headers)
 
     def accepted(self, meta: RecordMetadata, names: Names) -> RequestAccepted:
         r = self.request

@@ -116,6 +116,7 @@ PASSED_ON = (
     "min_p",
     "repetition_penalty",
     "priority",
+    "prompt_cache_key",
 )
 
 
@@ -143,6 +144,8 @@ class OpenAIBody(BaseModel):
     min_p: float | None = None  # vLLM's
     repetition_penalty: float | None = None  # vLLM's
     priority: int = 0  # vLLM's: lower goes first
+    # OpenAI's: the calls with one key go to one worker, which keeps the last one's KV cache for the next
+    prompt_cache_key: str | None = None
     functions: Annotated[Any, off_only([])] = None
     function_call: Annotated[Any, off_only("none", "auto")] = None
     response_format: ResponseFormat | None = None  # OpenAI's JSON mode and JSON Schema outputs

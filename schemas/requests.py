@@ -25,6 +25,7 @@ MAX_GRAMMAR_CHARS = 65_536  # a JSON schema (as JSON), regex or grammar: compile
 MAX_CHOICE_STRINGS = 256  # structured_output.choice: the strings an answer may be one of
 MAX_TOOLS = 128  # OpenAI's limit on tools per request
 MAX_TEMPLATE_KWARGS_CHARS = 16_384  # chat_template_kwargs as JSON: variables for a template, not documents
+MAX_CACHE_KEY_CHARS = 256  # prompt_cache_key: a conversation's or user's id, not a document
 # The variables a worker gives every chat template itself; chat_template_kwargs may not replace them.
 TEMPLATE_VARIABLES = ("messages", "tools", "add_generation_prompt", "bos_token", "eos_token")
 
@@ -227,7 +228,8 @@ class SamplingParams(BaseModel):
 
 
 class InferenceRequest(SamplingParams):
-    """A unit of work on a request topic. Keyed by ``session_id`` so one session's turns stay ordered."""
+    """A unit of work on a request topic. Keyed by ``session_id`` so one session's turns stay ordered (or by
+    ``prompt_cache_key``, for a request that keeps no session state: see ``record_key``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -257,6 +259,12 @@ class InferenceRequest(SamplingParams):
     oldest turns (never the system message) until it fits, as a stored session's do. Absent or true: it does;
     false: the request is answered context_length_exceeded instead, as OpenAI's and vLLM's chat endpoints answer
     (the OpenAI endpoint here sends false: its callers hold the conversation and decide what to drop)."""
+    prompt_cache_key: Annotated[Text, Field(min_length=1, max_length=MAX_CACHE_KEY_CHARS)] | None = None
+    """For a request that carries its whole context (prompt, prompt_token_ids, or messages with trim_history
+    false), OpenAI's prompt_cache_key: requests with the same key go to the same partition (it is the Kafka
+    record key in place of session_id), where the worker keeps the last one's KV cache for the next, which
+    computes only what follows the prefix they share. Use one key per conversation or user: every request with
+    one key goes to one worker. A session's chat turns are cached by their session without it."""
     prompt_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
     """The prompt as ids of the model's vocabulary, read as they are (no tokenizing, no special tokens added):
     what an evaluation harness that tokenized the text itself sends. Give exactly one of prompt, messages and
@@ -292,6 +300,12 @@ class InferenceRequest(SamplingParams):
             raise ValueError("chat_template_kwargs go with messages: only a chat template reads them")
         if self.trim_history is not None and self.messages is None:
             raise ValueError("trim_history goes with messages: only a conversation has turns to trim")
+        if self.prompt_cache_key is not None and self.messages is not None and self.trim_history is not False:
+            raise ValueError(
+                "prompt_cache_key goes with requests that carry their whole context (prompt, prompt_token_ids, or "
+                "messages with trim_history: false): a session's chat turns are kept in order, and cached, by "
+                "their session_id"
+            )
         if self.tools is not None and len(json.dumps(self.tools)) > MAX_GRAMMAR_CHARS:
             raise ValueError(f"tools are over {MAX_GRAMMAR_CHARS} characters as JSON; describe fewer or shorter")
         if self.min_tokens and self.max_new_tokens is not None and self.min_tokens > self.max_new_tokens:
@@ -306,6 +320,12 @@ class InferenceRequest(SamplingParams):
         if self.prompt is not None:
             return "prompt"
         return "messages" if self.messages is not None else "prompt_token_ids"
+
+    @property
+    def record_key(self) -> bytes:
+        """The Kafka record key: the session, whose turns must stay in order on one partition, unless the
+        request names a prompt_cache_key (which only a request that carries its whole context may)."""
+        return (self.prompt_cache_key or self.session_id).encode()
 
     def sampling(self) -> SamplingParams:
         # Already validated as part of this request: copied, not checked again.

@@ -110,6 +110,47 @@ async def test_accepted_request_lands_on_its_class_topic_keyed_by_session(
     assert InferenceRequest.from_bytes(record.value).request_id == ack["request_id"]
 
 
+async def test_a_prompt_cache_key_is_the_record_key_of_requests_that_carry_their_whole_context(
+    settings: Settings, ingress: str, redis_client: aioredis.Redis
+) -> None:
+    """So that the next call with the key lands on the partition, and the worker, that kept the last one's KV
+    cache: native prompts and the OpenAI endpoints' calls alike. A session's chat turn stays keyed by its session
+    (its turns must stay in order), and asking otherwise is answered with what to do instead."""
+    chat = [{"role": "user", "content": "hi"}]
+    oai = openai.AsyncOpenAI(base_url=f"{ingress}/v1", api_key="unused")
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        native = await http.post("/v1/requests", json={"prompt": "hi", "prompt_cache_key": "conv-7"})
+        assert native.status_code == 202, native.text
+        stateful = await http.post("/v1/requests", json={"messages": chat, "prompt_cache_key": "conv-7"})
+        whole = await http.post(
+            "/v1/requests", json={"messages": chat, "trim_history": False, "prompt_cache_key": "user 8/conv 1"}
+        )
+        assert whole.status_code == 202, whole.text
+        plain = await http.post("/v1/requests", json={"session_id": "s-9", "prompt": "hi"})
+        assert plain.status_code == 202, plain.text
+    assert stateful.status_code == 422, stateful.text
+    error = stateful.json()["error"]
+    assert error["param"] == "prompt_cache_key" or "prompt_cache_key" in error["message"], error
+    assert "session_id" in error["message"]
+
+    worker = asyncio.create_task(play_worker(settings, redis_client, count=5))
+    extra = {"prompt_cache_key": "conv-8"}
+    async with oai:
+        answered = await oai.chat.completions.create(
+            model=settings.model, messages=[{"role": "user", "content": "hi"}], max_tokens=5, extra_body=extra
+        )
+        await oai.completions.create(model=settings.model, prompt="hi", max_tokens=5, extra_body=extra)
+    assert answered.usage is not None and answered.usage.prompt_tokens_details is not None
+    assert answered.usage.prompt_tokens_details.cached_tokens == 0  # the played worker says none were
+    seen = await worker
+    assert {r.request_id: r.prompt_cache_key for r in seen}[native.json()["request_id"]] == "conv-7"
+
+    records = await read_records(settings.kafka_bootstrap, settings.names.request_topic("small"), count=5)
+    keys = sorted(r.key for r in records if r.key is not None)
+    assert keys == [b"conv-7", b"conv-8", b"conv-8", b"s-9", b"user 8/conv 1"]
+    assert len({r.partition for r in records if r.key == b"conv-8"}) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -149,3 +150,40 @@ async def test_a_sessions_second_turn_reuses_the_first_through_the_worker(
     # Turn 2 renders turn 1's prompt and reply first: at least turn 1's prompt is reused.
     assert dones[0].prompt_tokens <= hits < dones[1].prompt_tokens
     assert dones[0].cached_tokens is None and dones[1].cached_tokens == hits, "each done says what it reused"
+
+
+async def test_openai_calls_with_a_prompt_cache_key_reuse_the_last_calls_cache(
+    settings: Settings, topics: list[str]
+) -> None:
+    """OpenAI callers send the whole conversation every call: with OpenAI's prompt_cache_key the worker keeps
+    each call's cache for the next, and usage.prompt_tokens_details says what was reused; without one, nothing."""
+    first = [{"role": "user", "content": "Fire table two: the fish, the roast and the pastry, then tell the pass."}]
+    greedy = {"model": settings.model, "max_tokens": 6, "temperature": 0, "ignore_eos": True, "cost_class": "small"}
+    async with fleet(settings, classes=["small"]) as f, httpx.AsyncClient(base_url=f.url, timeout=30) as http:
+
+        async def chat(messages: list[dict[str, str]], **extra: str) -> dict[str, Any]:
+            resp = await http.post("/v1/chat/completions", json=greedy | {"messages": messages} | extra)
+            assert resp.status_code == 200, resp.text
+            return dict(resp.json())
+
+        one = await chat(first, prompt_cache_key="table-2")
+        reply = {"role": "assistant", "content": one["choices"][0]["message"]["content"]}
+        conversation = [*first, reply, {"role": "user", "content": "And the fish?"}]
+        unkeyed = await chat(conversation)
+        two = await chat(conversation, prompt_cache_key="table-2")
+        again = await chat(conversation, prompt_cache_key="table-3")  # another key: another cache
+
+        text = {"model": settings.model, "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+        prompt = "The pass calls the orders out and every station answers with the time its plates need. "
+        p1 = (await http.post("/v1/completions", json=text | {"prompt": prompt, "prompt_cache_key": "p"})).json()
+        longer = prompt + p1["choices"][0]["text"] + " Then the runners take them."
+        p2 = (await http.post("/v1/completions", json=text | {"prompt": longer, "prompt_cache_key": "p"})).json()
+
+    def cached(answer: dict[str, Any]) -> int:
+        return int(answer["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+    assert cached(one) == 0 and cached(unkeyed) == 0 and cached(again) == 0
+    # The second call renders the first one's prompt and reply first: at least the first prompt is reused.
+    assert one["usage"]["prompt_tokens"] <= cached(two) < two["usage"]["prompt_tokens"]
+    assert two["choices"][0]["message"]["content"] == unkeyed["choices"][0]["message"]["content"]
+    assert cached(p1) == 0 and p1["usage"]["prompt_tokens"] <= cached(p2) < p2["usage"]["prompt_tokens"]

@@ -48,7 +48,7 @@ async def publish(stack: Stack, requests: list[InferenceRequest]) -> list[Submis
         topic = stack.settings.names.request_topic(COST_CLASS)
         out = []
         for r in requests:
-            meta = await producer.send_and_wait(topic, r.to_bytes(), key=r.session_id.encode())
+            meta = await producer.send_and_wait(topic, r.to_bytes(), key=r.record_key)
             out.append(Submission(r.request_id, r.session_id, 202, meta.partition, meta.offset))
         return out
     finally:

@@ -28,8 +28,8 @@ class GenerationInput:
     prompt_ids: Sequence[int]
     max_new_tokens: int
     sampling: SamplingParams
-    # a chat turn's session: an engine may keep the finished sequence's KV cache under it for the session's next
-    # turn, whose prompt starts with the same tokens (``consumer/engine/kv_cache.py``)
+    # a chat turn's session, or a request's prompt_cache_key: an engine may keep the finished sequence's KV cache
+    # under it for the next request with it, whose prompt starts with the same tokens (``consumer/engine/kv_cache.py``)
     cache_key: str | None = None
 
 
