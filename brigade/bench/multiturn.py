@@ -4,8 +4,10 @@
 ``message_words`` long, each reply ``new_tokens`` greedy tokens), first as brigade sessions (each turn sends only
 its new message; the worker keeps the finished turn's KV cache for the next), then as a client of a stateless
 API sends them: the whole conversation so far, the first side's replies included, with ``trim_history: false``
-and a fresh session per call, which keeps no cache. Both sides render the same prompts, so what differs is the
-prefill: the figure is each turn's time to first token (submit → the step that made it), per turn number.
+and a fresh session per call, which keeps no cache; then the same with a ``prompt_cache_key`` per conversation,
+as an OpenAI caller who sets one sends them (the worker keeps each call's cache for the next). All sides render
+the same prompts, so what differs is the prefill: the figure is each turn's time to first token (submit → the
+step that made it), per turn number.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import redis.asyncio as aioredis
 from brigade.bench.engine_loop import bench_prompt
 from brigade.bench.pipeline import isolated_settings
 from brigade.inprocess import fleet, read_until_final
-from brigade.top import parse_metrics
+from brigade.top import ClassSample, parse_metrics
 from consumer.worker import EngineFactory
 from producer.topics import ensure_topics
 from schemas.events import DoneEvent, TokenEvent
@@ -51,8 +53,10 @@ class MultiturnResult:
     config: MultiturnConfig
     session_ttft_ms: list[list[float]]  # [turn][session]: brigade sessions, the cache kept
     whole_ttft_ms: list[list[float]]  # [turn][session]: the conversation sent whole each time
+    keyed_ttft_ms: list[list[float]]  # [turn][session]: sent whole with a prompt_cache_key per conversation
     prompt_tokens: list[float]  # per turn, median over sessions
     cache_hit_share: float  # the worker's prefix cache hits / queries over the session side
+    keyed_hit_share: float  # likewise over the prompt_cache_key side
 
     def medians(self, side: list[list[float]]) -> list[float]:
         return [statistics.median(turn) for turn in side]
@@ -60,6 +64,10 @@ class MultiturnResult:
     @property
     def last_turn_speedup(self) -> float:
         return self.medians(self.whole_ttft_ms)[-1] / self.medians(self.session_ttft_ms)[-1]
+
+    @property
+    def keyed_last_turn_speedup(self) -> float:
+        return self.medians(self.whole_ttft_ms)[-1] / self.medians(self.keyed_ttft_ms)[-1]
 
 
 async def _turn(
@@ -101,9 +109,7 @@ async def run_multiturn(
         ]
         for s in range(config.sessions)
     ]
-    session_ttft = [[0.0] * config.sessions for _ in range(config.turns)]
-    whole_ttft = [[0.0] * config.sessions for _ in range(config.turns)]
-    prompts = [[0.0] * config.sessions for _ in range(config.turns)]
+    session_ttft, prompts = _per_turn(config), _per_turn(config)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
     try:
         async with (
@@ -125,31 +131,52 @@ async def run_multiturn(
                         on_turn()
                 replies.append(said)
             after = parse_metrics((await http.get(metrics_url)).text)["small"]
-            for s, conversation in enumerate(messages):
-                history: list[dict[str, str]] = []
-                for t, message in enumerate(conversation):
-                    history.append(message)
-                    body = {"messages": list(history), "trim_history": False, **common}
-                    whole_ttft[t][s], done, _ = await _turn(http, redis, settings, body)
-                    if done.prompt_tokens != prompts[t][s]:
-                        raise RuntimeError(
-                            f"turn {t} rendered {done.prompt_tokens} tokens whole, {prompts[t][s]} in its session"
-                        )
-                    # stripped, as the session stores a reply: both sides then render the same prompt
-                    history.append({"role": "assistant", "content": replies[s][t].strip()})
-                    if on_turn is not None:
-                        on_turn()
+
+            async def whole(key: str | None) -> list[list[float]]:
+                """Each conversation sent whole every turn, with the session side's replies, as a stateless API's
+                client sends it; ``key``: the prompt_cache_key's prefix, none for a fresh session per call."""
+                ttft = _per_turn(config)
+                for s, conversation in enumerate(messages):
+                    history: list[dict[str, str]] = []
+                    keyed = {} if key is None else {"prompt_cache_key": f"{key}-{s}"}
+                    for t, message in enumerate(conversation):
+                        history.append(message)
+                        body = {"messages": list(history), "trim_history": False, **keyed, **common}
+                        ttft[t][s], done, _ = await _turn(http, redis, settings, body)
+                        if done.prompt_tokens != prompts[t][s]:
+                            raise RuntimeError(
+                                f"turn {t} rendered {done.prompt_tokens} tokens whole, {prompts[t][s]} in its session"
+                            )
+                        # stripped, as the session stores a reply: both sides then render the same prompt
+                        history.append({"role": "assistant", "content": replies[s][t].strip()})
+                        if on_turn is not None:
+                            on_turn()
+                return ttft
+
+            whole_ttft = await whole(None)
+            keyed_ttft = await whole(f"{tag}-conversation")
+            keyed = parse_metrics((await http.get(metrics_url)).text)["small"]
     finally:
         await redis.aclose()
-    queried, hits = after.cache_queries - before.cache_queries, after.cache_hits - before.cache_hits
     return MultiturnResult(
         model=settings.model,
         config=config,
         session_ttft_ms=session_ttft,
         whole_ttft_ms=whole_ttft,
+        keyed_ttft_ms=keyed_ttft,
         prompt_tokens=[statistics.median(p) for p in prompts],
-        cache_hit_share=hits / queried if queried else 0.0,
+        cache_hit_share=_hit_share(before, after),
+        keyed_hit_share=_hit_share(after, keyed),
     )
+
+
+def _per_turn(config: MultiturnConfig) -> list[list[float]]:
+    return [[0.0] * config.sessions for _ in range(config.turns)]
+
+
+def _hit_share(before: ClassSample, after: ClassSample) -> float:
+    queried, hits = after.cache_queries - before.cache_queries, after.cache_hits - before.cache_hits
+    return hits / queried if queried else 0.0
 
 
 def multiturn_json(result: MultiturnResult) -> dict[str, Any]:
@@ -159,20 +186,27 @@ def multiturn_json(result: MultiturnResult) -> dict[str, Any]:
         "prompt_tokens_per_turn": result.prompt_tokens,
         "session_ttft_ms_per_turn": result.medians(result.session_ttft_ms),
         "whole_ttft_ms_per_turn": result.medians(result.whole_ttft_ms),
+        "keyed_ttft_ms_per_turn": result.medians(result.keyed_ttft_ms),
         "session_ttft_ms": result.session_ttft_ms,
         "whole_ttft_ms": result.whole_ttft_ms,
+        "keyed_ttft_ms": result.keyed_ttft_ms,
         "cache_hit_share": result.cache_hit_share,
+        "keyed_hit_share": result.keyed_hit_share,
         "last_turn_speedup": result.last_turn_speedup,
+        "keyed_last_turn_speedup": result.keyed_last_turn_speedup,
     }
 
 
 def multiturn_line(result: MultiturnResult) -> str:
     session, whole = result.medians(result.session_ttft_ms), result.medians(result.whole_ttft_ms)
+    keyed = result.medians(result.keyed_ttft_ms)
     cfg = result.config
     return (
         f"multi-turn chat on {result.model}: turn {cfg.turns} ({result.prompt_tokens[-1]:.0f} prompt tokens) had its "
         f"first token in {session[-1]:.0f} ms as a session turn (its last turn's KV cache kept) against "
-        f"{whole[-1]:.0f} ms sent whole: [bold]{result.last_turn_speedup:.1f}×[/]; {result.cache_hit_share:.0%} of the "
-        f"session turns' prompt tokens came from the cache ({cfg.sessions} conversation(s) of {cfg.turns} turns, "
-        f"{cfg.message_words}-word messages, {cfg.new_tokens}-token replies)"
+        f"{whole[-1]:.0f} ms sent whole: [bold]{result.last_turn_speedup:.1f}×[/]; sent whole with a "
+        f"prompt_cache_key, {keyed[-1]:.0f} ms: [bold]{result.keyed_last_turn_speedup:.1f}×[/]; "
+        f"{result.cache_hit_share:.0%} and {result.keyed_hit_share:.0%} of their prompt tokens came from the cache "
+        f"({cfg.sessions} conversation(s) of {cfg.turns} turns, {cfg.message_words}-word messages, "
+        f"{cfg.new_tokens}-token replies)"
     )

@@ -375,8 +375,9 @@ def _fleet_figures(
         if "multiturn" in figures:
             turns = config.multiturn
             task = progress.add_task(
-                f"multi-turn chat: {turns.sessions} conversation(s) of {turns.turns} turns, as sessions, then whole",
-                total=2 * turns.sessions * turns.turns,
+                f"multi-turn chat: {turns.sessions} conversation(s) of {turns.turns} turns, as sessions, then whole "
+                "without and with a prompt_cache_key",
+                total=3 * turns.sessions * turns.turns,
             )
             report.multiturn = eventloop.run(
                 run_multiturn(settings, turns, on_turn=_advance(progress, task), engines=engines),
