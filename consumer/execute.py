@@ -389,7 +389,7 @@ class BatchExecutor:
             return
         if r.last_token_at is None:
             self._metrics.observe_first_token(now - r.item.enqueued_at)
-            if r.cached:
+            if delta.cached_tokens is not None:
                 r.cached_tokens = delta.cached_tokens
                 self._metrics.observe_prefix_cache(queried=r.prompt_tokens, hit=delta.cached_tokens)
         else:

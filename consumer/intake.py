@@ -15,7 +15,8 @@ with the admission, merged with the request's messages and trimmed oldest-first 
 request is a stateless completion and never touches the session.
 
 Which requests keep their KV cache for the next (``consumer/engine/kv_cache.py``): a session's chat turns, by
-session, and any request that names a ``prompt_cache_key``, by that key (``_cache_key``).
+session, and any request that names a ``prompt_cache_key``, by that key (``_cache_key``). Prefixes shared between
+requests are the engine's own business.
 """
 
 from __future__ import annotations
@@ -56,8 +57,7 @@ class Running:
     first_token_at_ms: int | None = None  # wall clock (epoch ms) when the step with its first token ended
     finished: bool = False
     turn: TurnPlan | None = None  # a chat turn: its session append, and the reply collected so far
-    cached: bool = False  # the engine may reuse its session's cache (it has a cache key)
-    cached_tokens: int = 0  # prompt tokens the engine took from that cache (its prefill delta says)
+    cached_tokens: int = 0  # prompt tokens the engine took from a cache (its prefill delta says)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # entries not written yet (their text is held)
     prompt_logprobs: list[PromptLogprob] | None = None  # the prompt's entries until an event carries them
 
@@ -154,14 +154,8 @@ class Intake:
             if problem is not None:
                 out.rejected.append((item, error_event(item, attempt, *problem)))
                 continue
-            key = _cache_key(request)
             run = Running(
-                item=item,
-                attempt=attempt,
-                prompt_tokens=len(ids),
-                turn=turn,
-                scheduled_at_ms=scheduled_at_ms,
-                cached=key is not None,
+                item=item, attempt=attempt, prompt_tokens=len(ids), turn=turn, scheduled_at_ms=scheduled_at_ms
             )
             gen = GenerationInput(
                 request_id=request.request_id,
@@ -169,7 +163,7 @@ class Intake:
                 # null: the limit, which the engine's sequence clamps to what the context leaves
                 max_new_tokens=request.new_tokens_cap(self._settings.max_new_tokens_limit),
                 sampling=replayable_sampling(request),
-                cache_key=key,
+                cache_key=_cache_key(request),
             )
             out.runnable.append((run, gen))
         return out

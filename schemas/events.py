@@ -128,8 +128,8 @@ class DoneEvent(_EventBase):
     """Tokens generated."""
     cached_tokens: int | None = Field(default=None, ge=1)
     """Of prompt_tokens, those whose keys and values the worker kept from the previous request of the session
-    (or of the prompt_cache_key) instead of computing them (vLLM's usage.prompt_tokens_details.cached_tokens);
-    absent when none were."""
+    (or of the prompt_cache_key), or from a prefix another request shared, instead of computing them (vLLM's
+    usage.prompt_tokens_details.cached_tokens); absent when none were."""
     logprobs: Logprobs = None
     """As on token events: the entries of the tokens no token event carried (the last one, end-of-sequence,
     a stop string's). Over a request's events there is one entry per generated token."""

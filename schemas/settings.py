@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     # host memory for finished chat turns' KV caches, kept per session so its next turn (same partition, same
     # worker) prefills only its new tokens (consumer/engine/kv_cache.py); 0 turns it off
     kv_cache_mb: int = Field(default=512, ge=0)
+    # keep, in the same bytes, the prompt prefixes different requests start with (a system prompt), for every
+    # request that starts with one; off where timing must not tell one tenant what another's prompts begin with
+    shared_prefix_cache: bool = True
     drain_timeout_s: float = Field(default=30.0, ge=0.0)
     # how long a worker keeps retrying an unreachable Redis (backing off exponentially) before it fails loudly;
     # covers a Redis restart or failover without losing the running batch

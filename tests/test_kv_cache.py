@@ -1,5 +1,5 @@
-"""A finished chat turn's KV cache reused by its session's next turn: the cache's rules, then the engine on
-builtin:tiny checked against a plain full recomputation."""
+"""A finished chat turn's KV cache reused by its session's next turn, and prompt prefixes shared between requests:
+the caches' rules, then the engine on builtin:tiny checked against a plain full recomputation, then a worker."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ import redis.asyncio as aioredis
 from brigade.inprocess import finals, fleet, read_until_final
 from brigade.top import parse_metrics
 from consumer.engine.interface import GenerationInput, TokenDelta
-from consumer.engine.kv_cache import MIN_REUSED_TOKENS, KvEntry, SessionKvCache, common_prefix
+from consumer.engine.kv_cache import (
+    BLOCK_TOKENS,
+    MIN_REUSED_TOKENS,
+    KvEntry,
+    SessionKvCache,
+    SharedPrefixes,
+    common_prefix,
+)
 from consumer.engine.onnx_engine import OnnxEngine, load_engine
 from schemas.events import DoneEvent
 from schemas.settings import Settings
@@ -58,9 +65,35 @@ def test_the_byte_bound_evicts_the_oldest() -> None:
     assert len(off) == 0
 
 
+def test_a_prefix_is_kept_once_a_second_prompt_starts_with_it_and_then_read_by_every_prompt() -> None:
+    shared = SharedPrefixes(SessionKvCache(max_bytes=10_000))
+    preamble = list(range(1000, 1040))  # 40 tokens: two whole blocks and some
+    assert shared.find([*preamble, 1, 2, 3]) == (None, 0), "the first prompt with it: nobody else started so"
+    assert shared.find([*preamble, 4, 5]) == (None, 2 * BLOCK_TOKENS), "the second: keep its two whole blocks"
+    assert shared.find(list(range(1000, 1010)) + [7] * 30) == (None, 0), "under two blocks in common: not worth it"
+    kept = KvEntry(tuple(preamble[: 2 * BLOCK_TOKENS]), (np.zeros(64, dtype=np.uint8),))
+    shared.put(kept)
+    for tail in ([6], [8, 9, 10]):
+        assert shared.find([*preamble, *tail]) == ((kept, 2 * BLOCK_TOKENS), 0), "read, not taken"
+    assert shared.find(preamble[: 2 * BLOCK_TOKENS]) == ((kept, 2 * BLOCK_TOKENS - 1), 0), "the last token runs"
+    assert shared.find([0, *preamble]) == (None, 0), "shifted by one token: nothing in common"
+
+
+def sessions_only(model_cache_dir: Path, *, shared_prefix_cache: bool = False) -> OnnxEngine:
+    return load_engine(
+        Settings(
+            model="builtin:tiny",
+            model_cache_dir=model_cache_dir,
+            device="cpu",
+            kv_cache_mb=64,
+            shared_prefix_cache=shared_prefix_cache,
+        )
+    )
+
+
 @pytest.fixture(scope="module")
 def engine(model_cache_dir: Path) -> Iterator[OnnxEngine]:
-    eng = load_engine(Settings(model="builtin:tiny", model_cache_dir=model_cache_dir, device="cpu", kv_cache_mb=64))
+    eng = sessions_only(model_cache_dir)
     yield eng
     eng.close()
 
@@ -92,7 +125,7 @@ def test_the_next_turn_prefills_only_its_new_tokens_and_generates_what_a_full_pr
         engine, [GenerationInput("t1", turn1, 6, GREEDY, cache_key="s1"), GenerationInput("x", other, 9, GREEDY)], {}
     )
     reply = no_cache_greedy(engine, turn1, 6)
-    assert [d.cached_tokens for d in first["t1"]] == [0] * 6
+    assert [d.cached_tokens for d in first["t1"]] == [0] + [None] * 5, "looked once, found nothing"
     assert len(engine.kv) == 1, "only the turn with a session left its cache"
 
     turn2 = [*turn1, *reply, *engine.encode(" And the dessert for table four?")]
@@ -102,7 +135,7 @@ def test_the_next_turn_prefills_only_its_new_tokens_and_generates_what_a_full_pr
         {2: [GenerationInput("t2", turn2, 8, GREEDY, cache_key="s1")]},
     )
     fed = len(turn1) + len(reply) - 1  # turn 1's last token was sampled, never run
-    assert second["t2"][0].cached_tokens == fed and all(d.cached_tokens == 0 for d in second["t2"][1:])
+    assert second["t2"][0].cached_tokens == fed and all(d.cached_tokens is None for d in second["t2"][1:])
     run = engine.start([GenerationInput("t2-ref", turn2, 8, GREEDY)])
     while not run.finished:
         run.step()
@@ -119,6 +152,64 @@ def test_a_prompt_that_differs_early_computes_everything(engine: OnnxEngine) -> 
     assert out["a2"][0].cached_tokens == 0
 
 
+def test_prompts_that_start_alike_share_the_prefix_and_generate_what_a_full_prefill_would(
+    model_cache_dir: Path,
+) -> None:
+    """Two prompts with one preamble make it kept (left-padded beside a longer prompt, so the copy must skip the
+    padding); a third joins a running batch reusing it at the right positions, a fourth reuses it too."""
+    engine = sessions_only(model_cache_dir, shared_prefix_cache=True)
+    preamble = engine.encode(
+        "You are the expediter of a busy kitchen. Call each order to the stations, check every plate at the pass, "
+        "and send nothing out that is cold, late or wrong. Answer in one short line."
+    )
+    assert len(preamble) >= 3 * BLOCK_TOKENS
+    kept = len(preamble) // BLOCK_TOKENS * BLOCK_TOKENS
+    asks = [engine.encode(f" Table {n}: {dish}?") for n, dish in ((2, "the fish"), (5, "two roasts"), (7, "soup"))]
+    longer = engine.encode(
+        "Tickets pile up on the rail while the brigade works the fish, the roast and the sauce. " * 4
+    )
+    out = steps(engine, [GenerationInput("a", [*preamble, *asks[0]], 4, GREEDY)], {})
+    assert out["a"][0].cached_tokens == 0 and len(engine.kv) == 0, "looked, found nothing, kept nothing yet"
+    out = steps(
+        engine, [GenerationInput("b", [*preamble, *asks[1]], 4, GREEDY), GenerationInput("x", longer, 9, GREEDY)], {}
+    )
+    assert out["b"][0].cached_tokens == 0 and len(engine.kv) == 1, "the second prompt with it keeps it"
+
+    third = [*preamble, *asks[2]]
+    out = steps(engine, [GenerationInput("y", longer, 8, GREEDY)], {2: [GenerationInput("c", third, 8, GREEDY)]})
+    assert out["c"][0].cached_tokens == kept
+    expected = no_cache_greedy(engine, third, 8)
+    assert "".join(d.text for d in out["c"]) == engine.tokenizer.decode(expected)
+    entries = len(engine.kv)  # the preamble's, and the longer prompt's, which ran twice now
+    out = steps(engine, [GenerationInput("d", [*preamble, *asks[0]], 2, GREEDY)], {})
+    assert out["d"][0].cached_tokens == kept and len(engine.kv) == entries == 2, "still there: read, not taken"
+    engine.close()
+
+
+def test_joiners_of_one_step_that_share_a_prefix_keep_it_once(
+    model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of new conversations with one system prompt: keeping it is a copy, made once, not per joiner."""
+    engine = sessions_only(model_cache_dir, shared_prefix_cache=True)
+    assert engine.shared is not None
+    preamble = engine.encode("Plates leave the pass only when the whole table is ready, hot, and checked twice. " * 3)
+    asks = [engine.encode(f" Table {n}, what is left?") for n in range(4)]
+    steps(engine, [GenerationInput("p0", [*preamble, *asks[0]], 2, GREEDY)], {})
+    kept: list[int] = []
+    put = engine.shared.put
+
+    def counted(entry: KvEntry) -> None:
+        kept.append(len(entry.ids))
+        put(entry)
+
+    monkeypatch.setattr(engine.shared, "put", counted)
+    burst = [GenerationInput(f"p{n}", [*preamble, *asks[n]], 2, GREEDY) for n in range(1, 4)]
+    out = steps(engine, burst, {})
+    assert kept == [len(preamble) // BLOCK_TOKENS * BLOCK_TOKENS], "one copy for the three"
+    assert [out[f"p{n}"][0].cached_tokens for n in range(1, 4)] == [0, 0, 0]
+    engine.close()
+
+
 def prefix_cache_totals(metrics: str) -> tuple[float, float]:
     small = parse_metrics(metrics)["small"]
     return small.cache_queries, small.cache_hits
@@ -128,7 +219,8 @@ async def test_a_sessions_second_turn_reuses_the_first_through_the_worker(
     settings: Settings, topics: list[str], redis_client: aioredis.Redis
 ) -> None:
     """The native API's chat turns carry their session as the cache key (the worker counts what was reused);
-    an OpenAI call, a fresh session per call, looks for nothing."""
+    an OpenAI call, a fresh session per call, looks for nothing (with no prefix shared between requests)."""
+    settings = settings.model_copy(update={"shared_prefix_cache": False})
     first = "Fire table two: the fish, the roast and the pastry, and tell the pass when the plates are up."
     turns = [[{"role": "user", "content": first}], [{"role": "user", "content": "And the fish?"}]]
     dones: list[DoneEvent] = []
@@ -156,7 +248,9 @@ async def test_openai_calls_with_a_prompt_cache_key_reuse_the_last_calls_cache(
     settings: Settings, topics: list[str]
 ) -> None:
     """OpenAI callers send the whole conversation every call: with OpenAI's prompt_cache_key the worker keeps
-    each call's cache for the next, and usage.prompt_tokens_details says what was reused; without one, nothing."""
+    each call's cache for the next, and usage.prompt_tokens_details says what was reused; without one, nothing
+    (with no prefix shared between requests)."""
+    settings = settings.model_copy(update={"shared_prefix_cache": False})
     first = [{"role": "user", "content": "Fire table two: the fish, the roast and the pastry, then tell the pass."}]
     greedy = {"model": settings.model, "max_tokens": 6, "temperature": 0, "ignore_eos": True, "cost_class": "small"}
     async with fleet(settings, classes=["small"]) as f, httpx.AsyncClient(base_url=f.url, timeout=30) as http:
@@ -187,3 +281,38 @@ async def test_openai_calls_with_a_prompt_cache_key_reuse_the_last_calls_cache(
     assert one["usage"]["prompt_tokens"] <= cached(two) < two["usage"]["prompt_tokens"]
     assert two["choices"][0]["message"]["content"] == unkeyed["choices"][0]["message"]["content"]
     assert cached(p1) == 0 and p1["usage"]["prompt_tokens"] <= cached(p2) < p2["usage"]["prompt_tokens"]
+
+
+async def test_requests_with_one_system_prompt_share_its_cache_through_the_worker(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    """Each conversation its own session: from the third on, the system prompt comes from the cache, and the
+    done event and the worker's counters say so; with BRIGADE_SHARED_PREFIX_CACHE off, nothing does."""
+    system = {
+        "role": "system",
+        "content": "You are the expediter of a busy kitchen. Call each order to the stations, check every plate "
+        "at the pass, and send nothing out that is cold, late or wrong. Answer in one short line.",
+    }
+    asks = ["Table two: the fish?", "Table five: two roasts?", "Table seven: the soup?"]
+
+    async def cached(shared: bool) -> list[int | None]:
+        config = settings.model_copy(update={"shared_prefix_cache": shared})
+        out: list[int | None] = []
+        async with fleet(config, classes=["small"]) as f, httpx.AsyncClient(base_url=f.url, timeout=30) as http:
+            for n, ask in enumerate(asks):
+                session = f"table-{shared}-{n}"
+                body = {"session_id": session, "messages": [system, {"role": "user", "content": ask}]}
+                ack = await http.post("/v1/requests", json=body | {"max_new_tokens": 3, "cost_class": "small"})
+                rid = ack.json()["request_id"]
+                events = await read_until_final(redis_client, settings.names.stream_key(session), {rid})
+                (done,) = finals(events[rid])
+                assert isinstance(done, DoneEvent), done
+                out.append(done.cached_tokens)
+            metrics = f"http://127.0.0.1:{f.worker_ports[0]}/metrics"
+            hits = prefix_cache_totals((await http.get(metrics)).text)[1]
+        assert hits == sum(c or 0 for c in out)
+        return out
+
+    shared = await cached(True)
+    assert shared[:2] == [None, None] and (shared[2] or 0) >= 2 * BLOCK_TOKENS
+    assert await cached(False) == [None, None, None]

@@ -48,8 +48,9 @@ class TokenDelta:
     # set on the last delta of a sequence the engine gave up on alone (its structured output's grammar failed):
     # the request is answered with this error, and the rest of the batch goes on
     error: str | None = None
-    # on a prefill's delta: prompt tokens whose keys and values came from the cache instead of being computed
-    cached_tokens: int = 0
+    # on the prefill's delta of a sequence that looked for a cache (its session's, its prompt_cache_key's, a shared
+    # prefix): its prompt tokens whose keys and values came from one instead of being computed; None: it did not look
+    cached_tokens: int | None = None
 
 
 class BatchRun(Protocol):

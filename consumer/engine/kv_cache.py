@@ -9,7 +9,12 @@ that router.
 
 Entries are taken, not read: a turn that reuses its session's entry will leave a longer one when it finishes,
 and a turn that fails leaves none (the next one computes everything, as it would on another worker). The bound
-is bytes of host memory, least recently stored first out.
+is bytes of host memory, least recently used first out.
+
+Prefixes that different requests share (a system prompt, a few-shot preamble, an agent's tool descriptions) are
+kept too, in the same bytes (``SharedPrefixes``): read by every request that starts with one, never taken. A
+prefix is kept once a second prompt is seen starting with it, not for every prompt: keeping one is a copy of its
+keys and values on the engine's thread, which a prompt nobody repeats would pay for nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ import numpy.typing as npt
 
 # Fewer tokens than this in common: recomputing them is cheaper than copying a cache into the batch.
 MIN_REUSED_TOKENS = 16
+# Shared prefixes are found in whole blocks of this many tokens (a prompt's block hashes are its index), and kept
+# from two blocks up.
+BLOCK_TOKENS = 16
+MIN_SHARED_BLOCKS = 2
+SHARED_KEY_PREFIX = "shared/"  # never a session's (no Identifier has a "/") nor a prompt_cache_key's
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,13 @@ class SessionKvCache:
         while self._bytes > self.max_bytes:
             self._pop(next(iter(self._entries)))
 
+    def peek(self, key: str) -> KvEntry | None:
+        """The entry for ``key``, left in the cache as its most recently used."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
     def take(self, key: str, prompt: Sequence[int]) -> tuple[KvEntry, int] | None:
         """The entry for ``key`` and how many of ``prompt``'s first tokens it covers, when that is worth reusing
         (at least ``MIN_REUSED_TOKENS``, and never the whole prompt: its last token must be run for its logits).
@@ -77,6 +94,63 @@ class SessionKvCache:
         if entry is not None:
             self._bytes -= entry.nbytes
         return entry
+
+
+class SharedPrefixes:
+    """Block-aligned prompt prefixes more than one request has started with, kept in ``cache``'s bytes.
+
+    Each prompt's index is the chain of its whole blocks' hashes (block k's hash covers blocks 0..k). The last
+    ``max_sightings`` hashes seen are remembered; a prompt that finds none of its prefixes kept but meets a hash
+    an earlier prompt left wants that prefix kept, and the engine keeps it right after the prompt's prefill.
+    """
+
+    def __init__(self, cache: SessionKvCache, *, max_sightings: int = 65_536) -> None:
+        self._cache = cache
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._max_seen = max_sightings
+
+    def find(self, prompt: Sequence[int]) -> tuple[tuple[KvEntry, int] | None, int]:
+        """The longest kept prefix of ``prompt`` with how many of its tokens to reuse (never the prompt's last
+        one), or None; and, where there is none, how many leading tokens to keep once the prompt has run (whole
+        blocks an earlier prompt started with too; 0 for fewer than ``MIN_SHARED_BLOCKS``)."""
+        chain = _chain(prompt)
+        hit = None
+        for blocks, digest in reversed(chain):
+            entry = self._cache.peek(_key(blocks, digest))
+            if entry is not None and common_prefix(entry.ids, prompt) == len(entry.ids):
+                reused = min(len(entry.ids), len(prompt) - 1)
+                hit = (entry, reused) if reused >= MIN_REUSED_TOKENS else None
+                break
+        shared = 0
+        for blocks, digest in chain:
+            if digest in self._seen:
+                shared = blocks
+            self._seen[digest] = None
+            self._seen.move_to_end(digest)
+        while len(self._seen) > self._max_seen:
+            self._seen.popitem(last=False)
+        if hit is not None or shared < MIN_SHARED_BLOCKS:
+            return hit, 0
+        return None, shared * BLOCK_TOKENS
+
+    def put(self, entry: KvEntry) -> None:
+        """Keep ``entry``, a prefix of whole blocks, for the prompts that start with it."""
+        blocks, digest = _chain(entry.ids)[-1]
+        self._cache.put(_key(blocks, digest), entry)
+
+
+def _chain(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """(blocks, hash of the first ``blocks`` whole blocks) for each whole block of ``ids``."""
+    out: list[tuple[int, int]] = []
+    digest = 0
+    for blocks in range(1, len(ids) // BLOCK_TOKENS + 1):
+        digest = hash((digest, tuple(ids[(blocks - 1) * BLOCK_TOKENS : blocks * BLOCK_TOKENS])))
+        out.append((blocks, digest))
+    return out
+
+
+def _key(blocks: int, digest: int) -> str:
+    return f"{SHARED_KEY_PREFIX}{blocks}/{digest}"
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -25,7 +25,7 @@ from brigade.models.chat_template import ChatRenderer
 from brigade.models.registry import model_file, resolve_model
 from consumer.engine.constraint import Constraints
 from consumer.engine.interface import GenerationInput, OutOfMemory, TokenDelta
-from consumer.engine.kv_cache import KvEntry, SessionKvCache
+from consumer.engine.kv_cache import KvEntry, SessionKvCache, SharedPrefixes
 from consumer.engine.logprobs import TokenText, entry, log_softmax, prompt_entries
 from consumer.engine.model_files import ModelFiles, read_model_files
 from consumer.engine.sampling import choose_tokens
@@ -251,15 +251,25 @@ class OnnxBatchRun:
             # Scoring a prompt needs the model's output at every position: only those rows pay for it.
             plain = [s for s in joining if s.sampling.prompt_logprobs is None]
             scoring = [s for s in joining if s.sampling.prompt_logprobs is not None]
-            fresh = []  # the rest: no cache of their session's last turn to start from
+            fresh = []  # the rest: no cache of their session's last turn, nor a kept prefix, to start from
+            keep: dict[str, int] = {}  # of those, how many leading tokens another prompt started with too
+            shared = self._engine.shared
+            wanted: set[tuple[int, ...]] = set()  # prefixes a joiner of this step keeps: once, however many want it
             for s in plain:
                 hit = self._engine.kv.take(s.cache_key, s.prompt_ids) if s.cache_key is not None else None
+                if hit is None and shared is not None:
+                    hit, want = shared.find(s.prompt_ids)
+                    if want and (prefix := tuple(s.prompt_ids[:want])) not in wanted:
+                        wanted.add(prefix)
+                        keep[s.request_id] = want
                 if hit is None:
                     fresh.append(s)
                 else:
                     deltas.append(self._prefill_from(s, *hit))
             if fresh:
-                deltas.extend(self._prefill(fresh))
+                looked = [s.cache_key is not None or shared is not None for s in fresh]
+                prefilled = self._prefill(fresh, keep=keep)
+                deltas.extend(replace(d, cached_tokens=0) if x else d for d, x in zip(prefilled, looked, strict=True))
             if scoring:
                 deltas.extend(self._prefill(scoring, every_position=True))
         elif self._rows.seqs:
@@ -276,8 +286,11 @@ class OnnxBatchRun:
         self._compact(rows)
         return deltas
 
-    def _prefill(self, seqs: list[SequenceState], *, every_position: bool = False) -> list[TokenDelta]:
-        """The joiners' first tokens; ``every_position``: also their prompts' entries (``prompt_logprobs``)."""
+    def _prefill(
+        self, seqs: list[SequenceState], *, every_position: bool = False, keep: Mapping[str, int] | None = None
+    ) -> list[TokenDelta]:
+        """The joiners' first tokens; ``every_position``: also their prompts' entries (``prompt_logprobs``);
+        ``keep``: how many leading tokens of a joiner's prompt to keep as a shared prefix."""
         layout = self._engine.layout
         lengths = [len(s.prompt_ids) for s in seqs]
         batch, width = len(lengths), max(lengths)
@@ -290,6 +303,12 @@ class OnnxBatchRun:
         empty = np.zeros((batch, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
         feeds = self._feeds(ids, positions, mask, [empty] * len(layout.past_names), decode=False)
         logits, past = self._run(feeds, every_position=every_position)
+        if keep and self._engine.shared is not None:
+            for row, (s, n) in enumerate(zip(seqs, lengths, strict=True)):
+                if kept := keep.get(s.request_id, 0):
+                    start = width - n  # left padding
+                    prefix = tuple(np.ascontiguousarray(p[row : row + 1, :, start : start + kept]) for p in past)
+                    self._engine.shared.put(KvEntry(tuple(s.prompt_ids[:kept]), prefix))
         next_ids, deltas = self._sample(logits[:, -1], seqs)
         if every_position:
             for row, (s, n) in enumerate(zip(seqs, lengths, strict=True)):
@@ -403,9 +422,12 @@ class OnnxEngine:
         device: str = "cpu",
         allow_spinning: bool = True,
         kv_cache_bytes: int = 0,
+        share_prefixes: bool = True,
     ) -> None:
         self._name = model_name
         self.kv = SessionKvCache(kv_cache_bytes)  # finished chat turns' caches, for their sessions' next turns
+        # prompt prefixes that several requests start with, in the same bytes
+        self.shared = SharedPrefixes(self.kv) if share_prefixes and kv_cache_bytes else None
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.files: ModelFiles = read_model_files(model_dir, self.tokenizer)
         self._chat = ChatRenderer(
@@ -499,4 +521,5 @@ def load_engine(settings: Settings) -> OnnxEngine:
         device=settings.device_for(settings.worker_class),
         allow_spinning=settings.ort_allow_spinning,
         kv_cache_bytes=settings.kv_cache_mb * 2**20,
+        share_prefixes=settings.shared_prefix_cache,
     )
