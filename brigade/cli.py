@@ -219,7 +219,7 @@ def bench(
         list[str] | None,
         typer.Option(
             help="Figures (repeatable or comma list): batching, pipeline, structured, latency, ingress, continuous, "
-            "scaleout, coldstart, hangup, multiturn; default all."
+            "scaleout, coldstart, hangup, multiturn, sharedprefix; default all."
         ),
     ] = None,
     consumers: Annotated[

@@ -70,7 +70,7 @@ class MultiturnResult:
         return self.medians(self.whole_ttft_ms)[-1] / self.medians(self.keyed_ttft_ms)[-1]
 
 
-async def _turn(
+async def timed_turn(
     http: httpx.AsyncClient, redis: aioredis.Redis, settings: Settings, body: dict[str, Any]
 ) -> tuple[float, DoneEvent, str]:
     """Submit one chat turn; its time to first token (ms), its ``done``, and the reply's text."""
@@ -98,7 +98,13 @@ async def run_multiturn(
     # Every turn to the one worker whatever its length, and fetches that do not wait out the dev broker's hold on
     # them (the latency figure's reason): the time to first token is then the prefill's, which is what differs.
     one_class = (10**9,) * (len(base.classes) - 1)
-    update = {"class_max_cost": one_class, "fetch_max_wait_ms": 5, "ort_allow_spinning": config.ort_allow_spinning}
+    update = {
+        "class_max_cost": one_class,
+        "fetch_max_wait_ms": 5,
+        "ort_allow_spinning": config.ort_allow_spinning,
+        # the side sent whole is the one with no cache: no prefix shared between requests either
+        "shared_prefix_cache": False,
+    }
     settings = settings.model_copy(update=update)
     await ensure_topics(settings)
     common = {"max_new_tokens": config.new_tokens, "temperature": 0, "ignore_eos": True, "cost_class": "small"}
@@ -117,14 +123,14 @@ async def run_multiturn(
             httpx.AsyncClient(base_url=f.url, timeout=600) as http,
         ):
             metrics_url = f"http://127.0.0.1:{f.worker_ports[0]}/metrics"
-            await _turn(http, redis, settings, {"prompt": "warm up", **common})  # joined and warm before timing
+            await timed_turn(http, redis, settings, {"prompt": "warm up", **common})  # joined and warm before timing
             before = parse_metrics((await http.get(metrics_url)).text)["small"]
             replies: list[list[str]] = []
             for s, conversation in enumerate(messages):
                 said: list[str] = []
                 for t, message in enumerate(conversation):
                     body = {"session_id": f"{tag}-s{s}", "messages": [message], **common}
-                    session_ttft[t][s], done, reply = await _turn(http, redis, settings, body)
+                    session_ttft[t][s], done, reply = await timed_turn(http, redis, settings, body)
                     prompts[t][s] = done.prompt_tokens
                     said.append(reply)
                     if on_turn is not None:
@@ -142,7 +148,7 @@ async def run_multiturn(
                     for t, message in enumerate(conversation):
                         history.append(message)
                         body = {"messages": list(history), "trim_history": False, **keyed, **common}
-                        ttft[t][s], done, _ = await _turn(http, redis, settings, body)
+                        ttft[t][s], done, _ = await timed_turn(http, redis, settings, body)
                         if done.prompt_tokens != prompts[t][s]:
                             raise RuntimeError(
                                 f"turn {t} rendered {done.prompt_tokens} tokens whole, {prompts[t][s]} in its session"

@@ -23,6 +23,7 @@ from brigade.bench.scaleout import (
     scaleout_json,
     scaleout_lines,
 )
+from brigade.bench.sharedprefix import SharedPrefixResult, shared_prefix_json, shared_prefix_line
 from brigade.bench.structured import StructuredResult, structured_json, structured_line
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class BenchReport:
     structured: StructuredResult | None = None
     hangup: HangupResult | None = None
     multiturn: MultiturnResult | None = None
+    sharedprefix: SharedPrefixResult | None = None
 
     def ratios(self) -> dict[str, float]:
         lo, hi = self.config.batch_sizes
@@ -71,6 +73,8 @@ class BenchReport:
             out["abandoned_tokens_generated_share"] = self.hangup.share
         if self.multiturn is not None:
             out["multiturn_last_turn_ttft_speedup"] = self.multiturn.last_turn_speedup
+        if self.sharedprefix is not None:
+            out["shared_prefix_ttft_speedup"] = self.sharedprefix.speedup
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -95,6 +99,7 @@ class BenchReport:
             "structured_output": None if self.structured is None else structured_json(self.structured),
             "abandoned_streams": None if self.hangup is None else hangup_json(self.hangup),
             "multiturn": None if self.multiturn is None else multiturn_json(self.multiturn),
+            "shared_prefix": None if self.sharedprefix is None else shared_prefix_json(self.sharedprefix),
             "ratios": self.ratios(),
         }
 
@@ -163,6 +168,7 @@ def print_report(report: BenchReport) -> None:
         *(cold_start_lines(report.coldstart) if report.coldstart is not None else []),
         *([hangup_line(report.hangup)] if report.hangup is not None else []),
         *([multiturn_line(report.multiturn)] if report.multiturn is not None else []),
+        *([shared_prefix_line(report.sharedprefix)] if report.sharedprefix is not None else []),
     ]:
         console.print(line)
     if report.samples and any(len(v) > 1 for v in report.samples.values()):

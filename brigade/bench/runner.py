@@ -29,6 +29,7 @@ from brigade.bench.pipeline import run_through_fleet
 from brigade.bench.report import BenchReport, console, print_report
 from brigade.bench.rounds import median_run
 from brigade.bench.scaleout import ColdStartConfig, ScaleoutConfig, run_cold_starts, run_scaleout
+from brigade.bench.sharedprefix import SharedPrefixConfig, run_shared_prefix
 from brigade.bench.structured import StructuredConfig, run_structured
 from brigade.devtools.process import free_port
 from brigade.devtools.servers import kafka_service, on_dev_servers, redis_service
@@ -46,6 +47,7 @@ FIGURES = (
     "coldstart",
     "hangup",
     "multiturn",
+    "sharedprefix",
 )
 
 
@@ -79,6 +81,7 @@ class BenchConfig:
     structured: StructuredConfig = field(default_factory=StructuredConfig)
     hangup: HangupConfig = field(default_factory=HangupConfig)
     multiturn: MultiturnConfig = field(default_factory=MultiturnConfig)
+    sharedprefix: SharedPrefixConfig = field(default_factory=SharedPrefixConfig)
 
     @property
     def small_requests(self) -> int:
@@ -103,6 +106,7 @@ class BenchConfig:
             structured=StructuredConfig.quick(),
             hangup=HangupConfig.quick(),
             multiturn=MultiturnConfig.quick(),
+            sharedprefix=SharedPrefixConfig.quick(),
         )
 
 
@@ -136,7 +140,9 @@ def _advance(progress: Progress, task: TaskID) -> Callable[..., None]:
 
 def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> BenchReport:
     report = BenchReport(config=config, machine=machine_facts())
-    update: dict[str, Any] = {"model": config.model, "metrics_port": 0}
+    # Off in every figure but its own: a figure's phases send prompt i again and again (its warm-up, its burst, its
+    # timed run), as real traffic does not, and a prefix cache shared between requests would measure that.
+    update: dict[str, Any] = {"model": config.model, "metrics_port": 0, "shared_prefix_cache": False}
     if config.session_timeout_ms is not None:
         update["kafka_session_timeout_ms"] = config.session_timeout_ms
     settings = settings.model_copy(update=update)
@@ -178,18 +184,9 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
     print_report(report)
     written = [str(out_dir / "bench.json")]
     try:
-        from brigade.bench.plots import plot_latency, plot_mixed, plot_multiturn, plot_report, plot_scaleout
+        from brigade.bench.plots import plot_all
 
-        if report.engine or report.consumer or report.pipeline is not None:
-            written.append(str(plot_report(report, out_dir / "bench.png")))
-        if report.latency is not None:
-            written.append(str(plot_latency(report.latency, out_dir / "bench-latency.png")))
-        if report.mixed is not None:
-            written.append(str(plot_mixed(report.mixed, out_dir / "bench-continuous.png")))
-        if report.scaleout is not None:
-            written.append(str(plot_scaleout(report.scaleout, out_dir / "bench-scaleout.png")))
-        if report.multiturn is not None:
-            written.append(str(plot_multiturn(report.multiturn, out_dir / "bench-multiturn.png")))
+        written.extend(str(path) for path in plot_all(report, out_dir))
     except ImportError:
         written.append("(install matplotlib for the PNGs)")
     console.print(f"wrote {', '.join(written)}")
@@ -381,6 +378,17 @@ def _fleet_figures(
             )
             report.multiturn = eventloop.run(
                 run_multiturn(settings, turns, on_turn=_advance(progress, task), engines=engines),
+                loop=settings.event_loop,
+                role="worker",
+            )
+        if "sharedprefix" in figures:
+            sp = config.sharedprefix
+            task = progress.add_task(
+                f"shared system prompt: {sp.requests} new conversations, the prefix cache on, then off",
+                total=2 * sp.requests,
+            )
+            report.sharedprefix = eventloop.run(
+                run_shared_prefix(settings, sp, on_request=_advance(progress, task)),
                 loop=settings.event_loop,
                 role="worker",
             )
