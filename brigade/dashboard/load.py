@@ -7,7 +7,9 @@ last one's answer is in (closed loop, through the ingress and the Python client 
 halfway through a burst is published all at once (open loop) so lag and queue wait rise and drain. One
 request in ten is given up on after 50 ms, as impatient callers do (the client then cancels it), so the outcome
 panels show cancels beside answers. Every other client is a conversation (chat turns on one session, each
-sending only its new message), so the prefix-cache panel has turns that reuse their session's cache.
+sending only its new message), so the prefix-cache panel has turns that reuse their session's cache; and every
+request opens as an application's would, with one instruction (the conversations' system message, the stateless
+prompts' preamble), which the workers keep once as a shared prefix.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from schemas.events import DoneEvent, ErrorEvent
 CANCEL_SHARE = 0.1  # of the closed-loop requests, those whose caller gives up after CANCEL_AFTER_S
 CANCEL_AFTER_S = 0.05
 _WORDS = ("the", "kitchen", "order", "rail", "chef", "station", "plate", "pass", "ticket", "soup", "bread", "sauce")
+INSTRUCTION = (
+    "You are the expediter of a busy restaurant kitchen. Read each ticket as it prints, call it to the stations "
+    "that cook it, and time the courses so that every plate of a table reaches the pass together, hot and checked."
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,11 @@ def _prompt(rng: random.Random, words: tuple[int, int]) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(*words)))
 
 
+def _ticket(text: str) -> str:
+    """A stateless prompt as an application sends it: its instruction, then the request's own text."""
+    return f"{INSTRUCTION}\n\nTicket: {text}"
+
+
 async def _client_loop(
     client: BrigadeClient,
     load: ClassLoad,
@@ -105,7 +116,11 @@ async def _client_loop(
     while time.monotonic() < stop_at:
         impatient = rng.random() < CANCEL_SHARE
         text = _prompt(rng, load.prompt_words)
-        asked = {"messages": [{"role": "user", "content": text}]} if session_id is not None else {"prompt": text}
+        asked = (
+            {"messages": [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": text}]}
+            if session_id is not None
+            else {"prompt": _ticket(text)}
+        )
         try:
             answer = await client.generate(
                 **asked,
@@ -133,7 +148,7 @@ async def _burst(client: BrigadeClient, load: ClassLoad, *, rng: random.Random, 
     async def one() -> Submitted | None:
         try:
             return await client.submit(
-                _prompt(rng, load.prompt_words),
+                _ticket(_prompt(rng, load.prompt_words)),
                 max_new_tokens=rng.randint(*load.new_tokens),
                 cost_class=load.cost_class,
                 ignore_eos=True,
