@@ -86,6 +86,25 @@ async def timed_turn(
     return done.first_token_at_ms - sent_ms, done, reply
 
 
+async def prefill_fleet_settings(
+    base: Settings, *, namespace: str, ort_allow_spinning: bool, shared_prefix_cache: bool
+) -> Settings:
+    """Settings for a figure about the time to first token of requests sent one at a time: every request to the
+    one worker whatever its length, and fetches that do not wait out the dev broker's hold on them (the latency
+    figure's reason), so that the time to first token is the prefill's, which is what such a figure compares.
+    Its topics are created."""
+    settings = isolated_settings(base, namespace=namespace, batch_size=1, queue_size=4)
+    update = {
+        "class_max_cost": (10**9,) * (len(base.classes) - 1),
+        "fetch_max_wait_ms": 5,
+        "ort_allow_spinning": ort_allow_spinning,
+        "shared_prefix_cache": shared_prefix_cache,
+    }
+    settings = settings.model_copy(update=update)
+    await ensure_topics(settings)
+    return settings
+
+
 async def run_multiturn(
     base: Settings,
     config: MultiturnConfig,
@@ -94,19 +113,10 @@ async def run_multiturn(
     engines: EngineFactory | None = None,
 ) -> MultiturnResult:
     tag = uuid.uuid4().hex[:8]
-    settings = isolated_settings(base, namespace=f"turns{tag}", batch_size=1, queue_size=4)
-    # Every turn to the one worker whatever its length, and fetches that do not wait out the dev broker's hold on
-    # them (the latency figure's reason): the time to first token is then the prefill's, which is what differs.
-    one_class = (10**9,) * (len(base.classes) - 1)
-    update = {
-        "class_max_cost": one_class,
-        "fetch_max_wait_ms": 5,
-        "ort_allow_spinning": config.ort_allow_spinning,
-        # the side sent whole is the one with no cache: no prefix shared between requests either
-        "shared_prefix_cache": False,
-    }
-    settings = settings.model_copy(update=update)
-    await ensure_topics(settings)
+    # the side sent whole is the one with no cache: no prefix shared between requests either
+    settings = await prefill_fleet_settings(
+        base, namespace=f"turns{tag}", ort_allow_spinning=config.ort_allow_spinning, shared_prefix_cache=False
+    )
     common = {"max_new_tokens": config.new_tokens, "temperature": 0, "ignore_eos": True, "cost_class": "small"}
     messages = [
         [

@@ -109,17 +109,21 @@ def plot_multiturn(result: MultiturnResult, path: Path) -> Path:
         ax.plot(turns, result.medians(side), marker="o", color=color, label=label)
     for t, tokens in zip(turns, result.prompt_tokens, strict=True):
         ax.annotate(f"{tokens:.0f} tok", (t, 0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
-    ax.set_xticks(turns)
-    ax.set_xlabel("turn (prompt tokens at the bottom)")
-    ax.set_ylabel("time to first token, ms")
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left")
-    ax.grid(alpha=0.3)
+    _ttft_axes(ax, turns, "turn (prompt tokens at the bottom)", legend="upper left")
     ax.set_title(
         f"multi-turn chat — {result.model}: last turn {result.last_turn_speedup:.1f}× sooner as a session, "
         f"{result.keyed_last_turn_speedup:.1f}× with a prompt_cache_key"
     )
     return _save(fig, path)
+
+
+def _ttft_axes(ax: Any, ticks: list[int], xlabel: str, *, legend: str) -> None:
+    ax.set_xticks(ticks)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("time to first token, ms")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc=legend)
+    ax.grid(alpha=0.3)
 
 
 def plot_shared_prefix(result: SharedPrefixResult, path: Path) -> Path:
@@ -132,12 +136,7 @@ def plot_shared_prefix(result: SharedPrefixResult, path: Path) -> Path:
     ax.plot(order, result.shared_ttft_ms, marker="o", color="#4c72b0", label="shared-prefix cache on")
     for n, cached in zip(order, result.cached_tokens, strict=True):
         ax.annotate(f"{cached} cached", (n, 0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
-    ax.set_xticks(order)
-    ax.set_xlabel("new conversation, in arrival order (each its own session)")
-    ax.set_ylabel("time to first token, ms")
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="center right")
-    ax.grid(alpha=0.3)
+    _ttft_axes(ax, order, "new conversation, in arrival order (each its own session)", legend="center right")
     ax.set_title(
         f"one system prompt — {result.model}, {statistics.median(result.prompt_tokens):.0f}-token prompts: "
         f"{result.speedup:.1f}× sooner from the third conversation on"

@@ -20,10 +20,8 @@ import httpx
 import redis.asyncio as aioredis
 
 from brigade.bench.engine_loop import bench_prompt
-from brigade.bench.multiturn import timed_turn
-from brigade.bench.pipeline import isolated_settings
+from brigade.bench.multiturn import prefill_fleet_settings, timed_turn
 from brigade.inprocess import fleet
-from producer.topics import ensure_topics
 from schemas.settings import Settings
 
 KITCHEN_RULES = (
@@ -66,17 +64,9 @@ async def _side(
     base: Settings, config: SharedPrefixConfig, *, shared: bool, on_request: Callable[[], None] | None
 ) -> tuple[list[float], list[int], list[int]]:
     tag = uuid.uuid4().hex[:8]
-    settings = isolated_settings(base, namespace=f"prefix{tag}", batch_size=1, queue_size=4)
-    # Every request to the one worker, and fetches that do not wait out the dev broker's hold (the multi-turn
-    # figure's reasons): the time to first token is then the prefill's, which is what differs.
-    update = {
-        "class_max_cost": (10**9,) * (len(base.classes) - 1),
-        "fetch_max_wait_ms": 5,
-        "ort_allow_spinning": config.ort_allow_spinning,
-        "shared_prefix_cache": shared,
-    }
-    settings = settings.model_copy(update=update)
-    await ensure_topics(settings)
+    settings = await prefill_fleet_settings(
+        base, namespace=f"prefix{tag}", ort_allow_spinning=config.ort_allow_spinning, shared_prefix_cache=shared
+    )
     system = {"role": "system", "content": (KITCHEN_RULES * (config.system_words // 40 + 1)).strip()}
     system["content"] = " ".join(system["content"].split()[: config.system_words])
     common = {"max_new_tokens": config.new_tokens, "temperature": 0, "ignore_eos": True, "cost_class": "small"}
