@@ -259,7 +259,9 @@ class InferenceRequest(SamplingParams):
     oldest turns (never the system message) until it fits, as a stored session's do. Absent or true: it does;
     false: the request is answered context_length_exceeded instead, as OpenAI's and vLLM's chat endpoints answer
     (the OpenAI endpoint here sends false: its callers hold the conversation and decide what to drop)."""
-    prompt_cache_key: Annotated[Text, Field(min_length=1, max_length=MAX_CACHE_KEY_CHARS)] | None = None
+    prompt_cache_key: (
+        Annotated[str, Field(min_length=1, max_length=MAX_CACHE_KEY_CHARS), AfterValidator(_encodable)] | None
+    ) = None
     """For a request that carries its whole context (prompt, prompt_token_ids, or messages with trim_history
     false), OpenAI's prompt_cache_key: requests with the same key go to the same partition (it is the Kafka
     record key in place of session_id), where the worker keeps the last one's KV cache for the next, which

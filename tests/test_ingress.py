@@ -160,6 +160,7 @@ async def test_a_prompt_cache_key_is_the_record_key_of_requests_that_carry_their
         ({"prompt": "x", "surprise": 1}, 422, "surprise"),
         ({"max_new_tokens": 3}, 422, "exactly one of 'prompt'"),
         ({"prompt": "x", "cost_class": "huge"}, 422, "cost_class"),
+        ({"prompt": "x", "prompt_cache_key": "k" * 300}, 422, "at most 256 characters"),
         ({"prompt": "x", "model": "gpt-9"}, 404, "gpt-9"),
         ({"prompt": "word " * 3000}, 413, "BRIGADE_MAX_PROMPT_TOKENS"),
     ],
