@@ -77,6 +77,9 @@ def test_a_prefix_is_kept_once_a_second_prompt_starts_with_it_and_then_read_by_e
         assert shared.find([*preamble, *tail]) == ((kept, 2 * BLOCK_TOKENS), 0), "read, not taken"
     assert shared.find(preamble[: 2 * BLOCK_TOKENS]) == ((kept, 2 * BLOCK_TOKENS - 1), 0), "the last token runs"
     assert shared.find([0, *preamble]) == (None, 0), "shifted by one token: nothing in common"
+    longer = [*preamble, *range(2000, 2030)]  # 70 tokens: four whole blocks
+    assert shared.find(longer) == ((kept, 2 * BLOCK_TOKENS), 0), "nobody started with more than the kept blocks"
+    assert shared.find([*longer, 1]) == ((kept, 2 * BLOCK_TOKENS), 4 * BLOCK_TOKENS), "now one did: keep four"
 
 
 def sessions_only(model_cache_dir: Path, *, shared_prefix_cache: bool = False) -> OnnxEngine:
@@ -183,6 +186,33 @@ def test_prompts_that_start_alike_share_the_prefix_and_generate_what_a_full_pref
     entries = len(engine.kv)  # the preamble's, and the longer prompt's, which ran twice now
     out = steps(engine, [GenerationInput("d", [*preamble, *asks[0]], 2, GREEDY)], {})
     assert out["d"][0].cached_tokens == kept and len(engine.kv) == entries == 2, "still there: read, not taken"
+    engine.close()
+
+
+def test_a_conversation_resent_whole_each_call_keeps_a_longer_prefix_each_call(
+    model_cache_dir: Path, engine: OnnxEngine
+) -> None:
+    """A stateless client without a prompt_cache_key: each call's prompt is the last one's and more. A call that
+    reads a kept prefix keeps the longer one it shares with the last call (from its own run), so the next call
+    reads that, and still generates what a full prefill would."""
+    reference, engine = engine, sessions_only(model_cache_dir, shared_prefix_cache=True)
+    calls = [engine.encode("The pass calls table two: the fish, the roast, the pastry, and the wine with them. " * 2)]
+    for more in (" The fish is up first, then the roast.", " Pastry waits.", " Table two is served."):
+        calls.append([*calls[-1], *engine.encode(more * 3)])
+    blocks = [len(c) // BLOCK_TOKENS * BLOCK_TOKENS for c in calls]
+    assert blocks[0] >= 2 * BLOCK_TOKENS
+    scored = GREEDY.model_copy(update={"logprobs": 0})
+    cached = []
+    for n, prompt in enumerate(calls):
+        out = steps(engine, [GenerationInput(f"call{n}", prompt, 6, scored)], {})
+        cached.append(out[f"call{n}"][0].cached_tokens)
+    assert cached == [0, 0, blocks[0], blocks[1]], "call 3 reads call 1's blocks and keeps call 2's for call 4"
+    # The same tokens with the same log-probabilities as computed whole: a cache off by a position moves them.
+    whole = steps(reference, [GenerationInput("whole", calls[3], 6, scored)], {})["whole"]
+    assert [d.text for d in out["call3"]] == [d.text for d in whole]
+    got = [d.logprob.logprob for d in out["call3"] if d.logprob is not None]
+    want = [d.logprob.logprob for d in whole if d.logprob is not None]
+    assert len(got) == len(want) == 6 and np.allclose(got, want, atol=1e-4), (got, want)
     engine.close()
 
 

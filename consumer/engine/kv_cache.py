@@ -111,8 +111,9 @@ class SharedPrefixes:
 
     def find(self, prompt: Sequence[int]) -> tuple[tuple[KvEntry, int] | None, int]:
         """The longest kept prefix of ``prompt`` with how many of its tokens to reuse (never the prompt's last
-        one), or None; and, where there is none, how many leading tokens to keep once the prompt has run (whole
-        blocks an earlier prompt started with too; 0 for fewer than ``MIN_SHARED_BLOCKS``)."""
+        one), or None; and how many leading tokens to keep once the prompt has run: the whole blocks an earlier
+        prompt started with too, where that is longer than what was found (a stateless client's conversation,
+        resent with one more turn each call), else 0 (and 0 for fewer than ``MIN_SHARED_BLOCKS``)."""
         chain = _chain(prompt)
         hit = None
         for blocks, digest in reversed(chain):
@@ -129,9 +130,9 @@ class SharedPrefixes:
             self._seen.move_to_end(digest)
         while len(self._seen) > self._max_seen:
             self._seen.popitem(last=False)
-        if hit is not None or shared < MIN_SHARED_BLOCKS:
+        if shared < MIN_SHARED_BLOCKS or (hit is not None and shared * BLOCK_TOKENS <= len(hit[0].ids)):
             return hit, 0
-        return None, shared * BLOCK_TOKENS
+        return hit, shared * BLOCK_TOKENS
 
     def put(self, entry: KvEntry) -> None:
         """Keep ``entry``, a prefix of whole blocks, for the prompts that start with it."""

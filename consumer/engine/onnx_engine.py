@@ -252,7 +252,7 @@ class OnnxBatchRun:
             plain = [s for s in joining if s.sampling.prompt_logprobs is None]
             scoring = [s for s in joining if s.sampling.prompt_logprobs is not None]
             fresh = []  # the rest: no cache of their session's last turn, nor a kept prefix, to start from
-            keep: dict[str, int] = {}  # of those, how many leading tokens another prompt started with too
+            keep: dict[str, int] = {}  # how many leading tokens of a prompt another prompt started with too
             shared = self._engine.shared
             wanted: set[tuple[int, ...]] = set()  # prefixes a joiner of this step keeps: once, however many want it
             for s in plain:
@@ -265,7 +265,7 @@ class OnnxBatchRun:
                 if hit is None:
                     fresh.append(s)
                 else:
-                    deltas.append(self._prefill_from(s, *hit))
+                    deltas.append(self._prefill_from(s, *hit, keep=keep.get(s.request_id, 0)))
             if fresh:
                 looked = [s.cache_key is not None or shared is not None for s in fresh]
                 prefilled = self._prefill(fresh, keep=keep)
@@ -303,12 +303,9 @@ class OnnxBatchRun:
         empty = np.zeros((batch, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
         feeds = self._feeds(ids, positions, mask, [empty] * len(layout.past_names), decode=False)
         logits, past = self._run(feeds, every_position=every_position)
-        if keep and self._engine.shared is not None:
+        if keep:
             for row, (s, n) in enumerate(zip(seqs, lengths, strict=True)):
-                if kept := keep.get(s.request_id, 0):
-                    start = width - n  # left padding
-                    prefix = tuple(np.ascontiguousarray(p[row : row + 1, :, start : start + kept]) for p in past)
-                    self._engine.shared.put(KvEntry(tuple(s.prompt_ids[:kept]), prefix))
+                self._keep_prefix(s, keep.get(s.request_id, 0), [p[row : row + 1] for p in past], start=width - n)
         next_ids, deltas = self._sample(logits[:, -1], seqs)
         if every_position:
             for row, (s, n) in enumerate(zip(seqs, lengths, strict=True)):
@@ -321,9 +318,19 @@ class OnnxBatchRun:
         self._rows.extend(new)
         return deltas
 
-    def _prefill_from(self, seq: SequenceState, entry: KvEntry, reused: int) -> TokenDelta:
+    def _keep_prefix(
+        self, seq: SequenceState, tokens: int, past: Sequence[npt.NDArray[Any]], *, start: int = 0
+    ) -> None:
+        """Keep the first ``tokens`` of ``seq``'s prompt as a shared prefix, from its row of a run's ``past``
+        in which the prompt begins at column ``start`` (after left padding)."""
+        if tokens and self._engine.shared is not None:
+            prefix = tuple(np.ascontiguousarray(p[:, :, start : start + tokens]) for p in past)
+            self._engine.shared.put(KvEntry(tuple(seq.prompt_ids[:tokens]), prefix))
+
+    def _prefill_from(self, seq: SequenceState, entry: KvEntry, reused: int, *, keep: int = 0) -> TokenDelta:
         """A joiner whose first ``reused`` prompt tokens' keys and values are ``entry``'s: only the rest runs,
-        at their own positions, attending to the cached ones."""
+        at their own positions, attending to the cached ones. ``keep``: a longer prefix of its prompt to keep as
+        shared once it has run (one an earlier prompt started with too)."""
         ids = np.array([seq.prompt_ids[reused:]], dtype=np.int64)
         total = len(seq.prompt_ids)
         mask = np.ones((1, total), dtype=np.int64)
@@ -332,6 +339,7 @@ class OnnxBatchRun:
         whole = reused == len(entry.ids)
         past = list(entry.past) if whole else [np.ascontiguousarray(p[:, :, :reused]) for p in entry.past]
         logits, present = self._run(self._feeds(ids, positions, mask, past, decode=True))
+        self._keep_prefix(seq, keep, present)
         next_ids, (delta,) = self._sample(logits[:, -1], [seq])
         new = _Rows(seqs=[seq], past=present, mask=mask, next_pos=np.array([total], dtype=np.int64), next_ids=next_ids)
         self._compact(new)
