@@ -117,6 +117,7 @@ class Router:
             candidates = self._explicit(request, candidates)
         new_tokens = request.new_tokens_cap(s.max_new_tokens_limit)
         counted: dict[str, int] = {}
+        cost = 0
         for cls in candidates:
             model = s.model_for(cls.name)
             if model not in counted:
@@ -135,7 +136,7 @@ class Router:
         )
         raise ApiError(
             413,
-            f"the request costs {estimate_cost(prompt_tokens=counted[model], max_new_tokens=new_tokens)} "
+            f"the request costs {cost} "  # the last class's: the largest serving the model
             f"tokens (prompt {counted[model]} + {asked}), over the bound "
             f"{int(last.max_cost)} of class {last.name!r} (BRIGADE_CLASS_MAX_COST), the largest class serving model "
             f"{model!r}; shorten the prompt, ask for fewer tokens, or leave out model",

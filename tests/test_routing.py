@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from brigade.models.registry import load_tokenizer
 from producer.errors import ApiError
 from producer.routing import Router
+from schemas.costs import estimate_cost
 from schemas.requests import InferenceRequest
 from schemas.settings import Settings
 
@@ -70,6 +72,9 @@ async def test_a_request_too_costly_for_every_class_serving_its_model_is_413(rou
     assert "over the bound 4096 of class 'medium' (BRIGADE_CLASS_MAX_COST), the largest class serving model" in str(
         err.value
     )
+    said = re.search(r"the request costs (\d+) tokens \(prompt (\d+) \+ max_new_tokens 8\)", str(err.value))
+    assert said is not None, str(err.value)
+    assert int(said[1]) == estimate_cost(prompt_tokens=int(said[2]), max_new_tokens=8) > 4096
 
 
 async def test_a_null_max_new_tokens_is_routed_as_if_it_asked_for_the_limit(router: Router) -> None:
