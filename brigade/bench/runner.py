@@ -9,11 +9,11 @@ import asyncio
 import json
 import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -35,6 +35,8 @@ from brigade.devtools.process import free_port
 from brigade.devtools.servers import kafka_service, on_dev_servers, redis_service
 from consumer.engine.interface import InferenceEngine
 from schemas.settings import Settings
+
+T = TypeVar("T")
 
 FIGURES = (
     "batching",
@@ -136,6 +138,11 @@ def _advance(progress: Progress, task: TaskID) -> Callable[..., None]:
         progress.advance(task, n)
 
     return advance
+
+
+def _as_worker(settings: Settings, figure: Coroutine[Any, Any, T]) -> T:
+    """A figure's in-process fleet, run on the event loop its workers would use (``BRIGADE_EVENT_LOOP``)."""
+    return eventloop.run(figure, loop=settings.event_loop, role="worker")
 
 
 def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> BenchReport:
@@ -260,7 +267,7 @@ def _rounds(
                     new_tokens=new_tokens,
                     engines=engines,
                 )
-                runs[key].append(eventloop.run(run, loop=settings.event_loop, role="worker"))
+                runs[key].append(_as_worker(settings, run))
                 progress.advance(task)
     report.engine[hi] = _keep(report, names["engine"], runs["engine"])
     if runs["consumer"]:
@@ -301,12 +308,11 @@ def _fleet_figures(
         if "batching" in figures:
             lo = config.batch_sizes[0]
             task = progress.add_task(f"consumer via Kafka, batch {lo}", total=config.small_requests)
-            report.consumer[lo] = eventloop.run(
+            report.consumer[lo] = _as_worker(
+                settings,
                 run_through_fleet(
                     settings, via_http=False, batch_size=lo, on_final=_advance(progress, task), engines=engines, **kw
                 ),
-                loop=settings.event_loop,
-                role="worker",
             )
         if "continuous" in figures:
             mix = config.mixed
@@ -315,10 +321,8 @@ def _fleet_figures(
                 "new tokens",
                 total=2 * mix.requests,
             )
-            report.mixed = eventloop.run(
-                run_mixed(settings, mix, on_final=_advance(progress, task), engines=engines),
-                loop=settings.event_loop,
-                role="worker",
+            report.mixed = _as_worker(
+                settings, run_mixed(settings, mix, on_final=_advance(progress, task), engines=engines)
             )
         if "latency" in figures:
             lat = config.latency
@@ -364,10 +368,8 @@ def _fleet_figures(
                 "chunks",
                 total=hang.clients,
             )
-            report.hangup = eventloop.run(
-                run_hangup(settings, hang, on_client=_advance(progress, task), engines=engines),
-                loop=settings.event_loop,
-                role="worker",
+            report.hangup = _as_worker(
+                settings, run_hangup(settings, hang, on_client=_advance(progress, task), engines=engines)
             )
         if "multiturn" in figures:
             turns = config.multiturn
@@ -376,10 +378,8 @@ def _fleet_figures(
                 "without and with a prompt_cache_key",
                 total=3 * turns.sessions * turns.turns,
             )
-            report.multiturn = eventloop.run(
-                run_multiturn(settings, turns, on_turn=_advance(progress, task), engines=engines),
-                loop=settings.event_loop,
-                role="worker",
+            report.multiturn = _as_worker(
+                settings, run_multiturn(settings, turns, on_turn=_advance(progress, task), engines=engines)
             )
         if "sharedprefix" in figures:
             sp = config.sharedprefix
@@ -387,8 +387,6 @@ def _fleet_figures(
                 f"shared system prompt: {sp.requests} new conversations, the prefix cache on, then off",
                 total=2 * sp.requests,
             )
-            report.sharedprefix = eventloop.run(
-                run_shared_prefix(settings, sp, on_request=_advance(progress, task)),
-                loop=settings.event_loop,
-                role="worker",
+            report.sharedprefix = _as_worker(
+                settings, run_shared_prefix(settings, sp, on_request=_advance(progress, task))
             )

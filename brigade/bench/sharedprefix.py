@@ -14,6 +14,7 @@ import statistics
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import cycle, islice
 from typing import Any
 
 import httpx
@@ -67,8 +68,7 @@ async def _side(
     settings = await prefill_fleet_settings(
         base, namespace=f"prefix{tag}", ort_allow_spinning=config.ort_allow_spinning, shared_prefix_cache=shared
     )
-    system = {"role": "system", "content": (KITCHEN_RULES * (config.system_words // 40 + 1)).strip()}
-    system["content"] = " ".join(system["content"].split()[: config.system_words])
+    system = {"role": "system", "content": " ".join(islice(cycle(KITCHEN_RULES.split()), config.system_words))}
     common = {"max_new_tokens": config.new_tokens, "temperature": 0, "ignore_eos": True, "cost_class": "small"}
     ttft: list[float] = []
     prompts: list[int] = []
