@@ -239,8 +239,8 @@ def bench(
     ] = None,
 ) -> None:
     """Measure batching gain, pipeline efficiency, structured output's cost, queue hop latency, ingress throughput,
-    continuous batching, scale-out, cold start, what abandoned streams still cost and what a session's kept KV cache
-    saves a multi-turn chat.
+    continuous batching, scale-out, cold start, what abandoned streams still cost, and what the KV cache saves a
+    multi-turn chat (a session's, a prompt_cache_key's) and new conversations that share a system prompt.
 
     Starts its own broker and redis-server (the 'dev' extra). Prints ratios with the absolute figures.
     The latency figure runs on builtin:tiny so that the hop, not the model, dominates.

@@ -145,7 +145,7 @@ class ClassRow:
     ttft_p50_s: float | None
     finished_per_s: float | None = None  # requests ended by a done event (any finish reason), per second
     errors_per_s: float | None = None  # requests ended by an error event, per second
-    cached_share: float | None = None  # of chat turns' prompt tokens, those their session's KV cache held
+    cached_share: float | None = None  # of the prompt tokens that looked for a KV cache, those it held
 
 
 def _delta_buckets(cur: dict[float, float], prev: dict[float, float]) -> dict[float, float]:

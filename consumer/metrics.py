@@ -73,10 +73,11 @@ class WorkerMetrics:
         self.dlq = Counter(
             "brigade_dlq_messages", "Messages sent to the dead-letter topic.", c, registry=r
         )  # exported as brigade_dlq_messages_total
-        # vLLM's pair, in tokens: hits / queries is the share of cached requests' prompts not computed again
+        # vLLM's pair, in tokens: hits / queries is the share of prompts not computed again
         self.prefix_queries = Counter(
             "brigade_prefix_cache_queries",
-            "Prompt tokens of chat turns (and prompt_cache_key requests) that looked for a KV cache.",
+            "Prompt tokens that looked for a KV cache: a session's, a prompt_cache_key's, or a prefix shared "
+            "between requests.",
             c,
             registry=r,
         )  # exported as brigade_prefix_cache_queries_total

@@ -45,7 +45,8 @@ def reasoning_fields(text: str) -> dict[str, str]:
 def usage(dones: Sequence[DoneEvent], *, n: int = 1) -> dict[str, Any]:
     """Each prompt once (its ``n`` choices answer the same one; ``dones`` in choice order, prompt-major), the
     choices' tokens summed, as OpenAI counts; ``prompt_tokens_details.cached_tokens``: of each prompt's tokens,
-    those a worker's KV cache held (a ``prompt_cache_key``'s previous call), for the choice that found them."""
+    those a worker's KV cache held (a ``prompt_cache_key``'s previous call, a shared prefix), for the choice that
+    found them."""
     prompt = sum(d.prompt_tokens for d in dones[::n])
     completion = sum(d.completion_tokens for d in dones)
     cached = sum(max(d.cached_tokens or 0 for d in dones[i : i + n]) for i in range(0, len(dones), n))

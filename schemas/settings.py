@@ -154,8 +154,9 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=256, ge=1)  # local queue bound; partitions pause when it is full
     # ONNX Runtime's session.intra_op.allow_spinning: turn it off where the worker shares its CPUs
     ort_allow_spinning: bool = True
-    # host memory for finished chat turns' KV caches, kept per session so its next turn (same partition, same
-    # worker) prefills only its new tokens (consumer/engine/kv_cache.py); 0 turns it off
+    # host memory for KV caches (consumer/engine/kv_cache.py): finished chat turns', per session (or per
+    # prompt_cache_key), so the next turn (same partition, same worker) prefills only its new tokens, and the shared
+    # prefixes below; 0 turns both off
     kv_cache_mb: int = Field(default=512, ge=0)
     # keep, in the same bytes, the prompt prefixes different requests start with (a system prompt), for every
     # request that starts with one; off where timing must not tell one tenant what another's prompts begin with

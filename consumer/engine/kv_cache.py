@@ -1,4 +1,5 @@
-"""A finished chat turn's KV cache, kept for its session's next turn.
+"""KV caches kept for the next request: a finished chat turn's for its session's next turn, and prefixes
+that several requests start with.
 
 A session's turns are keyed by ``session_id`` on Kafka, so they land on one partition and, between rebalances,
 on one worker: the next turn's prompt (the stored conversation, the reply, the new message) starts with the
@@ -48,7 +49,8 @@ class KvEntry:
 
 
 class SessionKvCache:
-    """Byte-bounded, one entry per session; ``max_bytes`` 0 keeps nothing."""
+    """Byte-bounded, one entry per key (a session, a prompt_cache_key, a shared prefix); ``max_bytes`` 0 keeps
+    nothing."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes

@@ -347,7 +347,8 @@ class OnnxBatchRun:
         return replace(delta, cached_tokens=reused)
 
     def _compact(self, rows: _Rows) -> None:
-        """``rows.compact()``, after keeping the cache of each finished chat turn for its session's next one."""
+        """``rows.compact()``, after keeping the cache of each finished sequence with a cache key (a session's
+        chat turn, a prompt_cache_key's request) for the next request with that key."""
         kv = self._engine.kv
         if kv.max_bytes:
             for row, s in enumerate(rows.seqs):
@@ -433,7 +434,7 @@ class OnnxEngine:
         share_prefixes: bool = True,
     ) -> None:
         self._name = model_name
-        self.kv = SessionKvCache(kv_cache_bytes)  # finished chat turns' caches, for their sessions' next turns
+        self.kv = SessionKvCache(kv_cache_bytes)  # finished sequences' caches, by session or prompt_cache_key
         # prompt prefixes that several requests start with, in the same bytes
         self.shared = SharedPrefixes(self.kv) if share_prefixes and kv_cache_bytes else None
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
