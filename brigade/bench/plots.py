@@ -107,9 +107,8 @@ def plot_multiturn(result: MultiturnResult, path: Path) -> Path:
         (result.session_ttft_ms, "brigade session (last turn's KV cache kept)", "#4c72b0"),
     ):
         ax.plot(turns, result.medians(side), marker="o", color=color, label=label)
-    for t, tokens in zip(turns, result.prompt_tokens, strict=True):
-        ax.annotate(f"{tokens:.0f} tok", (t, 0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
-    _ttft_axes(ax, turns, "turn (prompt tokens at the bottom)", legend="upper left")
+    notes = [f"{tokens:.0f} tok" for tokens in result.prompt_tokens]
+    _ttft_axes(ax, turns, notes, "turn (prompt tokens at the bottom)", legend="upper left")
     ax.set_title(
         f"multi-turn chat — {result.model}: last turn {result.last_turn_speedup:.1f}× sooner as a session, "
         f"{result.keyed_last_turn_speedup:.1f}× with a prompt_cache_key"
@@ -117,7 +116,10 @@ def plot_multiturn(result: MultiturnResult, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _ttft_axes(ax: Any, ticks: list[int], xlabel: str, *, legend: str) -> None:
+def _ttft_axes(ax: Any, ticks: list[int], notes: list[str], xlabel: str, *, legend: str) -> None:
+    """A time-to-first-token chart's axes, with a note under each tick (what the prompt held)."""
+    for x, note in zip(ticks, notes, strict=True):
+        ax.annotate(note, (x, 0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
     ax.set_xticks(ticks)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("time to first token, ms")
@@ -134,9 +136,8 @@ def plot_shared_prefix(result: SharedPrefixResult, path: Path) -> Path:
     order = list(range(1, len(result.shared_ttft_ms) + 1))
     ax.plot(order, result.computed_ttft_ms, marker="o", color="#dd8452", label="shared-prefix cache off")
     ax.plot(order, result.shared_ttft_ms, marker="o", color="#4c72b0", label="shared-prefix cache on")
-    for n, cached in zip(order, result.cached_tokens, strict=True):
-        ax.annotate(f"{cached} cached", (n, 0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
-    _ttft_axes(ax, order, "new conversation, in arrival order (each its own session)", legend="center right")
+    notes = [f"{cached} cached" for cached in result.cached_tokens]
+    _ttft_axes(ax, order, notes, "new conversation, in arrival order (each its own session)", legend="center right")
     ax.set_title(
         f"one system prompt — {result.model}, {statistics.median(result.prompt_tokens):.0f}-token prompts: "
         f"{result.speedup:.1f}× sooner from the third conversation on"
