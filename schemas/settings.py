@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     # keep, in the same bytes, the prompt prefixes different requests start with (a system prompt), for every
     # request that starts with one; off where timing must not tell one tenant what another's prompts begin with
     shared_prefix_cache: bool = True
+    # continuous batching: a prompt longer than this that joins while other sequences decode is prefilled this
+    # many tokens a step, a decode step of the others between chunks, so its prefill does not stall their streams
+    # for its whole length (vLLM's chunked prefill); 0 prefills every prompt at once
+    prefill_chunk_tokens: int = Field(default=512, ge=0)
     drain_timeout_s: float = Field(default=30.0, ge=0.0)
     # how long a worker keeps retrying an unreachable Redis (backing off exponentially) before it fails loudly;
     # covers a Redis restart or failover without losing the running batch

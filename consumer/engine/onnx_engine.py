@@ -190,6 +190,25 @@ def _stack_right_aligned(a: npt.NDArray[Any], b: npt.NDArray[Any], width: int, *
     return out
 
 
+def _entry_past(entry: KvEntry, reused: int) -> list[npt.NDArray[Any]]:
+    """A cache entry's first ``reused`` positions: all of it, the usual case (the next turn renders this one's
+    prompt and reply first), without a copy."""
+    if reused == len(entry.ids):
+        return list(entry.past)
+    return [np.ascontiguousarray(p[:, :, :reused]) for p in entry.past]
+
+
+@dataclass(slots=True)
+class _Partial:
+    """A prompt prefilled a chunk per step while other sequences decode (``BRIGADE_PREFILL_CHUNK_TOKENS``)."""
+
+    seq: SequenceState
+    past: list[npt.NDArray[Any]]  # [1, kv_heads, done, head_dim] each
+    done: int  # leading prompt tokens whose keys and values ``past`` holds
+    cached: int | None  # of those, how many a KV cache gave (None: no cache was looked in)
+    keep: int  # a prefix of the prompt to keep as shared once it has run
+
+
 class OnnxBatchRun:
     """Sequences in flight; ``step`` and ``join`` are called from one executor thread at a time.
 
@@ -205,18 +224,20 @@ class OnnxBatchRun:
         self._by_id: dict[str, SequenceState] = {}
         self._pending: list[SequenceState] = []  # no room for even one token: reported on the next step
         self._joining: list[SequenceState] = []  # waiting for their prefill
+        self._partial: list[_Partial] = []  # long prompts prefilled a chunk per step, between decode steps
+        self._chunked = False  # the last step ran a chunk: the next one decodes the running rows
         self._started = False
         self._rows = _Rows(seqs=[], past=[], mask=_EMPTY_MASK, next_pos=_EMPTY_IDS, next_ids=_EMPTY_IDS)
         self._add(seqs)
 
     @property
     def finished(self) -> bool:
-        return self._started and not (self._rows.seqs or self._joining or self._pending)
+        return self._started and not (self._rows.seqs or self._joining or self._pending or self._partial)
 
     @property
     def running(self) -> int:
-        """Sequences that still need steps (decoding, or waiting for their prefill)."""
-        return len(self._rows.seqs) + len(self._joining)
+        """Sequences that still need steps (decoding, or waiting for their prefill or its next chunk)."""
+        return len(self._rows.seqs) + len(self._joining) + len(self._partial)
 
     def token_ids(self, request_id: str) -> list[int]:
         """The ids generated so far for one sequence (the deltas carry only text)."""
@@ -232,6 +253,7 @@ class OnnxBatchRun:
         for rid in gone:
             self._by_id[rid].finish_reason = FinishReason.CANCELLED
         self._joining = [s for s in self._joining if s.request_id not in gone]
+        self._partial = [p for p in self._partial if p.seq.request_id not in gone]
         # Their rows and the cache columns only they attended to. Called on the worker's event loop, between steps:
         # no cache kept for them (a copy of megabytes there would hold up the loop, and a cancelled turn's reply
         # is not in its session's next prompt anyway).
@@ -246,35 +268,74 @@ class OnnxBatchRun:
         deltas = [s.delta() for s in self._pending]
         self._pending = []
         self._started = True
-        if self._joining:
-            joining, self._joining = self._joining, []
-            # Scoring a prompt needs the model's output at every position: only those rows pay for it.
-            plain = [s for s in joining if s.sampling.prompt_logprobs is None]
-            scoring = [s for s in joining if s.sampling.prompt_logprobs is not None]
-            fresh = []  # the rest: no cache of their session's last turn, nor a kept prefix, to start from
-            keep: dict[str, int] = {}  # how many leading tokens of a prompt another prompt started with too
-            shared = self._engine.shared
-            wanted: set[tuple[int, ...]] = set()  # prefixes a joiner of this step keeps: once, however many want it
-            for s in plain:
-                hit = self._engine.kv.take(s.cache_key, s.prompt_ids) if s.cache_key is not None else None
-                if hit is None and shared is not None:
-                    hit, want = shared.find(s.prompt_ids)
-                    if want and (prefix := tuple(s.prompt_ids[:want])) not in wanted:
-                        wanted.add(prefix)
-                        keep[s.request_id] = want
-                if hit is None:
-                    fresh.append(s)
-                else:
-                    deltas.append(self._prefill_from(s, *hit, keep=keep.get(s.request_id, 0)))
-            if fresh:
-                looked = [s.cache_key is not None or shared is not None for s in fresh]
-                prefilled = self._prefill(fresh, keep=keep)
-                deltas.extend(replace(d, cached_tokens=0) if x else d for d, x in zip(prefilled, looked, strict=True))
-            if scoring:
-                deltas.extend(self._prefill(scoring, every_position=True))
+        if self._joining and self._join(deltas):
+            self._chunked = False
+        elif self._partial and not (self._chunked and self._rows.seqs):
+            deltas.extend(self._next_chunk())
         elif self._rows.seqs:
             deltas.extend(self._decode())
+            self._chunked = False
         return deltas
+
+    def _join(self, deltas: list[TokenDelta]) -> bool:
+        """Prefill the joiners (their first tokens go to ``deltas``); False if none ran: every one is a long
+        prompt that waits for chunks of its own while the rows decode."""
+        joining, self._joining = self._joining, []
+        # Scoring a prompt needs the model's output at every position: only those rows pay for it.
+        plain = [s for s in joining if s.sampling.prompt_logprobs is None]
+        scoring = [s for s in joining if s.sampling.prompt_logprobs is not None]
+        fresh = []  # the rest: no cache of their session's last turn, nor a kept prefix, to start from
+        keep: dict[str, int] = {}  # how many leading tokens of a prompt another prompt started with too
+        shared = self._engine.shared
+        wanted: set[tuple[int, ...]] = set()  # prefixes a joiner of this step keeps: once, however many want it
+        chunk = self._engine.prefill_chunk if self._rows.seqs else 0  # only where other sequences would wait
+        ran = False
+
+        def looked(s: SequenceState) -> bool:  # for a KV cache to start from (cached_tokens 0 if it found none)
+            return s.cache_key is not None or shared is not None
+
+        for s in plain:
+            hit = self._engine.kv.take(s.cache_key, s.prompt_ids) if s.cache_key is not None else None
+            if hit is None and shared is not None:
+                hit, want = shared.find(s.prompt_ids)
+                if want and (prefix := tuple(s.prompt_ids[:want])) not in wanted:
+                    wanted.add(prefix)
+                    keep[s.request_id] = want
+            past, reused = (_entry_past(*hit), hit[1]) if hit is not None else (self._empty_past(), 0)
+            cached = reused if hit is not None else 0 if looked(s) else None
+            if chunk and len(s.prompt_ids) - reused > chunk:
+                self._partial.append(_Partial(s, past, reused, cached, keep.get(s.request_id, 0)))
+            elif hit is None:
+                fresh.append(s)
+            else:
+                deltas.append(self._prefill_from(s, past, reused, cached=cached, keep=keep.get(s.request_id, 0)))
+                ran = True
+        if fresh:
+            prefilled = zip(self._prefill(fresh, keep=keep), fresh, strict=True)
+            deltas.extend(replace(d, cached_tokens=0) if looked(s) else d for d, s in prefilled)
+        if scoring:
+            deltas.extend(self._prefill(scoring, every_position=True))
+        return ran or bool(fresh or scoring)
+
+    def _next_chunk(self) -> list[TokenDelta]:
+        """The next ``prefill_chunk`` tokens of the oldest prompt being prefilled in chunks; its last chunk (or,
+        with no row left to wait, all that is left) samples its first token and makes it a row."""
+        p = self._partial[0]
+        self._chunked = True
+        if len(p.seq.prompt_ids) - p.done <= self._engine.prefill_chunk or not self._rows.seqs:
+            self._partial.pop(0)
+            return [self._prefill_from(p.seq, p.past, p.done, cached=p.cached, keep=p.keep)]
+        upto = p.done + self._engine.prefill_chunk
+        ids = np.array([p.seq.prompt_ids[p.done : upto]], dtype=np.int64)
+        positions = np.arange(p.done, upto, dtype=np.int64)[None, :]
+        mask = np.ones((1, upto), dtype=np.int64)
+        _, p.past = self._run(self._feeds(ids, positions, mask, p.past, decode=p.done > 0))
+        p.done = upto
+        return []
+
+    def _empty_past(self) -> list[npt.NDArray[Any]]:
+        layout = self._engine.layout
+        return [np.zeros((1, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype) for _ in layout.past_names]
 
     def _decode(self) -> list[TokenDelta]:
         rows = self._rows
@@ -327,24 +388,24 @@ class OnnxBatchRun:
             prefix = tuple(np.ascontiguousarray(p[:, :, start : start + tokens]) for p in past)
             self._engine.shared.put(KvEntry(tuple(seq.prompt_ids[:tokens]), prefix))
 
-    def _prefill_from(self, seq: SequenceState, entry: KvEntry, reused: int, *, keep: int = 0) -> TokenDelta:
-        """A joiner whose first ``reused`` prompt tokens' keys and values are ``entry``'s: only the rest runs,
-        at their own positions, attending to the cached ones. ``keep``: a longer prefix of its prompt to keep as
-        shared once it has run (one an earlier prompt started with too)."""
+    def _prefill_from(
+        self, seq: SequenceState, past: list[npt.NDArray[Any]], reused: int, *, cached: int | None, keep: int = 0
+    ) -> TokenDelta:
+        """A joiner whose first ``reused`` prompt tokens' keys and values are ``past`` (a KV cache's, ``cached``
+        of them, or its own earlier chunks'): only the rest runs, at their own positions, attending to them.
+        ``keep``: a longer prefix of its prompt to keep as shared once it has run (one an earlier prompt started
+        with too)."""
         ids = np.array([seq.prompt_ids[reused:]], dtype=np.int64)
         total = len(seq.prompt_ids)
         mask = np.ones((1, total), dtype=np.int64)
         positions = np.arange(reused, total, dtype=np.int64)[None, :]
-        # all of it, the usual case (the next turn renders this one's prompt and reply first): no copy
-        whole = reused == len(entry.ids)
-        past = list(entry.past) if whole else [np.ascontiguousarray(p[:, :, :reused]) for p in entry.past]
-        logits, present = self._run(self._feeds(ids, positions, mask, past, decode=True))
+        logits, present = self._run(self._feeds(ids, positions, mask, past, decode=reused > 0))
         self._keep_prefix(seq, keep, present)
         next_ids, (delta,) = self._sample(logits[:, -1], [seq])
         new = _Rows(seqs=[seq], past=present, mask=mask, next_pos=np.array([total], dtype=np.int64), next_ids=next_ids)
         self._compact(new)
         self._rows.extend(new)
-        return replace(delta, cached_tokens=reused)
+        return replace(delta, cached_tokens=cached)
 
     def _compact(self, rows: _Rows) -> None:
         """``rows.compact()``, after keeping the cache of each finished sequence with a cache key (a session's
@@ -432,8 +493,11 @@ class OnnxEngine:
         allow_spinning: bool = True,
         kv_cache_bytes: int = 0,
         share_prefixes: bool = True,
+        prefill_chunk: int = 0,
     ) -> None:
         self._name = model_name
+        # a prompt longer than this joining while others decode is prefilled this many tokens a step (0: at once)
+        self.prefill_chunk = prefill_chunk
         self.kv = SessionKvCache(kv_cache_bytes)  # finished sequences' caches, by session or prompt_cache_key
         # prompt prefixes that several requests start with, in the same bytes
         self.shared = SharedPrefixes(self.kv) if share_prefixes and kv_cache_bytes else None
@@ -531,4 +595,5 @@ def load_engine(settings: Settings) -> OnnxEngine:
         allow_spinning=settings.ort_allow_spinning,
         kv_cache_bytes=settings.kv_cache_mb * 2**20,
         share_prefixes=settings.shared_prefix_cache,
+        prefill_chunk=settings.prefill_chunk_tokens,
     )
