@@ -219,7 +219,7 @@ def bench(
         list[str] | None,
         typer.Option(
             help="Figures (repeatable or comma list): batching, pipeline, structured, latency, ingress, continuous, "
-            "scaleout, coldstart, hangup, multiturn, sharedprefix; default all."
+            "scaleout, coldstart, hangup, multiturn, sharedprefix, chunked; default all."
         ),
     ] = None,
     consumers: Annotated[
@@ -240,7 +240,8 @@ def bench(
 ) -> None:
     """Measure batching gain, pipeline efficiency, structured output's cost, queue hop latency, ingress throughput,
     continuous batching, scale-out, cold start, what abandoned streams still cost, and what the KV cache saves a
-    multi-turn chat (a session's, a prompt_cache_key's) and new conversations that share a system prompt.
+    multi-turn chat (a session's, a prompt_cache_key's) and new conversations that share a system prompt, and how
+    long a long prompt's prefill holds up the streams it joins, at once and in chunks.
 
     Starts its own broker and redis-server (the 'dev' extra). Prints ratios with the absolute figures.
     The latency figure runs on builtin:tiny so that the hop, not the model, dominates.

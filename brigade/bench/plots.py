@@ -13,6 +13,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from brigade.bench.chunked import ChunkedResult
 from brigade.bench.latency import LatencyResult
 from brigade.bench.mixed import MixedResult
 from brigade.bench.multiturn import MultiturnResult
@@ -145,6 +146,34 @@ def plot_shared_prefix(result: SharedPrefixResult, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_chunked(result: ChunkedResult, path: Path) -> Path:
+    """Per side (the long prompt prefilled at once, or in chunks): the running streams' longest wait for a token
+    beside the long prompt's own first token, medians of the rounds."""
+    sides = list(result.trials)
+    labels = ["at once" if c == 0 else f"chunks of {c}" for c in sides]
+    waits = [1000 * result.median(c, lambda t: t.longest_wait_s) for c in sides]
+    firsts = [1000 * result.median(c, lambda t: t.long_ttft_s) for c in sides]
+    fig = Figure(figsize=(10, 4.8))
+    ax = fig.subplots()
+    x = list(range(len(sides)))
+    for offset, values, color, label in (
+        (-0.2, waits, "#4c72b0", "running streams: longest wait for a token"),
+        (0.2, firsts, "#dd8452", "the long prompt: its first token"),
+    ):
+        bars = ax.bar([i + offset for i in x], values, width=0.4, color=color, label=label)
+        ax.bar_label(bars, labels=[f"{v:.0f}" for v in values])
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("ms, from the join")
+    ax.legend(loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    cfg = result.config
+    ax.set_title(
+        f"chunked prefill — {result.model}: a {result.long_prompt_tokens}-token prompt joins {cfg.running} streams; "
+        f"their wait {result.wait_cut:.1f}× shorter"
+    )
+    return _save(fig, path)
+
+
 def plot_scaleout(result: ScaleoutResult, path: Path) -> Path:
     """Tokens/s against consumer count, with the linear ideal for comparison."""
     counts = [r.consumers for r in result.runs]
@@ -194,4 +223,6 @@ def plot_all(report: BenchReport, out_dir: Path) -> list[Path]:
         out.append(plot_multiturn(report.multiturn, out_dir / "bench-multiturn.png"))
     if report.sharedprefix is not None:
         out.append(plot_shared_prefix(report.sharedprefix, out_dir / "bench-sharedprefix.png"))
+    if report.chunked is not None:
+        out.append(plot_chunked(report.chunked, out_dir / "bench-chunked.png"))
     return out

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from brigade.bench.chunked import ChunkedResult, chunked_json, chunked_line
 from brigade.bench.engine_loop import LoopResult
 from brigade.bench.hangup import HangupResult, hangup_json, hangup_line
 from brigade.bench.ingress import IngressResult
@@ -51,6 +52,7 @@ class BenchReport:
     hangup: HangupResult | None = None
     multiturn: MultiturnResult | None = None
     sharedprefix: SharedPrefixResult | None = None
+    chunked: ChunkedResult | None = None
 
     def ratios(self) -> dict[str, float]:
         lo, hi = self.config.batch_sizes
@@ -75,6 +77,8 @@ class BenchReport:
             out["multiturn_last_turn_ttft_speedup"] = self.multiturn.last_turn_speedup
         if self.sharedprefix is not None:
             out["shared_prefix_ttft_speedup"] = self.sharedprefix.speedup
+        if self.chunked is not None:
+            out["chunked_prefill_wait_cut"] = self.chunked.wait_cut
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -100,6 +104,7 @@ class BenchReport:
             "abandoned_streams": None if self.hangup is None else hangup_json(self.hangup),
             "multiturn": None if self.multiturn is None else multiturn_json(self.multiturn),
             "shared_prefix": None if self.sharedprefix is None else shared_prefix_json(self.sharedprefix),
+            "chunked_prefill": None if self.chunked is None else chunked_json(self.chunked),
             "ratios": self.ratios(),
         }
 
@@ -169,6 +174,7 @@ def print_report(report: BenchReport) -> None:
         *([hangup_line(report.hangup)] if report.hangup is not None else []),
         *([multiturn_line(report.multiturn)] if report.multiturn is not None else []),
         *([shared_prefix_line(report.sharedprefix)] if report.sharedprefix is not None else []),
+        *([chunked_line(report.chunked)] if report.chunked is not None else []),
     ]:
         console.print(line)
     if report.samples and any(len(v) > 1 for v in report.samples.values()):

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from brigade import eventloop
+from brigade.bench.chunked import ChunkedConfig, run_chunked
 from brigade.bench.engine_loop import LoopResult, engine_loop
 from brigade.bench.engines import KeptEngines
 from brigade.bench.hangup import HangupConfig, run_hangup
@@ -50,6 +51,7 @@ FIGURES = (
     "hangup",
     "multiturn",
     "sharedprefix",
+    "chunked",
 )
 
 
@@ -84,6 +86,7 @@ class BenchConfig:
     hangup: HangupConfig = field(default_factory=HangupConfig)
     multiturn: MultiturnConfig = field(default_factory=MultiturnConfig)
     sharedprefix: SharedPrefixConfig = field(default_factory=SharedPrefixConfig)
+    chunked: ChunkedConfig = field(default_factory=ChunkedConfig)
 
     @property
     def small_requests(self) -> int:
@@ -109,6 +112,7 @@ class BenchConfig:
             hangup=HangupConfig.quick(),
             multiturn=MultiturnConfig.quick(),
             sharedprefix=SharedPrefixConfig.quick(),
+            chunked=ChunkedConfig.quick(),
         )
 
 
@@ -163,6 +167,14 @@ def run_bench(config: BenchConfig, *, out_dir: Path, settings: Settings) -> Benc
         with _progress() as progress:
             task = progress.add_task("structured output: free, then constrained", total=2 * config.structured.rounds)
             report.structured = run_structured(engine, config.structured, on_run=lambda: progress.advance(task))
+    if "chunked" in figures:  # the engine alone, no dev servers
+        ch = config.chunked
+        with _progress() as progress:
+            task = progress.add_task(
+                f"chunked prefill: a {ch.long_tokens}-token prompt joining {ch.running} decoding requests",
+                total=ch.rounds * len(ch.chunks),
+            )
+            report.chunked = run_chunked(settings, ch, on_trial=_advance(progress, task))
     prefill: dict[str, float] = {}
     if "latency" in figures:
         prefill = _prefill(config.latency, settings)
