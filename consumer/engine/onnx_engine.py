@@ -217,6 +217,8 @@ class OnnxBatchRun:
     continuous batching joins new requests at each step boundary. A joiner's prefill is a step of its own so
     that its first token is written before the running rows' next decode, not after it: on
     builtin:gpt2-small-shape, 10 requests/s, TTFT p50 95–125 ms against 151–168 (BENCHMARKS.md, figure 3).
+    A joiner whose uncached part exceeds the engine's ``prefill_chunk`` while others decode is prefilled a chunk
+    per step instead, a decode step between chunks, so the running rows wait for one chunk at a time.
     """
 
     def __init__(self, engine: OnnxEngine, seqs: list[SequenceState]) -> None:
