@@ -303,14 +303,17 @@ class OnnxBatchRun:
                 if want and (prefix := tuple(s.prompt_ids[:want])) not in wanted:
                     wanted.add(prefix)
                     keep[s.request_id] = want
-            past, reused = (_entry_past(*hit), hit[1]) if hit is not None else (self._empty_past(), 0)
-            cached = reused if hit is not None else 0 if looked(s) else None
+            reused = hit[1] if hit is not None else 0
             if chunk and len(s.prompt_ids) - reused > chunk:
+                past = _entry_past(*hit) if hit is not None else self._empty_past()
+                cached = reused if hit is not None else 0 if looked(s) else None
                 self._partial.append(_Partial(s, past, reused, cached, keep.get(s.request_id, 0)))
             elif hit is None:
                 fresh.append(s)
             else:
-                deltas.append(self._prefill_from(s, past, reused, cached=cached, keep=keep.get(s.request_id, 0)))
+                deltas.append(
+                    self._prefill_from(s, _entry_past(*hit), reused, cached=reused, keep=keep.get(s.request_id, 0))
+                )
                 ran = True
         if fresh:
             prefilled = zip(self._prefill(fresh, keep=keep), fresh, strict=True)
