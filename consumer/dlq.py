@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from brigade.kafka_config import kafka_client_options
 from consumer.retry import KAFKA_ATTEMPT_S, Backoff, call_with
-from schemas.reasons import reason
+from schemas.reasons import location, reason
 from schemas.requests import Identifier, InferenceRequest
 from schemas.settings import Settings
 
@@ -65,7 +65,7 @@ def parse_record(value: bytes | None) -> InferenceRequest | Rejected:
     try:
         return InferenceRequest.model_validate(raw)
     except ValidationError as exc:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {reason(e)}" for e in exc.errors())
+        fields = "; ".join(f"{'.'.join(map(str, location(e))) or 'value'}: {reason(e)}" for e in exc.errors())
         try:
             addressed = RequestAddress.model_validate(raw)
         except ValidationError:

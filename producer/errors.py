@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from redis.exceptions import AuthenticationError, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas.reasons import reason
+from schemas.reasons import location, reason
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
     for err in errors:
         invalid_json = err.get("type") == "json_invalid"
         # A JSON error's location is ("body", <character offset>): the offset is not a field.
-        field = "body" if invalid_json else _field(tuple(err.get("loc", ())))
+        field = "body" if invalid_json else _field(location(err))
         first = first or field
         msg = reason(err)
         if invalid_json:

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.reasons import FieldError
+
 SCHEMA_VERSION: Literal[1] = 1
 
 # Hard ceilings of the wire format itself; deployments set tighter limits in settings.
@@ -297,22 +299,26 @@ class InferenceRequest(SamplingParams):
                 "(a list of token ids)"
             )
         if self.tools is not None and self.messages is None:
-            raise ValueError("tools go with messages: only a chat template can describe them to the model")
+            raise FieldError(
+                "tools", "allowed only with messages, since only a chat template can describe tools to the model"
+            )
         if self.chat_template_kwargs is not None and self.messages is None:
-            raise ValueError("chat_template_kwargs go with messages: only a chat template reads them")
+            raise FieldError(
+                "chat_template_kwargs", "allowed only with messages, since only a chat template reads them"
+            )
         if self.trim_history is not None and self.messages is None:
-            raise ValueError("trim_history goes with messages: only a conversation has turns to trim")
+            raise FieldError("trim_history", "allowed only with messages, since only a conversation has turns to trim")
         if self.prompt_cache_key is not None and self.messages is not None and self.trim_history is not False:
-            raise ValueError(
-                "prompt_cache_key goes with requests that carry their whole context (prompt, prompt_token_ids, or "
-                "messages with trim_history: false): a session's chat turns are kept in order, and cached, by "
-                "their session_id"
+            raise FieldError(
+                "prompt_cache_key",
+                "allowed only with a request that carries its whole context (prompt, prompt_token_ids, or messages "
+                "with trim_history: false); a session's chat turns are kept in order, and cached, by their session_id",
             )
         if self.tools is not None and len(json.dumps(self.tools)) > MAX_GRAMMAR_CHARS:
-            raise ValueError(f"tools are over {MAX_GRAMMAR_CHARS} characters as JSON; describe fewer or shorter")
+            raise FieldError("tools", f"over {MAX_GRAMMAR_CHARS} characters as JSON; describe fewer or shorter")
         if self.min_tokens and self.max_new_tokens is not None and self.min_tokens > self.max_new_tokens:
-            raise ValueError(
-                f"min_tokens={self.min_tokens} is over max_new_tokens={self.max_new_tokens}; lower min_tokens"
+            raise FieldError(
+                "min_tokens", f"{self.min_tokens} is over max_new_tokens={self.max_new_tokens}; lower min_tokens"
             )
         return self
 

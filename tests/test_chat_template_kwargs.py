@@ -43,11 +43,11 @@ def test_the_contract_bounds_them() -> None:
         InferenceRequest.model_validate(base | {"chat_template_kwargs": {"messages": [], "add_generation_prompt": 0}})
     with pytest.raises(ValidationError, match=f"over {MAX_TEMPLATE_KWARGS_CHARS} characters"):
         InferenceRequest.model_validate(base | {"chat_template_kwargs": {"notes": "x" * MAX_TEMPLATE_KWARGS_CHARS}})
-    with pytest.raises(ValidationError, match="chat_template_kwargs go with messages"):
+    with pytest.raises(ValidationError, match="chat_template_kwargs: allowed only with messages"):
         InferenceRequest.model_validate(base | {"messages": None, "prompt": "hi", "chat_template_kwargs": OFF})
     assert b"chat_template_kwargs" not in InferenceRequest.model_validate(base).to_bytes(), "off stays off the wire"
     assert b"trim_history" not in InferenceRequest.model_validate(base).to_bytes(), "off stays off the wire"
-    with pytest.raises(ValidationError, match="trim_history goes with messages"):
+    with pytest.raises(ValidationError, match="trim_history: allowed only with messages"):
         InferenceRequest.model_validate(base | {"messages": None, "prompt": "hi", "trim_history": False})
 
 

@@ -130,7 +130,7 @@ async def test_a_prompt_cache_key_is_the_record_key_of_requests_that_carry_their
         assert plain.status_code == 202, plain.text
     assert stateful.status_code == 422, stateful.text
     error = stateful.json()["error"]
-    assert error["param"] == "prompt_cache_key" or "prompt_cache_key" in error["message"], error
+    assert error["param"] == "prompt_cache_key", error
     assert "session_id" in error["message"]
 
     worker = asyncio.create_task(play_worker(settings, redis_client, count=5))
@@ -172,6 +172,27 @@ async def test_bad_input_gets_a_clear_error(ingress: str, body: dict[str, object
     error = resp.json()["error"]
     assert needle in error["message"], error
     assert {"message", "type", "param", "code"} <= set(error)
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "needle"),
+    [
+        ({"prompt": "x", "trim_history": False}, "trim_history", "allowed only with messages"),
+        ({"prompt": "x", "chat_template_kwargs": {"thinking": False}}, "chat_template_kwargs", "only with messages"),
+        ({"prompt": "x", "min_tokens": 5, "max_new_tokens": 2}, "min_tokens", "5 is over max_new_tokens=2"),
+        ({"messages": [{"role": "user", "content": "hi"}], "prompt_cache_key": "k"}, "prompt_cache_key", "session_id"),
+        ({"max_new_tokens": 3}, "body", "exactly one of 'prompt'"),  # three fields: none of them is to blame
+    ],
+)
+async def test_a_check_across_fields_names_the_field_it_blames(
+    ingress: str, body: dict[str, object], param: str, needle: str
+) -> None:
+    """OpenAI's ``param`` (and the message's lead) name the field, not the body a model-level check sits on."""
+    async with httpx.AsyncClient(base_url=ingress) as http:
+        resp = await http.post("/v1/requests", json=body)
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == param and error["message"].startswith(f"{param}: ") and needle in error["message"], error
 
 
 async def test_invalid_json_and_wrong_method(ingress: str) -> None:

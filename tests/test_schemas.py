@@ -65,7 +65,7 @@ def test_a_null_max_new_tokens_stays_on_the_wire_and_absent_is_64() -> None:
         ({"request_id": "r", "session_id": "s", "prompt": "x", "logit_bias": {"7": 101}}, "logit_bias.7"),
         ({"request_id": "r", "session_id": "s", "prompt": "x", "logit_bias": {"-1": 1}}, "logit_bias.-1.[key]"),
         ({"request_id": "r", "session_id": "s", "prompt": "x", "logit_bias": {i: 1 for i in range(301)}}, "logit_bias"),
-        ({"request_id": "r", "session_id": "s", "prompt": "x", "max_new_tokens": 4, "min_tokens": 5}, "min_tokens=5"),
+        ({"request_id": "r", "session_id": "s", "prompt": "x", "max_new_tokens": 4, "min_tokens": 5}, "min_tokens: 5"),
     ],
 )
 def test_invalid_requests_name_the_field(body: dict[str, object], field: str) -> None:

@@ -235,7 +235,7 @@ def test_parallel_tool_calls_false_makes_required_one_call(model_cache_dir: Path
 
 
 def test_tools_go_with_messages_on_the_contract() -> None:
-    with pytest.raises(ValueError, match="tools go with messages"):
+    with pytest.raises(ValueError, match="tools: allowed only with messages"):
         InferenceRequest(request_id="r", session_id="s", prompt="x", tools=TOOLS)
     with pytest.raises(ValueError, match="tool_calls belong to an assistant turn"):
         ChatMessage(
