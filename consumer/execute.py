@@ -389,6 +389,7 @@ class BatchExecutor:
             return
         if r.last_token_at is None:
             self._metrics.observe_first_token(now - r.item.enqueued_at)
+            self._metrics.add_prompt_tokens(r.prompt_tokens)
             if delta.cached_tokens is not None:
                 r.cached_tokens = delta.cached_tokens
                 self._metrics.observe_prefix_cache(queried=r.prompt_tokens, hit=delta.cached_tokens)

@@ -8,7 +8,7 @@ the cost ``class`` label, so one Prometheus can scrape all classes' pods.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -60,6 +60,19 @@ class WorkerMetrics:
         self.generation_tokens = Counter(
             "brigade_generation_tokens", "Tokens generated.", c, registry=r
         )  # exported as brigade_generation_tokens_total
+        self.prompt_tokens = Counter(
+            "brigade_prompt_tokens",
+            "Prompt tokens of the requests that got a first token (prefilled or cached).",
+            c,
+            registry=r,
+        )  # exported as brigade_prompt_tokens_total (vLLM's prompt_tokens_total)
+        self.kv_cache_usage = Gauge(
+            "brigade_kv_cache_usage_ratio",
+            "Share of BRIGADE_KV_CACHE_MB the kept KV caches hold (sessions', prompt_cache_keys', shared prefixes'); "
+            "near 1, the least recently used are evicted to make room.",
+            c,
+            registry=r,
+        )
         self.batch_limit = Gauge(
             "brigade_batch_limit",
             "Most sequences run at once (BRIGADE_MAX_BATCH_SIZE or, lower, what the device holds at start; "
@@ -138,6 +151,13 @@ class WorkerMetrics:
 
     def observe_e2e(self, seconds: float) -> None:
         self.e2e.labels(self._class).observe(seconds)
+
+    def add_prompt_tokens(self, n: int) -> None:
+        self.prompt_tokens.labels(self._class).inc(n)
+
+    def watch_kv_cache(self, usage: Callable[[], float]) -> None:
+        """Read the kept KV caches' share of their budget at each scrape (the engine's thread changes it)."""
+        self.kv_cache_usage.labels(self._class).set_function(usage)
 
     def observe_prefix_cache(self, *, queried: int, hit: int) -> None:
         self.prefix_queries.labels(self._class).inc(queried)

@@ -35,6 +35,7 @@ from brigade.redis_config import RedisClient, RedisCredentialsRejected, open_red
 from consumer.batcher import Batch, Batcher, PendingItem
 from consumer.dlq import DeadLetters, Rejected, parse_record
 from consumer.engine.interface import InferenceEngine
+from consumer.engine.kv_cache import SessionKvCache
 from consumer.execute import BatchExecutor, Joins
 from consumer.fetch import Fetcher, wait_any
 from consumer.health import HealthServer
@@ -117,6 +118,7 @@ class Worker:
             redis = await open_redis(self.settings, retry=NO_CLIENT_RETRY)
             await check_kafka(self.settings)
             engine = await loop.run_in_executor(executor, self._load)
+            self._watch_kv_cache(engine)
             self.health.ready = True
             log.info("model ready; joining the group", extra={"port": self.health.port, "model": engine.model_name})
             if self._ready is not None:
@@ -153,6 +155,12 @@ class Worker:
         """Retries for one dependency's calls; readiness is off while they fail (``consumer/retry.py``)."""
         deadline_s = self.settings.dependency_retry_s
         return Backoff(dependency, retryable=retryable, deadline_s=deadline_s, on_change=self.health.dependency)
+
+    def _watch_kv_cache(self, engine: InferenceEngine) -> None:
+        """``brigade_kv_cache_usage_ratio`` for an engine that keeps KV caches (the ONNX engine, with a budget)."""
+        kv = getattr(engine, "kv", None)
+        if isinstance(kv, SessionKvCache) and kv.max_bytes:
+            self.metrics.watch_kv_cache(lambda: kv.nbytes / kv.max_bytes)
 
     def _load(self) -> InferenceEngine:
         """Executor thread: load and warm the model at the largest batch we will run."""

@@ -11,8 +11,10 @@ import httpx
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from brigade.inprocess import finals, fleet, read_until_final
+from brigade.models.specs import BUILTIN_MODELS
 from brigade.top import parse_metrics
 from consumer.engine.interface import GenerationInput, TokenDelta
 from consumer.engine.kv_cache import (
@@ -272,6 +274,33 @@ async def test_a_sessions_second_turn_reuses_the_first_through_the_worker(
     # Turn 2 renders turn 1's prompt and reply first: at least turn 1's prompt is reused.
     assert dones[0].prompt_tokens <= hits < dones[1].prompt_tokens
     assert dones[0].cached_tokens is None and dones[1].cached_tokens == hits, "each done says what it reused"
+
+
+def worker_sample(metrics: str, name: str) -> float:
+    return sum(s.value for family in text_string_to_metric_families(metrics) for s in family.samples if s.name == name)
+
+
+async def test_the_worker_exports_its_prompt_tokens_and_how_full_its_kv_caches_are(
+    settings: Settings, topics: list[str], redis_client: aioredis.Redis
+) -> None:
+    """vLLM's prompt_tokens_total, and the kept caches' share of BRIGADE_KV_CACHE_MB: one finished chat turn holds
+    its prompt's and reply's keys and values (the last token never ran)."""
+    budget_mb = 4
+    settings = settings.model_copy(update={"kv_cache_mb": budget_mb, "shared_prefix_cache": False})
+    spec = BUILTIN_MODELS["tiny"]
+    per_token = spec.n_layer * 2 * spec.n_embd * 4  # a key and a value per layer, fp32
+    async with fleet(settings, classes=["small"]) as f, httpx.AsyncClient(base_url=f.url, timeout=30) as http:
+        metrics = f"http://127.0.0.1:{f.worker_ports[0]}/metrics"
+        assert worker_sample((await http.get(metrics)).text, "brigade_kv_cache_usage_ratio") == 0
+        body = {"session_id": "kv-gauge", "messages": [{"role": "user", "content": "Fire table two, oui chef."}]}
+        ack = await http.post("/v1/requests", json=body | {"max_new_tokens": 5, "temperature": 0, "ignore_eos": True})
+        rid = ack.json()["request_id"]
+        (done,) = finals((await read_until_final(redis_client, settings.names.stream_key("kv-gauge"), {rid}))[rid])
+        assert isinstance(done, DoneEvent)
+        page = (await http.get(metrics)).text
+    assert worker_sample(page, "brigade_prompt_tokens_total") == done.prompt_tokens
+    held = (done.prompt_tokens + done.completion_tokens - 1) * per_token
+    assert worker_sample(page, "brigade_kv_cache_usage_ratio") == pytest.approx(held / (budget_mb * 2**20))
 
 
 async def test_openai_calls_with_a_prompt_cache_key_reuse_the_last_calls_cache(
