@@ -10,9 +10,8 @@ own and its cache rows appended, padded on the left to the batch's width.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +25,19 @@ from brigade.models.registry import model_file, resolve_model
 from consumer.engine.constraint import Constraints
 from consumer.engine.interface import GenerationInput, OutOfMemory, TokenDelta
 from consumer.engine.kv_cache import KvEntry, SessionKvCache, SharedPrefixes
+from consumer.engine.kv_layout import kv_layout
 from consumer.engine.logprobs import TokenText, entry, log_softmax, prompt_entries
 from consumer.engine.model_files import ModelFiles, read_model_files
+from consumer.engine.rows import EMPTY_IDS, EMPTY_MASK, I64, Partial, Rows, entry_past
 from consumer.engine.sampling import choose_tokens
 from consumer.engine.sequence import SequenceState
 from schemas.events import FinishReason
 from schemas.requests import ChatMessage, SamplingParams, StructuredOutput
 from schemas.settings import Settings
 
-_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
-_DTYPES: dict[str, type[np.generic]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-_LOGITS_TO_KEEP = ("logits_to_keep", "num_logits_to_keep")
 # How ONNX Runtime words an allocation failure: the CUDA allocator, its BFC arena, and the CPU allocator.
 _OOM_MESSAGES = ("out of memory", "failed to allocate memory", "bad_alloc")
 _MAX_LOGITS = 64 * 2**20  # floats of full-sequence logits one prefill run may return (256 MB in fp32)
-I64 = npt.NDArray[np.int64]
-_EMPTY_IDS: I64 = np.zeros(0, dtype=np.int64)
-_EMPTY_MASK: I64 = np.zeros((0, 0), dtype=np.int64)
 
 
 def execution_providers(device: str) -> list[str]:
@@ -76,139 +71,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return any(m in text for m in _OOM_MESSAGES)
 
 
-@dataclass(frozen=True, slots=True)
-class KvLayout:
-    """The cache tensors as the graph declares them: [batch, kv_heads, past, head_dim] each."""
-
-    past_names: tuple[str, ...]
-    present_names: tuple[str, ...]
-    kv_heads: int
-    head_dim: int
-    dtype: type[np.generic]
-    has_position_ids: bool
-    has_cache_branch: bool  # Optimum's older merged decoder switches prefill/decode with use_cache_branch
-    logits_to_keep: str | None  # transformers' logits_to_keep as an optional input: LM head on the last position only
-
-    @property
-    def batch_inputs(self) -> frozenset[str]:
-        return frozenset(("input_ids", "attention_mask", "position_ids", *self.past_names))
-
-
-def _dim(declared: object, config: dict[str, Any], keys: tuple[str, ...]) -> int:
-    if isinstance(declared, int):
-        return declared
-    for key in keys:
-        if isinstance(config.get(key), int):
-            return int(config[key])
-    raise ValueError(f"the KV cache shape is symbolic and config.json has none of {keys}")
-
-
-def kv_layout(session: ort.InferenceSession, config: dict[str, Any]) -> KvLayout:
-    inputs = {i.name: i for i in session.get_inputs()}
-    optional = {i.name for i in session.get_overridable_initializers()} | set(inputs)
-    past = sorted((n for n in inputs if _PAST.match(n)), key=lambda n: (int(n.split(".")[1]), n.endswith("value")))
-    if not past or "input_ids" not in inputs or "attention_mask" not in inputs:
-        raise ValueError(
-            "the model is not a decoder with past: export it with "
-            "`optimum-cli export onnx --task text-generation-with-past`"
-        )
-    first = inputs[past[0]]
-    heads_cfg = config.copy()
-    if "hidden_size" in config and "num_attention_heads" in config:
-        heads_cfg.setdefault("head_dim", config["hidden_size"] // config["num_attention_heads"])
-    if "n_embd" in config and "n_head" in config:
-        heads_cfg.setdefault("head_dim", config["n_embd"] // config["n_head"])
-    return KvLayout(
-        past_names=tuple(past),
-        present_names=tuple(n.replace("past_key_values", "present") for n in past),
-        kv_heads=_dim(first.shape[1], heads_cfg, ("num_key_value_heads", "num_attention_heads", "n_head")),
-        head_dim=_dim(first.shape[3], heads_cfg, ("head_dim",)),
-        dtype=_DTYPES.get(first.type, np.float32),
-        has_position_ids="position_ids" in inputs,
-        has_cache_branch="use_cache_branch" in inputs,
-        logits_to_keep=next((n for n in _LOGITS_TO_KEEP if n in optional), None),
-    )
-
-
-@dataclass(slots=True)
-class _Rows:
-    """Sequences sharing one KV cache, left-padded so every row's newest token sits in the last column.
-
-    After each model run ``mask`` is as wide as the cache: one column per cached position, 0 on padding.
-    """
-
-    seqs: list[SequenceState]
-    past: list[npt.NDArray[Any]]
-    mask: I64
-    next_pos: I64  # the position id of each row's next token
-    next_ids: I64  # each row's last sampled token, the next decode step's input
-
-    def compact(self) -> None:
-        """Drop finished rows, then the padding columns that no remaining row attends to."""
-        keep = [row for row, s in enumerate(self.seqs) if not s.done]
-        if len(keep) == len(self.seqs):
-            return
-        self.seqs = [self.seqs[row] for row in keep]
-        if not keep:
-            self.past, self.mask = [], self.mask[:0, :0]
-            return
-        index = np.array(keep, dtype=np.int64)
-        self.mask, self.next_pos, self.next_ids = self.mask[index], self.next_pos[index], self.next_ids[index]
-        first = int(np.argmax(self.mask.any(axis=0)))
-        self.mask = self.mask[:, first:]
-        self.past = [np.ascontiguousarray(p[index, :, first:]) for p in self.past]
-
-    def extend(self, other: _Rows) -> None:
-        """Append ``other``'s rows (continuous batching): the narrower cache is padded on the left."""
-        if not other.seqs:
-            return
-        if not self.seqs:
-            self.seqs, self.past, self.mask = other.seqs, other.past, other.mask
-            self.next_pos, self.next_ids = other.next_pos, other.next_ids
-            return
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        self.past = [_stack_right_aligned(a, b, width, axis=2) for a, b in zip(self.past, other.past, strict=True)]
-        self.mask = _stack_right_aligned(self.mask, other.mask, width, axis=1)
-        self.seqs = [*self.seqs, *other.seqs]
-        self.next_pos = np.concatenate([self.next_pos, other.next_pos])
-        self.next_ids = np.concatenate([self.next_ids, other.next_ids])
-
-
-def _stack_right_aligned(a: npt.NDArray[Any], b: npt.NDArray[Any], width: int, *, axis: int) -> npt.NDArray[Any]:
-    """``a``'s rows over ``b``'s, each right-aligned on ``axis`` in ``width`` columns, zeros on the left.
-
-    One allocation and one copy of each input: the cache of a full batch is tens of megabytes, and a
-    pad-then-concatenate would copy it twice on every join.
-    """
-    shape = list(a.shape)
-    shape[0], shape[axis] = a.shape[0] + b.shape[0], width
-    out = np.zeros(shape, dtype=a.dtype)
-    for rows, part in ((slice(0, a.shape[0]), a), (slice(a.shape[0], None), b)):
-        index: list[slice] = [slice(None)] * a.ndim
-        index[0], index[axis] = rows, slice(width - part.shape[axis], None)
-        out[tuple(index)] = part
-    return out
-
-
-def _entry_past(entry: KvEntry, reused: int) -> list[npt.NDArray[Any]]:
-    """A cache entry's first ``reused`` positions: all of it, the usual case (the next turn renders this one's
-    prompt and reply first), without a copy."""
-    if reused == len(entry.ids):
-        return list(entry.past)
-    return [np.ascontiguousarray(p[:, :, :reused]) for p in entry.past]
-
-
-@dataclass(slots=True)
-class _Partial:
-    """A prompt prefilled a chunk per step while other sequences decode (``BRIGADE_PREFILL_CHUNK_TOKENS``)."""
-
-    seq: SequenceState
-    past: list[npt.NDArray[Any]]  # [1, kv_heads, done, head_dim] each
-    done: int  # leading prompt tokens whose keys and values ``past`` holds
-    cached: int | None  # of those, how many a KV cache gave (None: no cache was looked in)
-    keep: int  # a prefix of the prompt to keep as shared once it has run
-
-
 class OnnxBatchRun:
     """Sequences in flight; ``step`` and ``join`` are called from one executor thread at a time.
 
@@ -226,10 +88,10 @@ class OnnxBatchRun:
         self._by_id: dict[str, SequenceState] = {}
         self._pending: list[SequenceState] = []  # no room for even one token: reported on the next step
         self._joining: list[SequenceState] = []  # waiting for their prefill
-        self._partial: list[_Partial] = []  # long prompts prefilled a chunk per step, between decode steps
+        self._partial: list[Partial] = []  # long prompts prefilled a chunk per step, between decode steps
         self._chunked = False  # the last step ran a chunk: the next one decodes the running rows
         self._started = False
-        self._rows = _Rows(seqs=[], past=[], mask=_EMPTY_MASK, next_pos=_EMPTY_IDS, next_ids=_EMPTY_IDS)
+        self._rows = Rows(seqs=[], past=[], mask=EMPTY_MASK, next_pos=EMPTY_IDS, next_ids=EMPTY_IDS)
         self._add(seqs)
 
     @property
@@ -305,14 +167,14 @@ class OnnxBatchRun:
                     keep[s.request_id] = want
             reused = hit[1] if hit is not None else 0
             if chunk and len(s.prompt_ids) - reused > chunk:
-                past = _entry_past(*hit) if hit is not None else self._empty_past()
+                past = entry_past(*hit) if hit is not None else self._empty_past()
                 cached = reused if hit is not None else 0 if looked(s) else None
-                self._partial.append(_Partial(s, past, reused, cached, keep.get(s.request_id, 0)))
+                self._partial.append(Partial(s, past, reused, cached, keep.get(s.request_id, 0)))
             elif hit is None:
                 fresh.append(s)
             else:
                 deltas.append(
-                    self._prefill_from(s, _entry_past(*hit), reused, cached=reused, keep=keep.get(s.request_id, 0))
+                    self._prefill_from(s, entry_past(*hit), reused, cached=reused, keep=keep.get(s.request_id, 0))
                 )
                 ran = True
         if fresh:
@@ -379,7 +241,7 @@ class OnnxBatchRun:
                 k = s.sampling.prompt_logprobs or 0
                 scored = prompt_entries(logits[row, width - n :], s.prompt_ids, k, self._engine.token_text)
                 deltas[row] = replace(deltas[row], prompt_logprobs=scored)
-        new = _Rows(seqs=seqs, past=past, mask=mask, next_pos=np.array(lengths, dtype=np.int64), next_ids=next_ids)
+        new = Rows(seqs=seqs, past=past, mask=mask, next_pos=np.array(lengths, dtype=np.int64), next_ids=next_ids)
         self._compact(new)
         self._rows.extend(new)
         return deltas
@@ -407,12 +269,12 @@ class OnnxBatchRun:
         logits, present = self._run(self._feeds(ids, positions, mask, past, decode=reused > 0))
         self._keep_prefix(seq, keep, present)
         next_ids, (delta,) = self._sample(logits[:, -1], [seq])
-        new = _Rows(seqs=[seq], past=present, mask=mask, next_pos=np.array([total], dtype=np.int64), next_ids=next_ids)
+        new = Rows(seqs=[seq], past=present, mask=mask, next_pos=np.array([total], dtype=np.int64), next_ids=next_ids)
         self._compact(new)
         self._rows.extend(new)
         return replace(delta, cached_tokens=cached)
 
-    def _compact(self, rows: _Rows) -> None:
+    def _compact(self, rows: Rows) -> None:
         """``rows.compact()``, after keeping the cache of each finished sequence with a cache key (a session's
         chat turn, a prompt_cache_key's request) for the next request with that key."""
         kv = self._engine.kv
