@@ -11,7 +11,6 @@ are given) lets the model decide, so its calls are read out of its own format by
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from producer.call_scanner import tool_call
 from producer.errors import ApiError
-from producer.tool_parsers import FORMATS, CallFormat, Parsed
+from producer.tool_parsers import FORMATS, CallFormat, Parsed, parse_call_list
 from schemas.requests import StructuredOutput
 from schemas.settings import ToolCallParser
 
@@ -78,11 +77,7 @@ class ToolCalling:
             return self.auto.parse(text)
         if self.named is not None:
             return None, [tool_call(self.named, text)]
-        try:
-            items = json.loads(text)
-            return None, [tool_call(i["name"], json.dumps(i["parameters"], ensure_ascii=False)) for i in items]
-        except (ValueError, TypeError, KeyError):
-            return text, None
+        return parse_call_list(text)
 
     def finish_reason(self, reason: str, called: bool) -> str:
         """vLLM's and OpenAI's: ``tool_calls`` where the model chose the calls (``required``, ``auto``); a named

@@ -91,6 +91,16 @@ def _all_or_nothing(parse: Callable[[str], Parsed]) -> Callable[[str], Parsed]:
     return parsed
 
 
+@_all_or_nothing
+def parse_call_list(text: str) -> Parsed:
+    """A JSON list of calls, what ``tool_choice: "required"`` constrains an answer to; one that does not parse (cut
+    short by max_tokens or a stop string) is all content."""
+    items = json.loads(text)
+    if not isinstance(items, list):
+        raise _NotACall(items)
+    return None, [_from_object(item) for item in items]
+
+
 _BLOCK = re.compile(re.escape(OPEN) + r"\s*(.*?)\s*" + re.escape(CLOSE), re.DOTALL)
 
 

@@ -21,7 +21,7 @@ from consumer.engine.interface import GenerationInput
 from consumer.engine.onnx_engine import load_engine
 from producer.call_scanner import JsonCallScanner
 from producer.openai_bodies import ChatBody
-from producer.openai_tools import OpenAITool, plan_tools
+from producer.openai_tools import OpenAITool, ToolCalling, plan_tools
 from schemas.requests import ChatMessage, FunctionCall, InferenceRequest, SamplingParams, ToolCall
 from schemas.settings import Settings
 from tests.test_engine import run_all
@@ -241,3 +241,19 @@ def test_tools_go_with_messages_on_the_contract() -> None:
         ChatMessage(
             role="user", content="x", tool_calls=[ToolCall(id="c", function=FunctionCall(name="f", arguments="{}"))]
         )
+
+
+def test_a_required_calls_list_becomes_tool_calls_and_a_cut_one_stays_content() -> None:
+    """``tool_choice: "required"``'s answer is a JSON list of calls; one cut short (max_tokens, a stop string), or
+    not a list of calls, is returned as the answer's content."""
+    required = ToolCalling(named=None)
+    content, calls = required.split(
+        '[{"name": "fire", "parameters": {"table": 4}}, {"name": "plate", "parameters": {}}]'
+    )
+    assert content is None and calls is not None
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("fire", {"table": 4}),
+        ("plate", {}),
+    ]
+    for cut in ('[{"name": "fire", "param', '{"name": "fire", "parameters": {}}', '["fire"]'):
+        assert required.split(cut) == (cut, None)
